@@ -1,0 +1,123 @@
+"""Declares flowrelay's streams and buckets on JetStream, idempotently.
+
+Every service calls :func:`declare` at start, so whichever starts first creates what is
+missing and a broker restarted on an empty store is repaired by the next service start.
+Streams whose settings changed are updated in place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from flowrelay_bus.settings import BusSettings
+from flowrelay_contracts import subjects
+
+log = logging.getLogger(__name__)
+
+#: Capability entries older than this mean the executor is gone.
+EXECUTOR_LIVENESS_TTL_S = 15.0
+
+#: Largest message any flowrelay stream accepts (workflows are capped well below this).
+MAX_MSG_BYTES = 4 * 1024 * 1024
+
+
+def stream_configs(settings: BusSettings) -> list[StreamConfig]:
+    replicas = settings.stream_replicas
+    dedup = settings.dedup_window_s
+    return [
+        StreamConfig(
+            name=subjects.RUNS_STREAM,
+            subjects=list(subjects.RUNS_STREAM_SUBJECTS),
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=dedup,
+            max_msg_size=MAX_MSG_BYTES,
+        ),
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=list(subjects.EVENTS_STREAM_SUBJECTS),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=settings.events_max_age_s,
+            duplicate_window=dedup,
+            discard=DiscardPolicy.OLD,
+            max_msg_size=MAX_MSG_BYTES,
+        ),
+        StreamConfig(
+            name=subjects.SUGGESTER_STREAM,
+            subjects=list(subjects.SUGGESTER_STREAM_SUBJECTS),
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=dedup,
+            max_msg_size=MAX_MSG_BYTES,
+        ),
+        StreamConfig(
+            name=subjects.DEADLETTER_STREAM,
+            subjects=list(subjects.DEADLETTER_STREAM_SUBJECTS),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=settings.events_max_age_s * 7,
+            max_msg_size=MAX_MSG_BYTES,
+        ),
+    ]
+
+
+def bucket_configs(settings: BusSettings) -> list[KeyValueConfig]:
+    replicas = settings.stream_replicas
+    return [
+        KeyValueConfig(bucket=subjects.RUNS_BUCKET, history=1, ttl=settings.runs_ttl_s, replicas=replicas),
+        KeyValueConfig(
+            bucket=subjects.IDEMPOTENCY_BUCKET, history=1, ttl=settings.runs_ttl_s, replicas=replicas
+        ),
+        KeyValueConfig(
+            bucket=subjects.EXECUTORS_BUCKET, history=1, ttl=EXECUTOR_LIVENESS_TTL_S, replicas=replicas
+        ),
+    ]
+
+
+async def declare(js: JetStreamContext, settings: BusSettings) -> None:
+    """Create or update every stream and bucket flowrelay needs."""
+    for config in stream_configs(settings):
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s", config.name)
+        else:
+            try:
+                await js.update_stream(config)
+            except BadRequestError as exc:  # e.g. retention cannot change in place
+                log.warning("stream %s keeps its old settings: %s", config.name, exc)
+    for config in bucket_configs(settings):
+        try:
+            await js.key_value(config.bucket)
+        except (NotFoundError, Exception) as exc:  # BucketNotFoundError subclasses vary by version
+            if not _is_missing_bucket(exc):
+                raise
+            await js.create_key_value(config)
+            log.info("created bucket %s", config.bucket)
+
+
+def _is_missing_bucket(exc: Exception) -> bool:
+    from nats.js.errors import BucketNotFoundError
+
+    return isinstance(exc, (BucketNotFoundError, NotFoundError))
+
+
+async def bucket(js: JetStreamContext, name: str) -> KeyValue:
+    return await js.key_value(name)

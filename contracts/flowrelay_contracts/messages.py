@@ -1,0 +1,263 @@
+"""Message models for everything flowrelay puts on the bus, and the run record.
+
+Every model carries ``schema_version``. A consumer that receives a version it does not
+know rejects the message with a failure event saying so (it never guesses), so producers
+and consumers can be upgraded one at a time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flowrelay_contracts.workflow import Workflow
+
+#: Version of the wire format described by this module.
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Message(BaseModel):
+    """Base of bus messages: tolerant of fields added by newer producers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# -- vocabulary -------------------------------------------------------------------------
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class RunMode(StrEnum):
+    """How a run produced its answer: the agent ran, or only guidance was given."""
+
+    REAL_EXECUTION = "real_execution"
+    DEGRADED = "degraded"
+
+
+class Isolation(StrEnum):
+    """Where the agent ran: a warm worker process, or a thread with its own loop."""
+
+    PROCESS = "process"
+    THREAD = "thread"
+    NONE = "none"
+
+
+class ErrorCode(StrEnum):
+    """Why a run failed. The suggester keys its guidance on these."""
+
+    MISSING_API_KEY = "missing_api_key"
+    INVALID_API_KEY = "invalid_api_key"
+    UNKNOWN_MODEL = "unknown_model"
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_UNREACHABLE = "provider_unreachable"
+    PROVIDER_ERROR = "provider_error"
+    TIMEOUT = "timeout"
+    MAX_TURNS_EXCEEDED = "max_turns_exceeded"
+    TOOL_FAILED = "tool_failed"
+    TOOL_MISSING_KEY = "tool_missing_key"
+    WORKER_CRASHED = "worker_crashed"
+    FRAMEWORK_NOT_INSTALLED = "framework_not_installed"
+    INVALID_WORKFLOW = "invalid_workflow"
+    INVALID_REQUEST = "invalid_request"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+class EventType(StrEnum):
+    RUN_STARTED = "run.started"
+    AGENT_STARTED = "agent.started"
+    AGENT_FINISHED = "agent.finished"
+    LLM_STARTED = "llm.started"
+    LLM_FINISHED = "llm.finished"
+    TOOL_STARTED = "tool.started"
+    TOOL_FINISHED = "tool.finished"
+    SUGGESTION = "suggestion"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_EVENTS
+
+
+TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED})
+
+
+# -- parts ------------------------------------------------------------------------------
+
+
+class RunOptions(BaseModel):
+    """Per-run limits. ``None`` means the server default; the API resolves them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float | None = Field(default=None, gt=0, description="Deadline for the whole run.")
+    max_turns: int | None = Field(
+        default=None, ge=1, description="Most LLM calls one agent may make in a run."
+    )
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
+class AgentUsage(BaseModel):
+    """Token counts and cost of one agent in a run."""
+
+    agent: str
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = 0.0
+    cost_note: str | None = None
+
+
+class RunError(BaseModel):
+    """A structured failure: enough for a user and for the suggester to act on."""
+
+    code: ErrorCode
+    message: str
+    exception_type: str | None = None
+    provider_status: int | None = None
+    provider_message: str | None = None
+    step: int | None = None
+    agent: str | None = None
+    retryable: bool = False
+
+
+class Suggestion(BaseModel):
+    """One piece of degraded-mode guidance: what went wrong and the concrete fix."""
+
+    code: str
+    title: str
+    detail: str
+    fix: str
+
+
+# -- bus messages -----------------------------------------------------------------------
+
+
+class RunRequested(_Message):
+    """Published on ``RUN_REQUESTED`` (or ``RUN_ADVISE``) once a request is accepted."""
+
+    run_id: str
+    workflow: Workflow
+    input: str
+    options: RunOptions = Field(default_factory=RunOptions)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TraceEvent(_Message):
+    """One step of a run, published on ``flowrelay.events.<run_id>``.
+
+    ``seq`` counts from 1 per run without gaps, so a subscriber can resume after the last
+    one it saw (SSE ``Last-Event-ID``). ``data`` depends on ``type`` (see the README).
+    """
+
+    run_id: str
+    seq: int
+    type: EventType
+    at: datetime = Field(default_factory=utcnow)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunFailed(_Message):
+    """Published on ``RUN_FAILED`` when a run fails; the suggester turns it into guidance."""
+
+    run_id: str
+    error: RunError
+    workflow: Workflow | None = None
+    input: str | None = None
+    options: RunOptions = Field(default_factory=RunOptions)
+    elapsed_s: float | None = None
+    attempt: int = 1
+    #: ``seq`` of the terminal event, so suggestion events continue the run's sequence.
+    last_seq: int = 0
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+class CancelRequest(_Message):
+    run_id: str
+    reason: str = "cancelled by client"
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class DeadLetter(_Message):
+    """A message that can never be processed, kept with the reason."""
+
+    subject: str
+    reason: str
+    payload: str
+    run_id: str | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class ExecutorCapabilities(_Message):
+    """What one executor can run; refreshed in ``EXECUTORS_BUCKET`` while it lives."""
+
+    executor_id: str
+    frameworks: list[str]
+    tools: list[str]
+    slots: int
+    isolation: Isolation
+    execution: Literal["execute", "suggest"] = "execute"
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# -- run record -------------------------------------------------------------------------
+
+
+class RunRecord(_Message):
+    """The state of one run, stored in ``RUNS_BUCKET`` and served by ``GET /runs/{id}``."""
+
+    run_id: str
+    status: RunStatus = RunStatus.QUEUED
+    input: str = ""
+    output: Any = None
+    error: RunError | None = None
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    agents: list[AgentUsage] = Field(default_factory=list)
+    cost_usd: float | None = None
+    cost_note: str | None = None
+    mode: RunMode = RunMode.REAL_EXECUTION
+    isolation: Isolation | None = None
+    model_provider: str | None = None
+    executor_id: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal

@@ -1,0 +1,47 @@
+"""What the executor hands a worker (``Job``) and what it gets back (``Outcome``).
+
+These cross the pipe between the executor process and its worker processes (or the
+fallback thread); they are internal to the executor, not part of the bus contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from flowrelay_contracts import AgentUsage, RunError, Usage, Workflow
+
+
+class ModelDefaults(BaseModel):
+    """The model used by agents whose node names none, and where to reach it."""
+
+    model_id: str
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    #: True when the default points at flowrelay's scripted stand-in model.
+    scripted: bool = False
+
+
+class Job(BaseModel):
+    """One run, resolved: limits are concrete numbers, defaults filled in."""
+
+    run_id: str
+    workflow: Workflow
+    input: str
+    timeout_s: float
+    max_turns: int
+    defaults: ModelDefaults
+    attempt: int = 1
+
+
+class Outcome(BaseModel):
+    """How a run ended inside a worker."""
+
+    status: Literal["succeeded", "failed", "cancelled"]
+    output: Any = None
+    error: RunError | None = None
+    usage: Usage = Field(default_factory=Usage)
+    agents: list[AgentUsage] = Field(default_factory=list)
+    cost_usd: float | None = None
+    cost_note: str | None = None
