@@ -91,6 +91,8 @@ def start(
     ]
     if monitor_port is not None:
         args += ["-m", str(monitor_port)]
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=False)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client
@@ -38,9 +39,14 @@ class RunEventLog:
         """A writer that continues after the last event already stored for ``run_id``."""
         return cls(js, run_id, last_seq=await last_event_seq(js, run_id))
 
-    async def emit(self, type: EventType, data: dict[str, Any] | None = None) -> TraceEvent:
+    async def emit(
+        self, type: EventType, data: dict[str, Any] | None = None, *, at: datetime | None = None
+    ) -> TraceEvent:
+        """Publish the next event; ``at`` defaults to now (pass when it happened elsewhere)."""
         async with self._lock:  # seq order must equal stream order
             event = TraceEvent(run_id=self.run_id, seq=self.last_seq + 1, type=type, data=data or {})
+            if at is not None:
+                event.at = at
             await self._js.publish(
                 self._subject,
                 event.model_dump_json().encode(),

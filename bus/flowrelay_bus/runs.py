@@ -57,20 +57,28 @@ class RunStore:
         ``mutate`` gets a copy and returns the new record, or None to leave it unchanged.
         Returns the record as stored afterwards (None if there is no such run).
         """
+        record, _ = await self.change(run_id, mutate)
+        return record
+
+    async def change(self, run_id: str, mutate: Mutation) -> tuple[RunRecord | None, bool]:
+        """Like :meth:`update`, and also says whether this call changed the record.
+
+        "Changed by me" is what lets exactly one writer announce a terminal state.
+        """
         for _ in range(MAX_CAS_ATTEMPTS):
             try:
                 entry = await self._kv.get(run_id)
             except KeyNotFoundError:
-                return None
+                return None, False
             current = RunRecord.model_validate_json(entry.value)
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
-                return current
+                return current, False
             try:
                 await self._kv.update(run_id, changed.model_dump_json().encode(), last=entry.revision)
             except KeyWrongLastSequenceError:
                 continue
-            return changed
+            return changed, True
         raise RuntimeError(f"run {run_id}: too many concurrent updates")
 
     async def keys(self) -> list[str]:

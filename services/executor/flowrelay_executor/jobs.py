@@ -19,8 +19,8 @@ class ModelDefaults(BaseModel):
     model_id: str
     api_base: str | None = None
     api_key: SecretStr | None = None
-    #: True when the default points at flowrelay's scripted stand-in model.
-    scripted: bool = False
+    #: Base URL of flowrelay's scripted stand-in model; model ids ``scripted:<name>`` go there.
+    scripted_url: str | None = None
 
 
 class Job(BaseModel):

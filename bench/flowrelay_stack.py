@@ -1,0 +1,223 @@
+"""flowrelay as it runs for real, for the benchmark: an embedded nats-server on a free port
+with a temporary store, then the API, one executor (default pool: 2 workers) and the
+suggester as processes, started with the same commands and environment the tests use
+(``flowrelay.stack.SERVICE_COMMANDS``; see ``tests/support/flowrelay_testkit.py``).
+
+Measured over HTTP: ``POST /runs`` followed by the run's SSE stream until its terminal event,
+and ``POST /execute``. The RSS of the whole stack is nats-server + API + executor (with its
+workers) + suggester; the scripted model is reported separately.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import model, phases
+from bench.measure import Latency, SystemFigures
+from flowrelay import natsserver
+from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
+
+#: Provider keys that must not leak from the developer's shell into the services.
+_PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+#: Services start by importing their stack (workers import any-agent): generous on a busy box.
+SERVICE_START_TIMEOUT_S = 120.0
+
+#: How long the API may take to see the executor's advertised capabilities.
+EXECUTOR_VISIBLE_TIMEOUT_S = 30.0
+
+#: The benchmark's workflow: one agent on the default (scripted) model.
+WORKFLOW: dict[str, Any] = {
+    "nodes": [
+        {
+            "id": "n1",
+            "type": "agent",
+            "position": {"x": 0, "y": 0},
+            "data": {"name": "assistant", "instructions": "Answer the user."},
+        }
+    ],
+    "edges": [],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningStack:
+    nats: natsserver.NatsServer
+    api: ServiceProcess
+    executor: ServiceProcess
+    suggester: ServiceProcess
+    api_url: str
+    root: Path
+    profilers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        """Roots of the stack's process trees (the executor's workers are its children)."""
+        return [self.nats.process.pid, self.api.pid, self.executor.pid, self.suggester.pid]
+
+    def services(self) -> dict[str, int]:
+        return {"nats-server": self.nats.process.pid, "api": self.api.pid, "executor": self.executor.pid,
+                "suggester": self.suggester.pid}
+
+
+def _env(nats_url: str, model_url: str, api_port: int) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS and not k.startswith("FLOWRELAY_")}
+    return base | {
+        "FLOWRELAY_NATS_URL": nats_url,
+        "FLOWRELAY_DEFAULT_MODEL": "scripted:gpt-4o-mini",
+        "FLOWRELAY_SCRIPTED_MODEL_URL": model_url,
+        "FLOWRELAY_API_HOST": "127.0.0.1",
+        "FLOWRELAY_API_PORT": str(api_port),
+        "FLOWRELAY_LOG_LEVEL": "INFO",  # the readiness lines are INFO; no per-run lines expected
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _wait_executor_visible(api_url: str) -> dict[str, Any]:
+    deadline = time.monotonic() + EXECUTOR_VISIBLE_TIMEOUT_S
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{api_url}/healthz", timeout=5).json()
+            if health.get("executors", 0) >= 1:
+                return health
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)  # the API learns executors from a KV watch; nothing to await from here
+    raise TimeoutError(f"the API does not see an executor after {EXECUTOR_VISIBLE_TIMEOUT_S} s: {health}")
+
+
+@contextmanager
+def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterator[RunningStack]:
+    """Start the stack (in order: NATS, API, executor, suggester); stop it all afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
+    nats = natsserver.start(root / "nats", log_file=log_dir / "nats.log")
+    port = _free_port()
+    env = _env(nats.url, model_url, port)
+    started: list[ServiceProcess] = []
+
+    def service(name: str) -> ServiceProcess:
+        proc = ServiceProcess(name, resolve(SERVICE_COMMANDS[name]), env=env, log_path=log_dir / f"{name}.log").start()
+        started.append(proc)
+        return proc
+
+    stack: RunningStack | None = None
+    try:
+        api = service("api")
+        executor = service("executor")
+        suggester = service("suggester")
+        for proc in (api, executor, suggester):
+            proc.wait_ready(timeout=SERVICE_START_TIMEOUT_S)
+        api_url = f"http://127.0.0.1:{port}"
+        _wait_executor_visible(api_url)
+        stack = RunningStack(nats, api, executor, suggester, api_url, root)
+        if py_spy:
+            stack.profilers = _start_profilers(py_spy, stack, log_dir / "profiles")
+        yield stack
+    finally:
+        if stack is not None:
+            _stop_profilers(stack.profilers)
+        for proc in reversed(started):
+            proc.terminate(timeout=15)
+        nats.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_profilers(py_spy: str, stack: RunningStack, out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each Python service (the executor with its workers), for the owners' use."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in stack.services().items():
+        if name == "nats-server":
+            continue
+        argv = [py_spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(out / f"{name}.txt")]
+        if name == "executor":
+            argv.append("--subprocesses")
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # let py-spy attach before the load starts
+    return procs
+
+
+def _stop_profilers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass(frozen=True)
+class FlowrelaySizes:
+    sequential: int
+    batch: int
+    rounds: int
+    concurrent: int
+    delay_s: float
+    client_processes: int
+
+
+def _summarise(seq: dict[str, Any], tp: dict[str, Any]) -> dict[str, Any]:
+    for part in (seq, tp):
+        part.pop("event_lag_ms", None)
+        part.pop("replayed_lag_ms", None)
+    return {"sequential": seq, "throughput": tp}
+
+
+def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path,
+            py_spy: str | None = None) -> tuple[SystemFigures, SystemFigures, dict[str, Any]]:
+    """Figures for ``POST /runs`` + SSE, for ``POST /execute``, and the event latency."""
+    with running(sm.url, log_dir, py_spy) as stack:
+        roots = stack.pids
+        url = stack.api_url
+        seq_runs = phases.sequential(url, "flowrelay_runs", sizes.sequential, WORKFLOW, sm, roots)
+        seq_exec = phases.sequential(url, "flowrelay_execute", sizes.sequential, WORKFLOW, sm, roots)
+        tp_runs = phases.throughput(url, "flowrelay_runs", sizes.batch, sizes.rounds, WORKFLOW, sm, roots)
+        tp_exec = phases.throughput(url, "flowrelay_execute", sizes.batch, sizes.rounds, WORKFLOW, sm, roots)
+        conc = phases.concurrent(url, "flowrelay_runs", sizes.concurrent, sizes.delay_s, sizes.client_processes,
+                                 WORKFLOW, sm, roots)
+    events = {
+        "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
+        "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,
+        "throughput_batch": Latency.of_ms(tp_runs["event_lag_ms"]).__dict__,
+        "concurrent": Latency.of_ms(conc.pop("event_lag_ms")).__dict__,
+    }
+    conc["latency"] = conc["latency"].__dict__
+    runs_latency: Latency = seq_runs.pop("latency")
+    exec_latency: Latency = seq_exec.pop("latency")
+    runs = SystemFigures(
+        name="flowrelay",
+        latency=runs_latency,
+        throughput_runs_s=tp_runs["runs_s"],
+        throughput_batch=sizes.batch,
+        concurrent=conc,
+        extra={"label": "flowrelay POST /runs + SSE", **_summarise(seq_runs, tp_runs)},
+    )
+    execute = SystemFigures(
+        name="flowrelay_execute",
+        latency=exec_latency,
+        throughput_runs_s=tp_exec["runs_s"],
+        throughput_batch=sizes.batch,
+        extra={"label": "flowrelay POST /execute", **_summarise(seq_exec, tp_exec)},
+    )
+    return runs, execute, events

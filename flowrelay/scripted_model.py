@@ -1,0 +1,829 @@
+"""Scripted OpenAI-compatible chat-completions server: flowrelay's only LLM stand-in.
+
+What: a small asyncio HTTP server (Starlette app on uvicorn + uvloop + httptools) that speaks
+enough of the OpenAI chat-completions API for any-agent's real request path
+(any-agent -> any-llm -> openai client -> HTTP) to run against it offline. Point an agent at
+it with ``model_id="openai:<anything>"``, ``api_base="http://127.0.0.1:PORT/v1"`` and any
+``api_key``.
+
+Why: ``flowrelay up`` without an API key, the test-suite and the benchmark all need a model
+that answers instantly, deterministically and scriptably, without mocking anything inside
+any-agent. Because the whole client stack stays real, what passes here also exercises the
+code that talks to a real provider. It must never be the bottleneck of a benchmark, so it does
+no per-request logging, disables Nagle on every connection and keeps each request O(size).
+
+Behaviour is scripted by directives in the LAST message whose role is ``user`` (text parts of
+list content are joined with newlines). A directive starts at the beginning of the text or
+after whitespace:
+
+``(none)``
+    Answer ``echo: <the whole last user text, unchanged>``.
+``#delay=<seconds>``
+    ``asyncio.sleep`` before answering (other requests are not blocked). Capped at
+    ``_MAX_DELAY_S``.
+``#fail=<http status>``
+    Answer with that status (400-599) and an OpenAI-style error body; 429 also carries
+    ``retry-after: 0``.
+``#call=<tool> <json object>``
+    Ask for one call of ``tool`` per turn, in the order written. Once the conversation after
+    the last user message holds as many ``tool`` results as there are ``#call`` directives,
+    answer with the text of the last tool result.
+``#loop=<tool> <json object>``
+    Always ask for a call of ``tool``; never finish (for testing turn limits). Performed after
+    any ``#call`` directives written before it.
+
+With ``response_format`` of type ``json_schema`` the final answer is a minimal JSON instance of
+the schema whose first plain string field holds the answer text; with ``json_object`` it is
+``{"content": <answer text>}``.
+
+Usage is deterministic: ``prompt_tokens = ceil(chars / 4)`` where chars counts the text of every
+message's content plus the compact, key-sorted JSON of ``tools``; ``completion_tokens =
+ceil(len(reply) / 4)`` where reply is the content, or the JSON of ``tool_calls`` exactly as
+sent. Both are at least 1.
+
+Endpoints: ``POST /v1/chat/completions`` (``stream: true`` gets the same reply as a short SSE
+chunk stream), ``GET /v1/models``, ``GET /healthz`` and ``GET /stats`` (chat-completion requests
+in total and by outcome, requests per second since start, uptime, token totals, and requests
+being handled now and at peak). Malformed requests and directives get an OpenAI-style
+400, never a 422; unknown fields are ignored.
+
+Every reply is labelled as coming from this stand-in: ``system_fingerprint`` is
+``flowrelay-scripted-model`` and every response has the header ``x-flowrelay-scripted-model: 1``.
+
+Run it with ``python -m flowrelay.scripted_model [--host H] [--port P] [--port-file PATH]``: once
+listening it prints ``SCRIPTED_MODEL_URL=http://H:P/v1`` (the only output) and writes the same
+URL to ``--port-file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["FINGERPRINT", "MARKER_HEADER", "URL_LINE_PREFIX", "create_app", "main", "serve"]
+
+FINGERPRINT: Final = "flowrelay-scripted-model"
+"""``system_fingerprint`` of every completion; also the model id listed by ``/v1/models``."""
+
+MARKER_HEADER: Final = "x-flowrelay-scripted-model"
+"""Response header (value ``1``) that marks every reply as coming from the stand-in."""
+
+URL_LINE_PREFIX: Final = "SCRIPTED_MODEL_URL="
+"""Prefix of the single stdout line printed once the server is listening."""
+
+_CHARS_PER_TOKEN: Final = 4
+"""Rough OpenAI-tokenizer ratio for English text; good enough for cost/usage plumbing."""
+
+_MAX_DELAY_S: Final = 600.0
+"""Upper bound for ``#delay`` so a typo cannot park a request (and shutdown) for hours."""
+
+_SCHEMA_MAX_DEPTH: Final = 32
+"""Nesting bound for structured-output instances; recursive schemas stop here."""
+
+_KEEP_ALIVE_S: Final = 75
+"""Idle keep-alive timeout. Longer than httpx's 5 s pool expiry, so the client, not the server,
+closes idle connections and a request never races a server-side close."""
+
+_GRACEFUL_SHUTDOWN_S: Final = 2.0
+"""How long SIGTERM waits for in-flight (possibly delayed) requests before closing them."""
+
+_BACKLOG: Final = 4096
+"""Listen backlog: a benchmark may open hundreds of connections at once."""
+
+_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail|call|loop)=")
+"""A directive starts the text or follows whitespace, so ``a#b=`` inside words is inert."""
+
+_TOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
+"""Tool names allowed by OpenAI function calling (plus dots, which some MCP tools use)."""
+
+_ERROR_TEMPLATES: Final[dict[int, tuple[str, str, str | None]]] = {
+    # status: (message, type, code) -- shaped like what api.openai.com returns, so error
+    # classification in the client stack (openai -> any-llm) sees realistic inputs.
+    400: ("Invalid request (scripted failure).", "invalid_request_error", "invalid_request"),
+    401: (
+        (
+            "Incorrect API key provided: {key}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys."
+        ),
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    403: (
+        "Permission denied: you are not allowed to sample from model `{model}`.",
+        "invalid_request_error",
+        "permission_denied",
+    ),
+    404: (
+        "The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    429: (
+        (
+            "Rate limit reached for {model} in organization org-scripted on requests per min "
+            "(RPM): Limit 3, Used 3, Requested 1. Please try again in 0s."
+        ),
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        "server_error",
+    ),
+    502: ("Bad gateway.", "server_error", "bad_gateway"),
+    503: (
+        "The engine is currently overloaded, please try again later.",
+        "server_error",
+        "service_unavailable",
+    ),
+}
+
+_STRING_FORMAT_EXAMPLES: Final[dict[str, str]] = {
+    # Minimal valid values for the formats pydantic emits, so model_validate_json accepts them.
+    "date-time": "1970-01-01T00:00:00Z",
+    "date": "1970-01-01",
+    "time": "00:00:00Z",
+    "duration": "PT0S",
+    "email": "echo@example.com",
+    "uri": "https://example.com/",
+    "url": "https://example.com/",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
+    "hostname": "example.com",
+}
+
+_JSON_START: Final = frozenset('{["-0123456789tfn')
+"""First characters a JSON document can start with (after whitespace)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Request interpretation
+# --------------------------------------------------------------------------------------------
+
+
+class _ScriptError(ValueError):
+    """A directive in the last user message cannot be understood (answered with HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolStep:
+    name: str
+    arguments: str  # compact JSON text, sent verbatim as function.arguments
+    repeat: bool  # True for #loop: never completes
+
+
+@dataclass(slots=True)
+class _Script:
+    delay_s: float = 0.0
+    fail_status: int | None = None
+    steps: list[_ToolStep] = field(default_factory=list)
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message's content: a string, or the text parts of a list joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _last_user_index(messages: list[Any]) -> int | None:
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, dict) and message.get("role") == "user":
+            return index
+    return None
+
+
+def _parse_tool_step(text: str, start: int, *, repeat: bool) -> _ToolStep:
+    """Parse ``<tool> <json object>`` starting at ``start`` (just after ``#call=``/``#loop=``)."""
+    directive = "#loop" if repeat else "#call"
+    name_match = _TOOL_NAME_RE.match(text, start)
+    if name_match is None:
+        raise _ScriptError(f"{directive}= needs a tool name")
+    position = name_match.end()
+    while position < len(text) and text[position] in " \t":
+        position += 1
+    arguments: Any = {}
+    # No JSON here (end of line, end of text, or the next directive) means "no arguments".
+    if position < len(text) and text[position] in _JSON_START:
+        try:
+            # raw_decode stops at the end of the document, so trailing text or a following
+            # " #directive" is left alone, and "#" inside JSON strings is handled correctly.
+            arguments, _ = json.JSONDecoder().raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise _ScriptError(
+                f"{directive}={name_match.group()} has malformed JSON arguments: {exc.msg}"
+            ) from exc
+        if not isinstance(arguments, dict):
+            raise _ScriptError(f"{directive}={name_match.group()} arguments must be a JSON object")
+    return _ToolStep(
+        name=name_match.group(),
+        arguments=_compact_json(arguments),
+        repeat=repeat,
+    )
+
+
+def _parse_script(text: str) -> _Script:
+    script = _Script()
+    for match in _DIRECTIVE_RE.finditer(text):
+        kind, start = match.group(1), match.end()
+        if kind in ("call", "loop"):
+            script.steps.append(_parse_tool_step(text, start, repeat=kind == "loop"))
+            continue
+        value = text[start:].split(maxsplit=1)[0] if text[start:].strip() else ""
+        if kind == "delay":
+            try:
+                delay = float(value)
+            except ValueError:
+                raise _ScriptError(f"#delay= needs a number of seconds, got {value!r}") from None
+            if not math.isfinite(delay) or delay < 0:
+                raise _ScriptError(f"#delay= must be a finite number >= 0, got {value!r}")
+            script.delay_s = min(delay, _MAX_DELAY_S)  # the last #delay wins
+        else:
+            if not value.isdigit() or not 400 <= int(value) <= 599:
+                raise _ScriptError(f"#fail= needs an HTTP error status 400-599, got {value!r}")
+            script.fail_status = int(value)  # the last #fail wins
+    return script
+
+
+def _next_step(steps: list[_ToolStep], results_seen: int) -> _ToolStep | None:
+    """The tool call to request this turn, or None when every #call has its result."""
+    remaining = results_seen
+    for step in steps:
+        if step.repeat:
+            return step
+        if remaining:
+            remaining -= 1
+            continue
+        return step
+    return None
+
+
+def _tokens(chars: int) -> int:
+    return max(1, -(-chars // _CHARS_PER_TOKEN))  # ceiling division, at least one token
+
+
+def _prompt_chars(messages: list[Any], tools: Any) -> int:
+    chars = sum(len(_content_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    if tools:
+        chars += len(json.dumps(tools, separators=(",", ":"), sort_keys=True))
+    return chars
+
+
+def _mask_key(authorization: str) -> str:
+    """Mask an API key the way OpenAI does in 401 messages (never echo a secret in full)."""
+    key = authorization.removeprefix("Bearer ").strip()
+    if len(key) <= 8:
+        return "*" * len(key)
+    return f"{key[:3]}{'*' * (len(key) - 7)}{key[-4:]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Structured output: a minimal instance of a JSON schema
+# --------------------------------------------------------------------------------------------
+
+
+class _InstanceBuilder:
+    """Build a small JSON value valid against a (pydantic/OpenAI-style) JSON schema.
+
+    The first plain string field receives the answer text, so structured replies still carry
+    the echo; everything else gets the smallest valid value (0, false, [], "", first enum).
+    """
+
+    def __init__(self, root: dict[str, Any], text: str) -> None:
+        self._root = root
+        self._text: str | None = text  # None once used
+        self._ref_path: list[str] = []  # $refs being expanded, to cut recursive schemas
+
+    def build(self, schema: Any, depth: int = 0) -> Any:
+        if not isinstance(schema, dict) or depth > _SCHEMA_MAX_DEPTH:
+            return None
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            self._ref_path.append(ref)
+            try:
+                return self.build(self._resolve(ref), depth + 1)
+            finally:
+                self._ref_path.pop()
+        if "const" in schema:
+            return schema["const"]
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return schema["enum"][0]
+        for keyword in ("anyOf", "oneOf"):
+            options = schema.get(keyword)
+            if isinstance(options, list) and options:
+                return self.build(self._pick_option(options), depth + 1)
+        if isinstance(schema.get("allOf"), list):
+            return self.build(self._merge_all_of(schema), depth + 1)
+
+        kind = schema.get("type")
+        if isinstance(kind, list):  # e.g. ["string", "null"]: prefer the non-null type
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind is None:
+            kind = "object" if "properties" in schema else "array" if "items" in schema else None
+        if kind == "object":
+            return self._object(schema, depth)
+        if kind == "array":
+            count = schema.get("minItems", 0)
+            return [self.build(schema.get("items", {}), depth + 1) for _ in range(count)]
+        if kind == "string":
+            return self._string(schema)
+        if kind in ("integer", "number"):
+            return self._number(schema, integer=kind == "integer")
+        if kind == "boolean":
+            return False
+        return None
+
+    def _resolve(self, ref: str) -> Any:
+        if not ref.startswith("#"):
+            return {}  # remote refs never appear in what the openai client sends
+        node: Any = self._root
+        for part in ref.lstrip("#").split("/"):
+            if not part:
+                continue
+            part = part.replace("~1", "/").replace("~0", "~")
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return node
+
+    def _pick_option(self, options: list[Any]) -> Any:
+        # Take the first option, except one that re-enters a $ref we are already expanding:
+        # for a recursive `child: Node | None` that picks null and keeps the instance finite.
+        for option in options:
+            if not (isinstance(option, dict) and option.get("$ref") in self._ref_path):
+                return option
+        return options[-1]
+
+    def _merge_all_of(self, schema: dict[str, Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in schema["allOf"]:
+            if isinstance(part, dict) and "$ref" in part:
+                part = self._resolve(part["$ref"])
+            if not isinstance(part, dict):
+                continue
+            for key, value in part.items():
+                if key == "properties" and isinstance(value, dict):
+                    merged["properties"] = {**merged.get("properties", {}), **value}
+                elif key == "required" and isinstance(value, list):
+                    merged["required"] = [*merged.get("required", []), *value]
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+    def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        # All declared properties, not only required ones: still valid, and it lets the answer
+        # text land in the first string field even when that field is optional.
+        result = {name: self.build(sub, depth + 1) for name, sub in properties.items()}
+        extra = schema.get("additionalProperties")
+        for name in schema.get("required", []):
+            if name not in result:
+                result[name] = self.build(extra if isinstance(extra, dict) else {}, depth + 1)
+        return result
+
+    def _string(self, schema: dict[str, Any]) -> str:
+        value = _STRING_FORMAT_EXAMPLES.get(schema.get("format", ""))
+        if value is None:
+            value = ""
+            if self._text is not None and "pattern" not in schema:
+                value, self._text = self._text, None
+        max_length = schema.get("maxLength")
+        if isinstance(max_length, int):
+            value = value[:max_length]
+        min_length = schema.get("minLength")
+        if isinstance(min_length, int) and len(value) < min_length:
+            value = value.ljust(min_length, "x")
+        return value
+
+    @staticmethod
+    def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
+        value: float = 0
+        step = 1 if integer else 0.5
+        if isinstance(schema.get("minimum"), (int, float)):
+            value = max(value, schema["minimum"])
+        if isinstance(schema.get("exclusiveMinimum"), (int, float)):
+            value = max(value, schema["exclusiveMinimum"] + step)
+        if isinstance(schema.get("maximum"), (int, float)):
+            value = min(value, schema["maximum"])
+        if isinstance(schema.get("exclusiveMaximum"), (int, float)):
+            value = min(value, schema["exclusiveMaximum"] - step)
+        return math.ceil(value) if integer else value
+
+
+def _structured_content(response_format: Any, answer: str) -> str | None:
+    """JSON content honouring ``response_format``, or None when plain text is wanted."""
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        schema = schema if isinstance(schema, dict) else {}
+        return json.dumps(_InstanceBuilder(schema, answer).build(schema), ensure_ascii=False)
+    if kind == "json_object":
+        return json.dumps({"content": answer}, ensure_ascii=False)
+    return None
+
+
+def _reply(
+    script: _Script, later: list[Any], user_text: str, response_format: Any
+) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """This turn's (content, tool_calls), given the messages after the last user message."""
+    results = [
+        _content_text(m.get("content"))
+        for m in later
+        if isinstance(m, dict) and m.get("role") == "tool"
+    ]
+    step = _next_step(script.steps, len(results))
+    if step is not None:
+        # One call per turn; the id is deterministic and unique within the conversation.
+        call = {
+            "id": f"call_flowrelay_{len(results)}",
+            "type": "function",
+            "function": {"name": step.name, "arguments": step.arguments},
+        }
+        return None, [call]
+    answer = results[-1] if script.steps else f"echo: {user_text}"
+    structured = _structured_content(response_format, answer)
+    return (answer if structured is None else structured), None
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP app
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stats:
+    """Counters behind ``GET /stats``. ``in_flight`` counts valid chat requests being handled;
+    only ``#delay`` makes a handler wait, so without delays its peak stays at 1."""
+
+    started: float = field(default_factory=time.monotonic)
+    total: int = 0
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    in_flight_peak: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        uptime = time.monotonic() - self.started
+        return {
+            "server": FINGERPRINT,
+            "uptime_s": round(uptime, 3),
+            "requests_total": self.total,
+            "requests_by_outcome": dict(self.by_outcome),
+            "requests_per_second": round(self.total / uptime, 3) if uptime > 0 else 0.0,
+            "in_flight": self.in_flight,
+            "in_flight_peak": self.in_flight_peak,
+            "prompt_tokens_total": self.prompt_tokens,
+            "completion_tokens_total": self.completion_tokens,
+        }
+
+
+def _json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    # One pre-serialised body, so uvicorn sends headers + body as two small writes at most.
+    return Response(
+        _compact_json(payload).encode(),
+        status_code=status,
+        headers={MARKER_HEADER: "1", **(headers or {})},
+        media_type="application/json",
+    )
+
+
+def _error_response(
+    status: int, message: str, error_type: str, code: str | None, param: str | None = None
+) -> Response:
+    # 429 carries retry-after like the real API. Note: the openai client treats 0 as "no hint"
+    # and falls back to its own backoff (about 0.5 s, then 1 s) for its two default retries.
+    headers = {"retry-after": "0"} if status == 429 else None
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return _json_response(body, status, headers)
+
+
+def _scripted_failure(status: int, model: str, authorization: str) -> Response:
+    default_type = "server_error" if status >= 500 else "invalid_request_error"
+    message, error_type, code = _ERROR_TEMPLATES.get(
+        status, (f"Scripted failure with HTTP status {status}.", default_type, None)
+    )
+    message = message.format(model=model, key=_mask_key(authorization))
+    return _error_response(status, message, error_type, code)
+
+
+def _completion_body(
+    *,
+    model: str,
+    content: str | None,
+    tool_calls: list[dict[str, Any]] | None,
+    usage: dict[str, int],
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content,
+        "refusal": None,
+        "annotations": [],
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": f"chatcmpl-{os.urandom(12).hex()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "service_tier": "default",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def _stream_response(body: dict[str, Any], include_usage: bool) -> Response:
+    """The same completion as a minimal, complete SSE chunk stream sent in one body."""
+    message = body["choices"][0]["message"]
+    delta: dict[str, Any] = {"role": "assistant", "content": message["content"], "refusal": None}
+    if "tool_calls" in message:
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint", "service_tier")}
+    base["object"] = "chat.completion.chunk"
+    extra = {"usage": None} if include_usage else {}
+    finish = body["choices"][0]["finish_reason"]
+    chunks = [
+        {
+            **base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+            **extra,
+        },
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        },
+    ]
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": body["usage"]})
+    text = "".join(f"data: {_compact_json(chunk)}\n\n" for chunk in chunks)
+    return Response(
+        (text + "data: [DONE]\n\n").encode(),
+        headers={MARKER_HEADER: "1", "cache-control": "no-cache"},
+        media_type="text/event-stream",
+    )
+
+
+def create_app() -> Starlette:
+    """The ASGI app (for uvicorn or in-process httpx use). Stats start when it is created."""
+    stats = _Stats()
+
+    async def chat_completions(request: Request) -> Response:
+        stats.total += 1
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            stats.by_outcome["invalid_request"] += 1
+            message = "We could not parse the JSON body of your request."
+            return _error_response(400, message, "invalid_request_error", None)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            stats.by_outcome["invalid_request"] += 1
+            message = "Missing required parameter: 'messages'."
+            code = "missing_required_parameter"
+            return _error_response(400, message, "invalid_request_error", code, "messages")
+        messages: list[Any] = body["messages"]
+        model = body["model"] if isinstance(body.get("model"), str) else FINGERPRINT
+        user_index = _last_user_index(messages)
+        user_text = "" if user_index is None else _content_text(messages[user_index].get("content"))
+        try:
+            script = _parse_script(user_text)
+        except _ScriptError as exc:
+            stats.by_outcome["invalid_request"] += 1
+            message = f"Scripted model directive error: {exc}"
+            return _error_response(400, message, "invalid_request_error", None, "messages")
+
+        stats.in_flight += 1
+        stats.in_flight_peak = max(stats.in_flight_peak, stats.in_flight)
+        try:
+            if script.delay_s:
+                await asyncio.sleep(script.delay_s)
+        finally:
+            stats.in_flight -= 1
+        if script.fail_status is not None:
+            stats.by_outcome["scripted_failure"] += 1
+            authorization = request.headers.get("authorization", "")
+            return _scripted_failure(script.fail_status, model, authorization)
+
+        later = messages[user_index + 1 :] if user_index is not None else []
+        content, tool_calls = _reply(script, later, user_text, body.get("response_format"))
+        stats.by_outcome["tool_call" if tool_calls else "answer"] += 1
+        reply = content if content is not None else _compact_json(tool_calls)
+        usage = {
+            "prompt_tokens": _tokens(_prompt_chars(messages, body.get("tools"))),
+            "completion_tokens": _tokens(len(reply)),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        stats.prompt_tokens += usage["prompt_tokens"]
+        stats.completion_tokens += usage["completion_tokens"]
+        completion = _completion_body(
+            model=model, content=content, tool_calls=tool_calls, usage=usage
+        )
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            return _stream_response(completion, include_usage)
+        return _json_response(completion)
+
+    async def list_models(_: Request) -> Response:
+        model = {"id": FINGERPRINT, "object": "model", "created": 0, "owned_by": "flowrelay"}
+        return _json_response({"object": "list", "data": [model]})
+
+    async def healthz(_: Request) -> Response:
+        return _json_response({"status": "ok", "server": FINGERPRINT})
+
+    async def stats_endpoint(_: Request) -> Response:
+        return _json_response(stats.snapshot())
+
+    async def unknown_route(request: Request, exc: Exception) -> Response:
+        # Same shape as the real API's answer to a wrong URL (e.g. api_base without /v1).
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        return _error_response(status, message, "invalid_request_error", None)
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/stats", stats_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={404: unknown_route, 405: unknown_route},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------
+
+
+class _NoDelayHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with TCP_NODELAY asserted on every connection.
+
+    uvicorn writes the status/headers and the body of a reply separately; with Nagle on, a
+    keep-alive client then waits for a delayed ACK (about 40 ms) before the body leaves.
+    uvloop and asyncio already set TCP_NODELAY; doing it here keeps that true whatever loop runs.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn server that reports its URL once listening and exits 0 on SIGTERM/SIGINT."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_ready: Callable[[str], None] | None, handle_signals: bool
+    ) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+        self._handle_signals = handle_signals
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit and self._on_ready is not None:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self._on_ready(f"http://{shown}:{port}/v1")
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the captured signal after a graceful shutdown, which turns SIGTERM
+        # into exit status -15 and SIGINT into a KeyboardInterrupt traceback. A clean stop
+        # should exit 0, so install the handlers ourselves and do not re-raise.
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    handle_signals: bool = False,
+) -> None:
+    """Serve the scripted model on the running loop until stopped.
+
+    ``on_ready(base_url)`` is called once the socket is listening (with port 0, the URL carries
+    the port actually bound). Pass a literal IP as ``host``: a name resolving to several
+    addresses would bind several sockets, each to its own free port.
+    ``handle_signals`` makes SIGINT/SIGTERM stop it gracefully (main thread only).
+    """
+    config = uvicorn.Config(
+        create_app(),
+        host=host,
+        port=port,
+        http=_NoDelayHttpToolsProtocol,
+        lifespan="off",
+        access_log=False,  # per-request logging would cost more than answering
+        proxy_headers=False,  # no proxy in front; skips a middleware hop per request
+        log_config=None,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=_KEEP_ALIVE_S,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        backlog=_BACKLOG,
+    )
+    await _Server(config, on_ready, handle_signals).serve()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # Readers polling for the file must never see it half-written: write aside, then rename.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional speed; asyncio works the same
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry point: serve until SIGTERM/SIGINT, announcing the URL once listening."""
+    parser = argparse.ArgumentParser(
+        prog="flowrelay-scripted-model",
+        description="Offline, scripted OpenAI-compatible chat-completions server (a stand-in).",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="IP address to bind (default: %(default)s)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    parser.add_argument("--port-file", type=Path, help="also write the base URL to this file")
+    args = parser.parse_args(argv)
+
+    def announce(url: str) -> None:
+        if args.port_file is not None:
+            _write_atomically(args.port_file, url)
+        print(f"{URL_LINE_PREFIX}{url}", flush=True)
+
+    with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+        runner.run(serve(args.host, args.port, on_ready=announce, handle_signals=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""``flowrelay-api``: serve the API with uvicorn (uvloop and httptools)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from flowrelay_api.settings import ApiSettings
+
+#: Import string of the app factory, for uvicorn's multi-process mode.
+APP_FACTORY = "flowrelay_api.app:create_app"
+
+
+def main() -> None:
+    settings = ApiSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": settings.api_access_log,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,  # keep the logging configured above
+    }
+    if settings.api_workers > 1:  # each worker process builds its app from the environment
+        uvicorn.run(APP_FACTORY, factory=True, workers=settings.api_workers, **options)  # type: ignore[arg-type]
+    else:
+        from flowrelay_api.app import create_app
+
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

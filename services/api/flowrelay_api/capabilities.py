@@ -1,0 +1,154 @@
+"""Which frameworks and tools the running executors offer, and checking workflows against it.
+
+Executors advertise an ``ExecutorCapabilities`` entry in ``EXECUTORS_BUCKET`` and refresh
+it while they live; the bucket's TTL removes the entry of an executor that died. Reading
+the bucket costs a consumer and a round trip per entry, too much for every request, so:
+
+* a background task re-reads it every :data:`POLL_INTERVAL_S` into a snapshot that
+  accepting requests and ``/healthz`` use for free;
+* a workflow the snapshot would *reject* is checked again against a fresh read, so a
+  just-started executor is never refused because the snapshot is a second old.
+
+A stale snapshot can therefore only let through a run that no executor can take; the
+executor then fails it with ``framework_not_installed`` and the suggester explains the fix.
+With no executor at all, everything is accepted: runs wait in the queue until one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from flowrelay_contracts import ExecutorCapabilities, Workflow
+from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
+
+from flowrelay_api.errors import BUS_ERRORS, Loc
+
+log = logging.getLogger(__name__)
+
+#: Seconds between background reads of the executors bucket.
+POLL_INTERVAL_S = 2.0
+
+#: Bound on one read of the bucket (entries are few and small).
+READ_TIMEOUT_S = 5.0
+
+Problem = tuple[Loc, str, str]
+
+
+class ExecutorDirectory:
+    """A snapshot of the live executors' capabilities, kept fresh in the background."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._snapshot: list[ExecutorCapabilities] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> list[ExecutorCapabilities]:
+        """Executors seen in the last read (at most :data:`POLL_INTERVAL_S` old)."""
+        return self._snapshot
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll(), name="flowrelay-api-executor-directory")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> list[ExecutorCapabilities]:
+        """Read every entry of the bucket now; entries present are live (the TTL expires the rest)."""
+        watcher = await self._kv.watchall()
+        found: list[ExecutorCapabilities] = []
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                async for entry in watcher:
+                    if entry is None:  # end of the current values
+                        break
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        continue
+                    try:
+                        found.append(ExecutorCapabilities.model_validate_json(entry.value))
+                    except ValidationError:
+                        log.warning("ignoring unreadable capabilities entry %r", entry.key)
+        finally:
+            await watcher.stop()
+        self._snapshot = found
+        return found
+
+    async def check(self, workflow: Workflow) -> list[Problem]:
+        """Problems of nodes no live executor can run; empty when none or no executor runs."""
+        unknown = _unknown_frameworks(workflow)
+        if unknown:
+            return unknown
+        if not self._snapshot:
+            return []
+        problems = _unsupported(workflow, self._snapshot)
+        if problems:  # the snapshot says no: confirm with a fresh read before refusing
+            fresh = await self.refresh()
+            problems = _unsupported(workflow, fresh) if fresh else []
+        return problems
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            try:
+                await self.refresh()
+            except (*BUS_ERRORS, ValidationError) as exc:  # keep the last snapshot; retry later
+                log.debug("reading executor capabilities failed: %s", type(exc).__name__)
+
+
+def _unknown_frameworks(workflow: Workflow) -> list[Problem]:
+    return [
+        (
+            ("body", "workflow", "nodes", i, "data", "framework"),
+            (
+                f"node {node.id!r} uses framework {node.data.framework!r}, which any-agent does "
+                f"not know; use one of: {', '.join(KNOWN_FRAMEWORKS)}"
+            ),
+            "framework_unknown",
+        )
+        for i, node in enumerate(workflow.nodes)
+        if node.data.framework not in KNOWN_FRAMEWORKS
+    ]
+
+
+def _unsupported(workflow: Workflow, executors: list[ExecutorCapabilities]) -> list[Problem]:
+    frameworks = {f for e in executors for f in e.frameworks}
+    tools = {t for e in executors for t in e.tools}
+    problems: list[Problem] = []
+    for i, node in enumerate(workflow.nodes):
+        spec = node.data
+        if spec.framework not in frameworks:
+            problems.append(
+                (
+                    ("body", "workflow", "nodes", i, "data", "framework"),
+                    (
+                        f"node {node.id!r} (agent {spec.name!r}) needs framework {spec.framework!r}, "
+                        f"which no running executor has (they have: "
+                        f"{', '.join(sorted(frameworks)) or 'none'}); install it on the executors "
+                        f"with pip install 'any-agent[{spec.framework}]'"
+                    ),
+                    "framework_not_installed",
+                )
+            )
+        for j, tool in enumerate(spec.tools):
+            if isinstance(tool, str) and tool not in tools:
+                problems.append(
+                    (
+                        ("body", "workflow", "nodes", i, "data", "tools", j),
+                        (
+                            f"node {node.id!r} (agent {spec.name!r}) uses tool {tool!r}, which no "
+                            f"running executor registers (registered: "
+                            f"{', '.join(sorted(tools)) or 'none'}); add its module to "
+                            "FLOWRELAY_TOOL_MODULES on the executors"
+                        ),
+                        "tool_not_registered",
+                    )
+                )
+    return problems

@@ -1,0 +1,175 @@
+"""Errors the API answers with, and how every failure becomes a JSON response.
+
+Two shapes, both FastAPI's:
+
+* ``{"detail": "<sentence>"}`` for 404, 409, 413, 503... The sentence names the culprit
+  (the run id, the header, the limit and the variable that raises it).
+* ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`` for 422. ``loc`` is the
+  path to the culprit (``["body", "workflow", "nodes", 1, "id"]``) and ``msg`` starts with
+  it in dotted form, so a message read on its own still names the field.
+
+Nothing a client sent is echoed back (FastAPI's ``input`` key is dropped: a workflow can
+carry keys in ``model_args``), and server-side failures answer a fixed sentence; details
+go to the log, without request bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import nats.errors
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from flowrelay_contracts import WorkflowProblem
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger(__name__)
+
+Loc = tuple[str | int, ...]
+
+#: What talking to NATS can raise: its own errors, timeouts, and socket failures.
+BUS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere below a route."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class RunNotFound(ApiError):
+    status_code = 404
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} not found")
+
+
+class Conflict(ApiError):
+    status_code = 409
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+
+
+class GatewayTimeout(ApiError):
+    status_code = 504
+
+
+class InvalidRequest(Exception):
+    """422 with one item per problem; raised for problems found after parsing."""
+
+    status_code = 422
+
+    def __init__(self, problems: Sequence[tuple[Loc, str, str]]) -> None:
+        super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg, _ in problems))
+        self.problems = list(problems)
+
+    @classmethod
+    def one(cls, loc: Loc, msg: str, type: str = "value_error") -> InvalidRequest:
+        return cls([(loc, msg, type)])
+
+    @classmethod
+    def from_workflow(cls, problems: Iterable[WorkflowProblem]) -> InvalidRequest:
+        return cls([(pointer_to_loc(p.pointer), p.message, "workflow_invalid") for p in problems])
+
+
+def pointer_to_loc(pointer: str) -> Loc:
+    """JSON pointer into the body -> FastAPI ``loc``: ``/workflow/nodes/1/id`` ->
+    ``("body", "workflow", "nodes", 1, "id")``."""
+    parts: list[str | int] = ["body"]
+    for raw in pointer.split("/")[1:]:
+        token = raw.replace("~1", "/").replace("~0", "~")
+        parts.append(int(token) if token.isdigit() else token)
+    return tuple(parts)
+
+
+def validation_body(problems: Iterable[tuple[Loc, str, str]]) -> dict[str, list[dict[str, object]]]:
+    return {
+        "detail": [
+            {"loc": list(loc), "msg": f"{_dotted(loc)}: {msg}", "type": type}
+            for loc, msg, type in problems
+        ]
+    }
+
+
+def install_error_handlers(
+    app: FastAPI, on_malformed: Callable[[Request], None] | None = None
+) -> None:
+    """Route every exception to one of the two error shapes; ``on_malformed`` sees each
+    request whose parameters or body failed validation (for metrics)."""
+
+    async def on_request_validation(request: Request, exc: Exception) -> Response:
+        if on_malformed is not None:
+            on_malformed(request)
+        return await _on_request_validation(request, exc)
+
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(InvalidRequest, _on_invalid_request)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(nats.errors.Error, _on_bus_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+async def _on_request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = [(tuple(e["loc"]), str(e["msg"]), str(e["type"])) for e in exc.errors()]
+    return JSONResponse(validation_body(problems), status_code=422)
+
+
+async def _on_invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidRequest)
+    return JSONResponse(validation_body(exc.problems), status_code=422)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"method {request.method} is not allowed on {request.url.path}"
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_bus_error(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: NATS error %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(
+        {"detail": "the message bus (NATS) is unavailable or did not answer in time; retry later"},
+        status_code=503,
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error; the API log has the details"}, status_code=500)
+
+
+def _dotted(loc: Loc) -> str:
+    """``("body", "workflow", "nodes", 1, "id")`` -> ``workflow.nodes[1].id``."""
+    parts = (
+        list(loc[1:])
+        if len(loc) > 1 and loc[0] in ("body", "query", "path", "header")
+        else list(loc)
+    )
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or str(loc[0] if loc else "body")

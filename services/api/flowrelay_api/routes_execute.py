@@ -1,0 +1,107 @@
+"""``POST /execute``: the original synchronous endpoint, on top of the asynchronous path.
+
+It submits exactly like ``POST /runs``, then watches the run's record until it ends and
+answers with the result and the whole trace. If the run has not ended by its own deadline
+plus ``execute_margin_s`` the answer is 504; a run that no executor picked up by then is
+cancelled, so it does not start later for a caller that is gone.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header
+from flowrelay_contracts import RunMode, RunRecord, RunStatus, TraceEvent
+from starlette.responses import Response
+
+from flowrelay_api import runs
+from flowrelay_api.context import ApiContext, get_context
+from flowrelay_api.errors import ApiError, GatewayTimeout
+from flowrelay_api.schemas import (
+    ErrorResponse,
+    ExecuteResult,
+    RunSubmission,
+    ValidationErrorResponse,
+    json_response,
+)
+from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
+
+router = APIRouter(tags=["execute"])
+
+
+@router.post(
+    "/execute",
+    response_model=ExecuteResult,
+    summary="Run a workflow and wait for the result",
+    description="Same body as `POST /runs`. Blocks until the run ends (at most its `timeout_s` plus a "
+    "margin) and returns the output, or for a failed run the error and the suggester's guidance "
+    "(`mode: degraded`), with every trace event.",
+    responses={
+        409: {
+            "model": ErrorResponse,
+            "description": "Idempotency-Key reused with a different body.",
+        },
+        413: {"model": ErrorResponse, "description": "Body larger than FLOWRELAY_MAX_BODY_BYTES."},
+        422: {
+            "model": ValidationErrorResponse,
+            "description": "Malformed request or unrunnable workflow.",
+        },
+        503: {"model": ErrorResponse, "description": "NATS is unavailable; nothing was queued."},
+        504: {"model": ErrorResponse, "description": "The run did not end in time."},
+    },
+)
+async def execute(
+    body: RunSubmission,
+    ctx: Annotated[ApiContext, Depends(get_context)],
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+    ] = None,
+) -> Response:
+    submitted = await submit(ctx, body, idempotency_key)
+    run_id = submitted.record.run_id
+    wait_s = (
+        submitted.options.timeout_s or ctx.settings.default_timeout_s
+    ) + ctx.settings.execute_margin_s
+    record = await runs.wait_until_finished(
+        ctx, run_id, wait_s, ctx.settings.sse_suggestion_grace_s
+    )
+    if record is None:
+        record = await _give_up(ctx, run_id, wait_s)
+    trace = await runs.read_trace(ctx, run_id)
+    return json_response(_result(record, trace))
+
+
+def _result(record: RunRecord, trace: list[TraceEvent]) -> ExecuteResult:
+    degraded = record.mode == RunMode.DEGRADED or record.status == RunStatus.FAILED
+    return ExecuteResult(
+        run_id=record.run_id,
+        mode=RunMode.DEGRADED if degraded else record.mode,
+        status=record.status,
+        output=record.output,
+        suggestions=record.suggestions,
+        error=record.error,
+        usage=record.usage,
+        cost_usd=record.cost_usd,
+        trace=trace,
+    )
+
+
+async def _give_up(ctx: ApiContext, run_id: str, wait_s: float) -> RunRecord:
+    """The wait expired: the run if it ended just now; else cancel it if it never started,
+    and raise 504."""
+    status = "unknown"
+    try:
+        record = await runs.get_run(ctx, run_id)
+        if record.terminal:
+            return record
+        status = record.status.value
+        if record.status == RunStatus.QUEUED:
+            record = await runs.cancel_run(
+                ctx, run_id, reason=f"cancelled by POST /execute after waiting {wait_s:g} s"
+            )
+            status = record.status.value
+    except ApiError:
+        pass  # ended or vanished meanwhile: the 504 still tells where to look
+    raise GatewayTimeout(
+        f"run {run_id} did not end within {wait_s:g} s (it is {status}); see GET /runs/{run_id}"
+    )

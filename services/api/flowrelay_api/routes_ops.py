@@ -1,0 +1,42 @@
+"""Operations endpoints: liveness for load balancers, metrics for Prometheus."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from flowrelay_api.context import ApiContext, get_context
+from flowrelay_api.schemas import Health, json_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="Liveness and NATS connectivity",
+    description="200 while the API is connected to NATS, 503 while it is not (it keeps reconnecting). "
+    "`executors` counts executors that advertised themselves in the last few seconds.",
+    responses={503: {"model": Health, "description": "NATS is disconnected."}},
+)
+async def healthz(ctx: Annotated[ApiContext, Depends(get_context)]) -> Response:
+    connected = ctx.connected
+    health = Health(
+        status="ok" if connected else "unavailable",
+        nats="connected" if connected else "disconnected",
+        executors=len(ctx.executors.live),
+    )
+    return json_response(health, 200 if connected else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+async def metrics(ctx: Annotated[ApiContext, Depends(get_context)]) -> Response:
+    body, content_type = ctx.metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,170 @@
+"""The asynchronous API: submit a run, look it up, list, follow its events, cancel it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from flowrelay_contracts import RunStatus
+from sse_starlette import EventSourceResponse
+from starlette.responses import Response
+
+from flowrelay_api import runs, sse
+from flowrelay_api.context import ApiContext, get_context
+from flowrelay_api.schemas import (
+    CancelAccepted,
+    ErrorResponse,
+    RunAccepted,
+    RunLinks,
+    RunList,
+    RunSubmission,
+    RunView,
+    ValidationErrorResponse,
+    json_response,
+)
+from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
+
+#: Largest page of ``GET /runs``.
+MAX_PAGE_SIZE = 100
+
+#: Page size of ``GET /runs`` without ``limit``.
+DEFAULT_PAGE_SIZE = 20
+
+router = APIRouter(tags=["runs"])
+
+Context = Annotated[ApiContext, Depends(get_context)]
+RunId = Annotated[str, Path(description="The run's id, as returned by POST /runs.")]
+
+_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such run."}}
+_INVALID = {
+    422: {
+        "model": ValidationErrorResponse,
+        "description": "Malformed request or unrunnable workflow.",
+    }
+}
+_UNAVAILABLE = {
+    503: {"model": ErrorResponse, "description": "NATS is unavailable; nothing was queued."}
+}
+
+
+@router.post(
+    "/runs",
+    status_code=202,
+    response_model=RunAccepted,
+    summary="Submit a run",
+    description="Checks the workflow and the limits, stores the run as `queued` and puts it on the "
+    "executors' queue. Follow it at `links.events` (SSE) or `links.self`. With an `Idempotency-Key` "
+    "header, repeating the request returns the same run instead of starting another.",
+    responses={
+        409: {
+            "model": ErrorResponse,
+            "description": "Idempotency-Key reused with a different body.",
+        },
+        413: {"model": ErrorResponse, "description": "Body larger than FLOWRELAY_MAX_BODY_BYTES."},
+        **_INVALID,
+        **_UNAVAILABLE,
+    },
+)
+async def create_run(
+    request: Request,
+    body: RunSubmission,
+    ctx: Context,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+            description="Client-chosen key; a repeat with the same key and body returns the same run.",
+        ),
+    ] = None,
+) -> Response:
+    submitted = await submit(ctx, body, idempotency_key)
+    record = submitted.record
+    links = RunLinks.for_run(record.run_id, request.scope.get("root_path", ""))
+    headers = {"Location": links.self}
+    if submitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    accepted = RunAccepted(
+        run_id=record.run_id, status=record.status, links=links, created_at=record.created_at
+    )
+    return json_response(accepted, 202, headers)
+
+
+@router.get(
+    "/runs",
+    response_model=RunList,
+    summary="List runs, newest first",
+    description="Cursor pagination: pass the `next_cursor` of a page as `cursor` to get the next one; "
+    "it is null on the last page.",
+    responses=_INVALID,
+)
+async def list_runs(
+    request: Request,
+    ctx: Context,
+    status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Runs per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> Response:
+    page = await runs.list_runs(ctx, status=status, limit=limit, cursor=cursor)
+    root = request.scope.get("root_path", "")
+    return json_response(
+        RunList(runs=[RunView.of(r, root) for r in page.runs], next_cursor=page.next_cursor)
+    )
+
+
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunView,
+    summary="Get a run",
+    description="Status, output or error, the suggester's guidance, token usage and cost.",
+    responses=_NOT_FOUND,
+)
+async def get_run(request: Request, ctx: Context, run_id: RunId) -> Response:
+    record = await runs.get_run(ctx, run_id)
+    return json_response(RunView.of(record, request.scope.get("root_path", "")))
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=EventSourceResponse,
+    summary="Follow a run's events (Server-Sent Events)",
+    description="Replays the run's trace from the start, then streams it live: `id` is the event's "
+    "`seq`, `event` its type, `data` the TraceEvent JSON. Reconnect with `Last-Event-ID` (or "
+    "`?after=`) to resume. The stream ends after `run.completed` or `run.cancelled`; after "
+    "`run.failed` it ends with the suggester's `suggestion` event, or after a short grace period.",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
+        **_NOT_FOUND,
+    },
+)
+async def run_events(
+    ctx: Context,
+    run_id: RunId,
+    after: Annotated[int, Query(ge=0, description="Send only events with a greater seq.")] = 0,
+    last_event_id: Annotated[
+        int | None,
+        Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect."),
+    ] = None,
+) -> EventSourceResponse:
+    record = await runs.get_run(ctx, run_id)
+    return sse.event_stream(ctx, record, max(after, last_event_id or 0))
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=CancelAccepted,
+    summary="Cancel a run",
+    description="A queued run is cancelled at once (`status: cancelled`). A running one is stopped by "
+    "its executor within about a second (`status: running` now; the record and the event stream "
+    "show the end). A run that has already ended answers 409.",
+    responses={
+        409: {"model": ErrorResponse, "description": "The run has already ended."},
+        **_NOT_FOUND,
+    },
+)
+async def cancel_run(ctx: Context, run_id: RunId) -> Response:
+    record = await runs.cancel_run(ctx, run_id)
+    return json_response(CancelAccepted(run_id=record.run_id, status=record.status), 202)

@@ -1,0 +1,263 @@
+"""Accepting a run: check it, store its record, queue its request.
+
+The order is what makes a run never vanish:
+
+1. check everything that can be checked without running (the graph, the limits, the
+   executors' capabilities), so a bad request costs nothing downstream;
+2. reserve the ``Idempotency-Key`` (``kv.create``, atomic) when the client sent one;
+3. store the ``RunRecord`` (``queued``), so the run is visible from now on;
+4. publish ``RunRequested`` with ``Nats-Msg-Id: <run_id>`` and wait for the PubAck. If
+   that fails the record is marked ``failed`` (``internal_error``), the key is released so
+   a retry starts afresh, and the client gets a 503.
+
+Steps 3 and 4 are idempotent for one run id (``create`` refuses a second record, JetStream
+drops a second publish inside its duplicate window), which is what lets a repeated
+request with the same key finish the job of a first one that died half-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flowrelay_contracts import (
+    ErrorCode,
+    RunError,
+    RunOptions,
+    RunRecord,
+    RunRequested,
+    RunStatus,
+    WorkflowError,
+    plan,
+    subjects,
+)
+from flowrelay_contracts.messages import utcnow
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from pydantic import BaseModel
+
+from flowrelay_api.context import ApiContext
+from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, ServiceUnavailable
+from flowrelay_api.metrics import SubmitOutcome
+from flowrelay_api.schemas import RunSubmission
+from flowrelay_api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+#: Longest ``Idempotency-Key`` accepted (the IETF draft suggests 255).
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+#: A stored-but-queued run is republished on a repeat only this far inside the duplicate
+#: window, so the publish is certain to be dropped if the first one did go through.
+_REPUBLISH_SAFETY_S = 10.0
+
+#: Attempts to reserve a key that keeps being released under us (publish failures).
+_KEY_ATTEMPTS = 3
+
+_UNAVAILABLE = "the message bus (NATS) is not connected; retry later"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The stored record of an accepted run, and the limits it runs with.
+
+    ``replayed``: the request repeated an ``Idempotency-Key`` and this is the earlier run.
+    """
+
+    record: RunRecord
+    options: RunOptions
+    replayed: bool = False
+
+
+class _KeyEntry(BaseModel):
+    """What an Idempotency-Key maps to: the run, and a fingerprint of the body that made it."""
+
+    run_id: str
+    fingerprint: str
+
+
+async def submit(
+    ctx: ApiContext, body: RunSubmission, idempotency_key: str | None = None
+) -> Submitted:
+    """Check, store and queue a run; raise an ``ApiError``/``InvalidRequest`` to refuse it."""
+    if not ctx.connected:
+        ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
+        raise ServiceUnavailable(_UNAVAILABLE)
+    options = await _check(ctx, body)
+    request = RunRequested(run_id="", workflow=body.workflow, input=body.input, options=options)
+    if idempotency_key is None:
+        request.run_id = ctx.ids.new()
+        return await _store_and_queue(ctx, request, key_slot=None)
+    return await _submit_once(ctx, request, body, idempotency_key)
+
+
+def resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
+    """Fill in defaults; refuse values above the deployment's limits (422 naming the field)."""
+    problems = []
+    timeout_s = options.timeout_s if options.timeout_s is not None else settings.default_timeout_s
+    if timeout_s > settings.max_timeout_s:
+        problems.append(
+            (
+                ("body", "options", "timeout_s"),
+                f"{timeout_s:g} s is above the limit of {settings.max_timeout_s:g} s (FLOWRELAY_MAX_TIMEOUT_S)",
+                "less_than_equal",
+            )
+        )
+    max_turns = options.max_turns if options.max_turns is not None else settings.default_max_turns
+    if max_turns > settings.max_max_turns:
+        problems.append(
+            (
+                ("body", "options", "max_turns"),
+                f"{max_turns} is above the limit of {settings.max_max_turns} (FLOWRELAY_MAX_MAX_TURNS)",
+                "less_than_equal",
+            )
+        )
+    if problems:
+        raise InvalidRequest(problems)
+    return RunOptions(timeout_s=timeout_s, max_turns=max_turns)
+
+
+async def _check(ctx: ApiContext, body: RunSubmission) -> RunOptions:
+    try:
+        try:
+            plan(body.workflow)
+        except WorkflowError as exc:
+            raise InvalidRequest.from_workflow(exc.problems) from None
+        options = resolve_options(body.options, ctx.settings)
+    except InvalidRequest:
+        ctx.metrics.submitted(SubmitOutcome.INVALID)
+        raise
+    if ctx.settings.execution == "execute":  # in suggest mode nothing runs: any framework will do
+        problems = await ctx.executors.check(body.workflow)
+        if problems:
+            ctx.metrics.submitted(SubmitOutcome.UNSUPPORTED)
+            raise InvalidRequest(problems)
+    return options
+
+
+async def _submit_once(
+    ctx: ApiContext, request: RunRequested, body: RunSubmission, key: str
+) -> Submitted:
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        ctx.metrics.submitted(SubmitOutcome.INVALID)
+        raise InvalidRequest.one(
+            ("header", "Idempotency-Key"),
+            f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long",
+        )
+    slot = hashlib.sha256(key.encode()).hexdigest()  # any header value becomes a valid KV key
+    fingerprint = hashlib.sha256(body.__pydantic_serializer__.to_json(body)).hexdigest()
+    for _ in range(_KEY_ATTEMPTS):
+        request.run_id = ctx.ids.new()
+        entry = _KeyEntry(run_id=request.run_id, fingerprint=fingerprint)
+        try:
+            await ctx.idempotency.create(slot, entry.__pydantic_serializer__.to_json(entry))
+        except KeyWrongLastSequenceError:
+            pass
+        else:
+            return await _store_and_queue(ctx, request, key_slot=slot)
+        try:
+            stored = _KeyEntry.model_validate_json((await ctx.idempotency.get(slot)).value or b"")
+        except KeyNotFoundError:
+            continue  # released by a failed attempt in the meantime: reserve it again
+        if stored.fingerprint != fingerprint:
+            ctx.metrics.submitted(SubmitOutcome.CONFLICT)
+            raise Conflict(
+                "Idempotency-Key was already used with a different request body "
+                f"(for run {stored.run_id}); use a new key for a new request"
+            )
+        return await _replay(ctx, request, stored.run_id)
+    ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
+    raise ServiceUnavailable(
+        "could not reserve the Idempotency-Key (NATS keeps failing); retry later"
+    )
+
+
+async def _replay(ctx: ApiContext, request: RunRequested, run_id: str) -> Submitted:
+    """A repeat of an accepted request: answer with its run, finishing its submission if needed."""
+    request.run_id = run_id
+    record = await ctx.runs.get(run_id)
+    if record is None:  # the first request is in flight or died before storing: do it here
+        submitted = await _store_and_queue(ctx, request, key_slot=None)
+        return Submitted(submitted.record, request.options, replayed=True)
+    window = timedelta(seconds=ctx.settings.dedup_window_s - _REPUBLISH_SAFETY_S)
+    if record.status == RunStatus.QUEUED and utcnow() - record.created_at < window:
+        # The first request may have died between storing and publishing. Inside the
+        # window this publish is dropped if the first one went through.
+        request.created_at = record.created_at
+        await _publish(ctx, request, record, key_slot=None)
+    ctx.metrics.submitted(SubmitOutcome.REPLAYED)
+    return Submitted(record, request.options, replayed=True)
+
+
+async def _store_and_queue(
+    ctx: ApiContext, request: RunRequested, key_slot: str | None
+) -> Submitted:
+    record = RunRecord(run_id=request.run_id, input=request.input, created_at=request.created_at)
+    if not await ctx.runs.create(record):  # a concurrent repeat stored it first and queues it
+        existing = await ctx.runs.get(request.run_id)
+        ctx.metrics.submitted(SubmitOutcome.REPLAYED)
+        return Submitted(existing or record, request.options, replayed=True)
+    await _publish(ctx, request, record, key_slot)
+    ctx.metrics.submitted(SubmitOutcome.ACCEPTED)
+    return Submitted(record, request.options)
+
+
+async def _publish(
+    ctx: ApiContext, request: RunRequested, record: RunRecord, key_slot: str | None
+) -> None:
+    if ctx.settings.execution == "suggest":
+        subject, stream = subjects.RUN_ADVISE, subjects.SUGGESTER_STREAM
+    else:
+        subject, stream = subjects.RUN_REQUESTED, subjects.RUNS_STREAM
+    try:
+        await ctx.js.publish(
+            subject,
+            request.__pydantic_serializer__.to_json(request),
+            stream=stream,
+            headers={subjects.MSG_ID_HEADER: request.run_id},
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the run must not stay "queued"
+        log.warning(
+            "run %s: queueing failed (%s); marking it failed", request.run_id, type(exc).__name__
+        )
+        await _mark_unqueued(ctx, record.run_id, key_slot)
+        ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
+        raise ServiceUnavailable(
+            f"run {request.run_id} could not be queued: NATS did not acknowledge the request; "
+            "the run is marked failed, retry the request"
+        ) from None
+
+
+async def _mark_unqueued(ctx: ApiContext, run_id: str, key_slot: str | None) -> None:
+    """Best effort: the record says why the run never started; a retry may reuse the key."""
+
+    def to_failed(record: RunRecord) -> RunRecord | None:
+        if record.status != RunStatus.QUEUED:
+            return None
+        now = utcnow()
+        return record.model_copy(
+            update={
+                "status": RunStatus.FAILED,
+                "error": RunError(
+                    code=ErrorCode.INTERNAL_ERROR,
+                    message="the run could not be queued: NATS did not acknowledge the request",
+                    retryable=True,
+                ),
+                "finished_at": now,
+            }
+        )
+
+    try:
+        await ctx.runs.update(run_id, to_failed)
+    except (*BUS_ERRORS, RuntimeError) as exc:  # RuntimeError: CAS kept conflicting
+        log.error(
+            "run %s: could not mark it failed (%s); it stays queued", run_id, type(exc).__name__
+        )
+    if key_slot is not None:
+        try:
+            await ctx.idempotency.delete(key_slot)
+        except BUS_ERRORS as exc:
+            log.warning(
+                "run %s: could not release its Idempotency-Key (%s)", run_id, type(exc).__name__
+            )

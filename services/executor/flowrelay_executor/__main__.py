@@ -1,0 +1,30 @@
+"""``python -m flowrelay_executor`` / ``flowrelay-executor``: run one executor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from flowrelay_executor.app import create_app
+from flowrelay_executor.settings import ExecutorSettings
+
+
+def main() -> None:
+    settings = ExecutorSettings()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s executor[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    app, _ = create_app(settings)
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(app.run(log_level=logging.getLevelName(settings.log_level)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Wires the :class:`~flowrelay_executor.service.Executor` to NATS with FastStream.
+
+The subscribers declared here are what ``faststream docs gen`` documents (AsyncAPI).
+"""
+
+from __future__ import annotations
+
+from faststream import FastStream
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsMessage, PullSub
+
+from flowrelay_bus.connection import make_broker
+from flowrelay_contracts import CancelRequest, subjects
+from flowrelay_executor.service import Executor, consumer_config
+from flowrelay_executor.settings import ExecutorSettings
+
+#: How long one pull request waits for a run request before asking again.
+FETCH_TIMEOUT_S = 5.0
+
+
+def create_app(settings: ExecutorSettings | None = None) -> tuple[FastStream, Executor]:
+    settings = settings or ExecutorSettings()
+    executor = Executor(settings)
+    broker = make_broker(settings, name=f"flowrelay-executor-{executor.executor_id}")
+
+    @broker.subscriber(
+        subjects.RUN_REQUESTED,
+        stream=JStream(subjects.RUNS_STREAM, declare=False),
+        durable=subjects.EXECUTORS_CONSUMER,
+        config=consumer_config(settings),
+        # One message per fetch, concurrency from our own slots: a bigger batch would
+        # buffer messages that get no heartbeats and are redelivered (see FIELD_NOTES).
+        pull_sub=PullSub(batch_size=1, timeout=FETCH_TIMEOUT_S),
+        ack_policy=AckPolicy.MANUAL,
+        title="run requests",
+        description="Competing consumers: each request is run by exactly one executor.",
+    )
+    async def on_run_requested(msg: NatsMessage) -> None:
+        await executor.accept(msg.raw_message)
+
+    @broker.subscriber(
+        subjects.RUN_CANCEL_ALL,
+        title="cancel requests",
+        description="Broadcast to every executor; the one holding the run cancels it.",
+    )
+    async def on_cancel(request: CancelRequest) -> None:
+        executor.cancel(request.run_id, request.reason)
+
+    async def before_connect() -> None:
+        await executor.start_pool()
+        await broker.connect()
+        await executor.attach(broker.connection.jetstream())
+
+    app = FastStream(broker, on_startup=[before_connect], on_shutdown=[executor.drain])
+    return app, executor

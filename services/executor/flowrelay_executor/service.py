@@ -1,0 +1,493 @@
+"""The executor: a competing consumer of run requests that runs them on its worker pool.
+
+Read it top to bottom like arq's worker:
+
+1. ``start``: warm the worker pool (any-agent imported once per worker), connect, declare
+   the topology and the durable consumer shared by all executors, advertise capabilities.
+2. ``accept``: the pull subscriber hands over one request at a time; it waits for a free
+   slot (back-pressure: nothing is fetched that cannot start), decodes it (poison goes to
+   the dead-letter stream with a failure event) and starts ``_execute`` as a task.
+3. ``_execute``: mark the record running, stream the worker's events to the run's subject,
+   heartbeat the message while it runs, then ``_finish``: store the terminal record, publish
+   the terminal event (and the failure report for the suggester), and only then ack.
+4. ``drain``: on SIGTERM stop fetching, give in-flight runs a grace period, hand the rest
+   back (nak) so another executor takes them, stop the workers.
+
+Delivery guarantees: a request is acked only once its outcome is stored. A request seen
+again after its run ended (redelivery, duplicate) is acked without running it again; if the
+previous holder died between storing and publishing, the terminal event is republished
+from the record, so every run ends with exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from flowrelay_bus import topology
+from flowrelay_bus.events import RunEventLog
+from flowrelay_bus.runs import RunStore
+from flowrelay_contracts import (
+    DeadLetter,
+    ErrorCode,
+    EventType,
+    ExecutorCapabilities,
+    Isolation,
+    RunError,
+    RunFailed,
+    RunMode,
+    RunOptions,
+    RunRecord,
+    RunRequested,
+    RunStatus,
+    TraceEvent,
+    plan,
+    subjects,
+)
+from flowrelay_contracts.messages import utcnow
+from flowrelay_contracts.workflow import WorkflowError
+from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
+from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
+from flowrelay_executor.settings import ExecutorSettings
+from flowrelay_executor.threads import ThreadPool
+
+log = logging.getLogger("flowrelay.executor")
+
+#: Seconds between capability refreshes (the bucket's TTL is a few times this).
+CAPABILITIES_INTERVAL_S = 5.0
+
+#: Delay before a request handed back for an infrastructure error is delivered again.
+NAK_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+#: Upper bound on ack-pending messages of the shared consumer (all executors together).
+MAX_ACK_PENDING = 20_000
+
+_STATUS_EVENT = {
+    "succeeded": EventType.RUN_COMPLETED,
+    "failed": EventType.RUN_FAILED,
+    "cancelled": EventType.RUN_CANCELLED,
+}
+
+
+@dataclass
+class _ActiveRun:
+    """A run this executor holds: its message (for heartbeats) and its event writer."""
+
+    msg: Msg
+    request: RunRequested
+    events: RunEventLog
+    started: float = field(default_factory=time.monotonic)
+    outbox: asyncio.Queue[tuple[EventType, dict[str, Any], datetime | None] | None] = field(default_factory=asyncio.Queue)
+    pump: asyncio.Task[None] | None = None
+
+
+class Executor:
+    """One executor process: a pool of agent workers fed from the shared durable consumer."""
+
+    def __init__(self, settings: ExecutorSettings, *, executor_id: str | None = None) -> None:
+        self.settings = settings
+        self.executor_id = executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.pool: ProcessPool | ThreadPool | None = None
+        self._js: JetStreamContext | None = None
+        self._store: RunStore | None = None
+        self._active: dict[str, _ActiveRun] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._draining = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._advertiser: asyncio.Task[None] | None = None
+        self._heartbeater: asyncio.Task[None] | None = None
+
+    # -- 1. start -----------------------------------------------------------------------
+
+    async def start_pool(self) -> None:
+        """Warm the workers before consuming, so the first run does not pay the imports."""
+        s = self.settings
+        if s.isolation == "process":
+            pool = ProcessPool(
+                size=s.workers,
+                slots_per_worker=s.slots_per_worker,
+                kill_grace_s=s.kill_grace_s,
+                recycle_after_runs=s.recycle_after_runs,
+                recycle_rss_mb=s.recycle_rss_mb,
+                start_timeout_s=s.worker_start_timeout_s,
+            )
+            try:
+                await pool.start()
+                self.pool = pool
+            except WorkerStartError as exc:
+                log.error("%s; falling back to thread isolation", exc)
+        if self.pool is None:
+            pool_t = ThreadPool(slots=s.slots_per_worker, kill_grace_s=s.kill_grace_s)
+            await pool_t.start()
+            self.pool = pool_t
+        self._slots = asyncio.Semaphore(self.pool.slots)
+        log.info(
+            "executor %s: isolation=%s slots=%d frameworks=%s tools=%d",
+            self.executor_id, self.pool.isolation, self.pool.slots, self.pool.frameworks, len(self.pool.tools),
+        )
+
+    async def attach(self, js: JetStreamContext) -> None:
+        """Declare what the executor needs on the bus (before its subscriber binds)."""
+        self._js = js
+        await topology.declare(js, self.settings)
+        self._store = RunStore(await js.key_value(subjects.RUNS_BUCKET))
+        await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
+        self._advertiser = asyncio.create_task(self._advertise())
+        self._heartbeater = asyncio.create_task(self._heartbeat())
+
+    # -- 2. accept ----------------------------------------------------------------------
+
+    async def accept(self, msg: Msg) -> None:
+        """Take one request from the consumer; returns once it has a slot and has started."""
+        assert self._slots is not None
+        if self._draining.is_set():
+            await msg.nak()
+            return
+        await self._slots.acquire()
+        if self._draining.is_set():
+            self._slots.release()
+            await msg.nak()
+            return
+        try:
+            request = RunRequested.model_validate_json(msg.data)
+        except ValidationError as exc:
+            self._slots.release()
+            await self._reject_poison(msg, exc)
+            return
+        task = asyncio.create_task(self._guarded_execute(msg, request), name=f"execute-{request.run_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def cancel(self, run_id: str, reason: str) -> None:
+        if run_id in self._active and self.pool is not None:
+            self.pool.cancel(run_id, reason)
+
+    # -- 3. execute -----------------------------------------------------------------------
+
+    async def _guarded_execute(self, msg: Msg, request: RunRequested) -> None:
+        assert self._slots is not None
+        try:
+            await self._execute(msg, request)
+        except Exception:
+            log.exception("run %s: infrastructure error", request.run_id)
+            await self._hand_back(msg)
+        finally:
+            self._active.pop(request.run_id, None)
+            self._slots.release()
+
+    async def _execute(self, msg: Msg, request: RunRequested) -> None:
+        assert self._store is not None and self._js is not None and self.pool is not None
+        run_id = request.run_id
+        if run_id in self._active:  # redelivered while we still run it: our ack will cover it
+            return
+        record = await self._store.get(run_id)
+        if record is None:  # published straight to NATS, not through the API
+            await self._store.create(RunRecord(run_id=run_id, input=request.input, created_at=request.created_at))
+            record = await self._store.get(run_id)
+            assert record is not None
+        if record.terminal:
+            await self._republish_terminal(record)
+            await msg.ack()
+            return
+        if record.cancel_requested:
+            events = await RunEventLog.resume(self._js, run_id)
+            await self._finish(msg, request, events, Outcome(
+                status="cancelled", error=RunError(code=ErrorCode.CANCELLED, message="cancelled before it started")
+            ))
+            return
+
+        events = (
+            RunEventLog(self._js, run_id)
+            if record.attempts == 0
+            else await RunEventLog.resume(self._js, run_id)
+        )
+        run = _ActiveRun(msg=msg, request=request, events=events)
+        self._active[run_id] = run
+        attempt = record.attempts + 1
+        isolation = Isolation(self.pool.isolation)
+        defaults = self._model_defaults()
+
+        def to_running(r: RunRecord) -> RunRecord | None:
+            if r.terminal:
+                return None
+            return r.model_copy(update={
+                "status": RunStatus.RUNNING, "started_at": r.started_at or utcnow(), "attempts": attempt,
+                "executor_id": self.executor_id, "isolation": isolation,
+                "model_provider": "scripted" if defaults.scripted_url and _uses_scripted(request, defaults) else None,
+            })
+
+        record = await self._store.update(run_id, to_running)
+        if record is None or record.terminal:
+            await msg.ack()
+            return
+        run.pump = asyncio.create_task(self._pump(run))
+        run.outbox.put_nowait((EventType.RUN_STARTED, {
+            "attempt": attempt, "executor_id": self.executor_id, "isolation": isolation.value,
+            "model_provider": record.model_provider,
+        }, None))
+
+        try:
+            pattern = plan(request.workflow).pattern
+        except WorkflowError as exc:
+            outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_WORKFLOW, message=str(exc)))
+        else:
+            job = Job(
+                run_id=run_id,
+                workflow=request.workflow,
+                input=request.input,
+                timeout_s=min(request.options.timeout_s or self.settings.default_timeout_s, self.settings.max_timeout_s),
+                max_turns=request.options.max_turns or self.settings.default_max_turns,
+                defaults=defaults,
+                attempt=attempt,
+            )
+            log.debug("run %s: %s pattern, attempt %d", run_id, pattern, attempt)
+            try:
+                outcome = await self.pool.run(
+                    job,
+                    lambda type_, data, at: run.outbox.put_nowait(
+                        (EventType(type_), data, datetime.fromtimestamp(at, UTC))
+                    ),
+                )
+            except WorkerLost as lost:
+                if not lost.crashed or self.settings.worker_crash_policy == "retry":
+                    if _deliveries(msg) < self.settings.max_deliver:
+                        log.warning("run %s: %s; queueing it again", run_id, lost.reason)
+                        await self._close_outbox(run)
+                        await msg.nak(delay=NAK_BACKOFF_S[0])
+                        return
+                outcome = Outcome(status="failed", error=RunError(code=ErrorCode.WORKER_CRASHED, message=f"the run stopped because {lost.reason}"))
+        await self._close_outbox(run)
+        await self._finish(msg, request, run.events, outcome)
+
+    async def _finish(self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome) -> None:
+        """Store the outcome, publish the terminal event (+ failure report), then ack."""
+        assert self._store is not None
+        now = utcnow()
+        status = RunStatus(outcome.status)
+
+        def to_terminal(r: RunRecord) -> RunRecord | None:
+            if r.terminal:
+                return None
+            return r.model_copy(update={
+                "status": status, "output": outcome.output, "error": outcome.error, "usage": outcome.usage,
+                "agents": outcome.agents, "cost_usd": outcome.cost_usd, "cost_note": outcome.cost_note,
+                "finished_at": now, "started_at": r.started_at or now,
+                "mode": RunMode.DEGRADED if status == RunStatus.FAILED else r.mode,
+            })
+
+        stored, changed = await self._store.change(request.run_id, to_terminal)
+        if stored is not None and changed:
+            await self._publish_terminal(stored, events, request)
+        await msg.ack()
+
+    async def _publish_terminal(self, record: RunRecord, events: RunEventLog, request: RunRequested | None) -> None:
+        assert self._js is not None
+        data: dict[str, Any] = {
+            "status": record.status.value, "output": record.output,
+            "error": record.error.model_dump(mode="json") if record.error else None,
+            "usage": record.usage.model_dump(), "cost_usd": record.cost_usd, "cost_note": record.cost_note,
+            "agents": [a.model_dump(mode="json") for a in record.agents], "mode": record.mode.value,
+            "isolation": record.isolation.value if record.isolation else None,
+            "model_provider": record.model_provider,
+        }
+        terminal = await events.emit(_STATUS_EVENT[record.status.value], data)
+        if record.status == RunStatus.FAILED and record.error is not None:
+            started = record.started_at or record.created_at
+            report = RunFailed(
+                run_id=record.run_id, error=record.error, attempt=record.attempts, last_seq=terminal.seq,
+                workflow=request.workflow if request else None, input=request.input if request else record.input,
+                options=request.options if request else RunOptions(),
+                elapsed_s=((record.finished_at or utcnow()) - started).total_seconds(),
+            )
+            await self._js.publish(
+                subjects.RUN_FAILED, report.model_dump_json().encode(),
+                headers={subjects.MSG_ID_HEADER: f"{record.run_id}:failed"},
+            )
+
+    async def _republish_terminal(self, record: RunRecord) -> None:
+        """A run ended but maybe its holder died before announcing it: announce it once."""
+        assert self._js is not None
+        events = await RunEventLog.resume(self._js, record.run_id)
+        last = await _last_event(self._js, record.run_id)
+        if last is None or not last.type.terminal and last.type != EventType.SUGGESTION:
+            await self._publish_terminal(record, events, None)
+
+    # -- events and heartbeats ----------------------------------------------------------
+
+    async def _pump(self, run: _ActiveRun) -> None:
+        """Publish a run's events in the order the worker reported them."""
+        while (item := await run.outbox.get()) is not None:
+            type_, data, at = item
+            await run.events.emit(type_, data, at=at)
+
+    async def _close_outbox(self, run: _ActiveRun) -> None:
+        run.outbox.put_nowait(None)
+        if run.pump is not None:
+            await run.pump
+
+    async def _heartbeat(self) -> None:
+        """Tell JetStream every held run is still in progress (one loop for all runs)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            for run in list(self._active.values()):
+                with contextlib.suppress(Exception):
+                    await run.msg.in_progress()
+
+    async def _advertise(self) -> None:
+        assert self._js is not None and self.pool is not None
+        kv = await self._js.key_value(subjects.EXECUTORS_BUCKET)
+        while not self._draining.is_set():
+            caps = ExecutorCapabilities(
+                executor_id=self.executor_id, frameworks=self.pool.frameworks, tools=self.pool.tools,
+                slots=self.pool.slots, isolation=Isolation(self.pool.isolation),
+            )
+            with contextlib.suppress(Exception):
+                await kv.put(self.executor_id, caps.model_dump_json().encode())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._draining.wait(), CAPABILITIES_INTERVAL_S)
+        with contextlib.suppress(Exception):
+            await kv.delete(self.executor_id)
+
+    # -- failures of the message itself ------------------------------------------------------
+
+    async def _reject_poison(self, msg: Msg, exc: ValidationError) -> None:
+        """A request that can never run: dead-letter it and fail its run with the reason."""
+        assert self._js is not None and self._store is not None
+        reason = _poison_reason(msg.data, exc)
+        run_id = _sniff_run_id(msg.data)
+        log.error("poison message on %s (run %s): %s", msg.subject, run_id, reason)
+        letter = DeadLetter(subject=msg.subject, reason=reason, payload=msg.data[:4096].decode(errors="replace"), run_id=run_id)
+        await self._js.publish(subjects.DEADLETTER, letter.model_dump_json().encode())
+        if run_id:
+            error = RunError(code=ErrorCode.INVALID_REQUEST, message=reason)
+            await self._store.create(RunRecord(run_id=run_id))
+
+            def to_failed(r: RunRecord) -> RunRecord | None:
+                if r.terminal:
+                    return None
+                return r.model_copy(update={"status": RunStatus.FAILED, "error": error, "finished_at": utcnow(),
+                                            "mode": RunMode.DEGRADED})
+
+            stored, changed = await self._store.change(run_id, to_failed)
+            if stored is not None and changed:
+                await self._publish_terminal(stored, await RunEventLog.resume(self._js, run_id), None)
+        await msg.term()
+
+    async def _hand_back(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=NAK_BACKOFF_S[min(_deliveries(msg), len(NAK_BACKOFF_S)) - 1])
+
+    # -- 4. drain -------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop taking work, let in-flight runs finish for a while, hand back the rest."""
+        self._draining.set()
+        running = [t for t in self._background if not t.done()]
+        if running:
+            log.info("draining: %d runs in flight, up to %.0f s", len(running), self.settings.drain_grace_s)
+            _, pending = await asyncio.wait(running, timeout=self.settings.drain_grace_s)
+            if pending:
+                log.warning("handing back %d unfinished runs to other executors", len(pending))
+                for run in list(self._active.values()):
+                    with contextlib.suppress(Exception):
+                        await run.msg.nak()
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._heartbeater is not None:
+            self._heartbeater.cancel()
+        if self._advertiser is not None:  # it stops on the drain flag and removes our entry
+            with contextlib.suppress(Exception):
+                await self._advertiser
+        if self.pool is not None:
+            await self.pool.close(grace_s=2.0)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _model_defaults(self) -> ModelDefaults:
+        s = self.settings
+        return ModelDefaults(
+            model_id=s.default_model, api_base=s.default_api_base, api_key=s.default_api_key,
+            scripted_url=s.scripted_model_url,
+        )
+
+
+def consumer_config(settings: ExecutorSettings) -> ConsumerConfig:
+    """The durable consumer every executor shares (competing consumers)."""
+    return ConsumerConfig(
+        durable_name=subjects.EXECUTORS_CONSUMER,
+        filter_subject=subjects.RUN_REQUESTED,
+        ack_policy=JsAckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return msg.metadata.num_delivered
+    except Exception:
+        return 1
+
+
+def _uses_scripted(request: RunRequested, defaults: ModelDefaults) -> bool:
+    for node in request.workflow.nodes:
+        model = node.data.model_id
+        if model is None and defaults.api_base == defaults.scripted_url:
+            return True
+        if model is None and defaults.model_id.startswith("scripted:"):
+            return True
+        if model is not None and model.startswith("scripted:"):
+            return True
+    return False
+
+
+async def _last_event(js: JetStreamContext, run_id: str) -> TraceEvent | None:
+    from nats.js.errors import NotFoundError
+
+    try:
+        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(run_id))
+    except NotFoundError:
+        return None
+    return TraceEvent.model_validate_json(raw.data)
+
+
+def _sniff_run_id(data: bytes) -> str | None:
+    import json
+
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    run_id = value.get("run_id") if isinstance(value, dict) else None
+    return run_id if isinstance(run_id, str) and 0 < len(run_id) <= 128 and run_id.replace("-", "").replace("_", "").isalnum() else None
+
+
+def _poison_reason(data: bytes, exc: ValidationError) -> str:
+    import json
+
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return "the payload is not JSON"
+    if isinstance(value, dict) and value.get("schema_version", 1) != 1:
+        return f"unsupported schema_version {value.get('schema_version')!r} (this executor speaks 1)"
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"invalid run request: {where}: {first['msg']}"

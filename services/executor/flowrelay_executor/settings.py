@@ -1,0 +1,60 @@
+"""Executor configuration, from ``FLOWRELAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from flowrelay_bus.settings import BusSettings
+
+
+class ExecutorSettings(BusSettings):
+    """How one executor runs agents: its worker pool, limits and delivery timing."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWRELAY_", extra="ignore")
+
+    # -- model defaults (for agent nodes without a model_id) ----------------------------
+    default_model: str = Field(default="openai:gpt-4o-mini", description="Model of nodes without model_id.")
+    default_api_base: str | None = Field(default=None, description="Endpoint of the default model.")
+    default_api_key: SecretStr | None = Field(default=None, description="Key for the default model's endpoint.")
+    scripted_model_url: str | None = Field(
+        default=None, description="Base URL of the scripted stand-in model (model ids 'scripted:<name>')."
+    )
+
+    # -- isolation and pool ---------------------------------------------------------------
+    isolation: Literal["process", "thread"] = Field(
+        default="process", description="Run agents in warm worker processes, or in one thread with its own loop."
+    )
+    workers: int = Field(default=2, ge=1, le=64, description="Worker processes per executor.")
+    slots_per_worker: int = Field(default=256, ge=1, le=4096, description="Concurrent runs per worker.")
+    recycle_after_runs: int = Field(default=5000, ge=1, description="Replace a worker after this many runs.")
+    recycle_rss_mb: int = Field(default=1536, ge=64, description="Replace a worker above this RSS.")
+    worker_start_timeout_s: float = Field(default=60.0, gt=0, description="Time for a worker to import any-agent.")
+
+    # -- limits --------------------------------------------------------------------------
+    default_timeout_s: float = Field(default=120.0, gt=0)
+    max_timeout_s: float = Field(default=3600.0, gt=0)
+    default_max_turns: int = Field(default=20, ge=1)
+    kill_grace_s: float = Field(
+        default=1.5, gt=0, description="After a deadline, how long a run has to stop before its worker is killed."
+    )
+    worker_crash_policy: Literal["fail", "retry"] = Field(
+        default="fail", description="Runs on a worker that died: fail them (worker_crashed) or queue them again."
+    )
+
+    # -- delivery ------------------------------------------------------------------------
+    ack_wait_s: float = Field(default=30.0, gt=1, description="JetStream redelivers a run not acked or heartbeated within this.")
+    max_deliver: int = Field(default=5, ge=1, description="Deliveries of one request before it is dead-lettered.")
+    drain_grace_s: float = Field(default=20.0, ge=0, description="On SIGTERM, time in-flight runs get to finish.")
+    tool_modules: str = Field(default="", description="Comma-separated modules whose functions are tools.")
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """In-progress heartbeats well inside ``ack_wait`` so slow runs are not redelivered."""
+        return max(0.5, self.ack_wait_s / 3)
+
+    @property
+    def slots(self) -> int:
+        return self.workers * self.slots_per_worker if self.isolation == "process" else self.slots_per_worker

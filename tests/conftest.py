@@ -1,0 +1,66 @@
+"""Session fixtures: a real nats-server, the scripted model, and the services as processes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+from flowrelay import natsserver  # noqa: E402
+from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve  # noqa: E402
+from flowrelay_testkit import Bus, Stack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("flowrelay")
+
+
+@pytest.fixture(scope="session")
+def nats_server(session_root: Path) -> Iterator[natsserver.NatsServer]:
+    server = natsserver.start(session_root / "nats", log_file=session_root / "logs" / "nats.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scripted_model(session_root: Path) -> Iterator[str]:
+    """Base URL (``.../v1``) of the scripted OpenAI-compatible model server."""
+    proc = ServiceProcess(
+        "scripted-model",
+        resolve(SERVICE_COMMANDS["scripted-model"]) + ["--host", "127.0.0.1", "--port", "0"],
+        env=dict(__import__("os").environ),
+        log_path=session_root / "logs" / "scripted-model.log",
+    ).start()
+    url = proc.wait_ready().group(1)
+    yield url
+    proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def stack(nats_server: natsserver.NatsServer, scripted_model: str, session_root: Path) -> Iterator[Stack]:
+    """API + one executor + suggester, shared by the tests that do not break things."""
+    stack = Stack(nats_url=nats_server.url, scripted_url=scripted_model, root=session_root / "stack")
+    stack.start_api()
+    stack.start_executor()
+    stack.start_suggester()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+async def bus(nats_server: natsserver.NatsServer) -> AsyncIterator[Bus]:
+    connection = await Bus.connect(nats_server.url)
+    yield connection
+    await connection.close()

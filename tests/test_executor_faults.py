@@ -1,0 +1,210 @@
+"""The executor under faults: deadlines that kill, crashes, SIGKILL, SIGTERM, poison, cancel.
+
+This module runs its own nats-server and services, so killing executors here cannot
+disturb the other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from flowrelay_testkit import Bus, Stack, one_agent, run_body
+
+from flowrelay import natsserver
+from flowrelay_contracts import EventType, RunStatus, TraceEvent, subjects
+
+
+@pytest.fixture(scope="module")
+def fault_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("faults")
+    server = natsserver.start(root / "nats", log_file=root / "logs" / "nats.log")
+    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root)
+    stack.start_api()
+    stack.start_suggester()
+    yield stack
+    stack.stop()
+    server.stop()
+
+
+@pytest.fixture
+async def client(fault_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=fault_stack.api_url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
+async def fbus(fault_stack: Stack) -> AsyncIterator[Bus]:
+    connection = await Bus.connect(fault_stack.nats_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def executors(fault_stack: Stack) -> Iterator[Stack]:
+    """Executors started by a test are stopped after it."""
+    yield fault_stack
+    for executor in fault_stack.executors:
+        executor.kill()
+    fault_stack.executors.clear()
+
+
+async def _submit(client: httpx.AsyncClient, text: str, **options: object) -> str:
+    response = await client.post("/runs", json=run_body(one_agent(), text, **options))
+    assert response.status_code == 202, response.text
+    return response.json()["run_id"]
+
+
+async def _terminal_events(bus: Bus, run_id: str) -> list[TraceEvent]:
+    """Every event stored for the run (not just up to the first terminal one)."""
+    js = bus.js
+    sub = await js.subscribe(subjects.run_events(run_id), ordered_consumer=True, stream=subjects.EVENTS_STREAM)
+    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.run_events(run_id))
+    count = (info.state.subjects or {}).get(subjects.run_events(run_id), 0)
+    events = [TraceEvent.model_validate_json((await sub.next_msg(timeout=5)).data) for _ in range(count)]
+    await sub.unsubscribe()
+    return [e for e in events if e.type.terminal]
+
+
+async def test_blocking_tool_past_deadline_is_killed_and_the_next_run_succeeds(client, fbus, executors) -> None:
+    executor = executors.start_executor()
+    run_id = await _submit(client, '#call=block {"seconds": 60}', timeout_s=2)
+    started = time.monotonic()
+    record = await fbus.wait_record(run_id, timeout=30)
+    elapsed = time.monotonic() - started
+    assert record.status == RunStatus.FAILED
+    assert record.error is not None and record.error.code == "timeout"
+    assert elapsed < 2 + 3, f"timeout took {elapsed:.1f} s"
+    assert "killing worker" in executor.output()
+
+    after = await _submit(client, "still alive?")
+    assert (await fbus.wait_record(after, timeout=60)).output == "echo: still alive?"
+
+
+async def test_cooperative_timeout_with_a_slow_model(client, fbus, executors) -> None:
+    executors.start_executor()
+    run_id = await _submit(client, "#delay=30 slow", timeout_s=1)
+    record = await fbus.wait_record(run_id, timeout=15)
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+
+
+async def test_worker_crash_fails_its_run_and_the_pool_refills(client, fbus, executors) -> None:
+    executor = executors.start_executor()
+    run_id = await _submit(client, "#call=crash_worker {}")
+    record = await fbus.wait_record(run_id, timeout=30)
+    assert record.status == RunStatus.FAILED
+    assert record.error.code == "worker_crashed"
+    after = await _submit(client, "after the crash")
+    assert (await fbus.wait_record(after, timeout=60)).status == RunStatus.SUCCEEDED
+    assert "died" in executor.output()
+
+
+async def test_sigkill_of_the_executor_holding_a_run_hands_it_to_another(client, fbus, executors) -> None:
+    first = executors.start_executor()
+    run_id = await _submit(client, "#delay=3 survive")
+    running = await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
+    assert str(first.pid) in (running.executor_id or "")
+    executors.start_executor()
+    first.kill()
+
+    record = await fbus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.SUCCEEDED
+    assert record.output == "echo: #delay=3 survive"
+    assert record.attempts == 2
+    assert len(await _terminal_events(fbus, run_id)) == 1
+
+
+async def test_sigterm_drains_in_flight_runs_before_exiting(client, fbus, executors) -> None:
+    executor = executors.start_executor()
+    run_id = await _submit(client, "#delay=2 drain me")
+    await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
+    code = await asyncio.to_thread(executor.terminate, 30)
+    assert code == 0
+    record = await fbus.store.get(run_id)
+    assert record is not None and record.status == RunStatus.SUCCEEDED
+
+
+async def test_poison_message_gets_a_failure_event_and_the_consumer_keeps_going(client, fbus, executors) -> None:
+    executors.start_executor()
+    await fbus.js.publish(subjects.RUN_REQUESTED, json.dumps({"run_id": "poison-1", "schema_version": 99}).encode())
+    await fbus.js.publish(subjects.RUN_REQUESTED, b"not json at all")
+    events = await fbus.events("poison-1", timeout=30)
+    assert events[-1].type == EventType.RUN_FAILED
+    assert "schema_version" in events[-1].data["error"]["message"]
+    record = await fbus.store.get("poison-1")
+    assert record.status == RunStatus.FAILED and record.error.code == "invalid_request"
+
+    dead = await fbus.js.get_last_msg(subjects.DEADLETTER_STREAM, subjects.DEADLETTER)
+    assert b"not JSON" in dead.data
+
+    run_id = await _submit(client, "after poison")
+    assert (await fbus.wait_record(run_id, timeout=30)).status == RunStatus.SUCCEEDED
+
+
+async def test_cancel_a_running_run(client, fbus, executors) -> None:
+    executors.start_executor()
+    run_id = await _submit(client, "#delay=30 cancel me")
+    await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
+    asked = time.monotonic()
+    response = await client.post(f"/runs/{run_id}/cancel")
+    assert response.status_code == 202
+    record = await fbus.wait_record(run_id, timeout=10)
+    assert record.status == RunStatus.CANCELLED
+    assert time.monotonic() - asked < 2.5
+    assert [e.type for e in await _terminal_events(fbus, run_id)] == [EventType.RUN_CANCELLED]
+
+
+async def test_cancel_a_queued_run_before_it_starts(client, fbus, executors) -> None:
+    run_id = await _submit(client, "queued then cancelled")  # no executor is running
+    response = await client.post(f"/runs/{run_id}/cancel")
+    assert response.status_code == 202
+    assert (await fbus.store.get(run_id)).status == RunStatus.CANCELLED
+    executors.start_executor()
+    marker = await _submit(client, "after the cancelled one")
+    await fbus.wait_record(marker, timeout=60)
+    record = await fbus.store.get(run_id)
+    assert record.status == RunStatus.CANCELLED and record.attempts == 0, "it never ran"
+    assert len(await _terminal_events(fbus, run_id)) == 1
+
+
+async def test_turn_limit_stops_a_looping_agent(client, fbus, executors) -> None:
+    executors.start_executor()
+    run_id = await _submit(client, '#loop=add {"a": 1, "b": 1}', max_turns=3)
+    record = await fbus.wait_record(run_id, timeout=30)
+    assert record.status == RunStatus.FAILED and record.error.code == "max_turns_exceeded"
+    assert record.usage.input_tokens > 0, "the partial trace's usage is kept"
+
+
+async def test_idempotency_key_returns_the_same_run(client, fbus, executors) -> None:
+    body = run_body(one_agent(), "once")
+    headers = {"Idempotency-Key": f"key-{time.time_ns()}"}
+    first = await client.post("/runs", json=body, headers=headers)
+    second = await client.post("/runs", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["run_id"] == second.json()["run_id"]
+
+
+async def test_soak_every_run_ends_exactly_once_while_an_executor_is_killed_and_restarted(client, fbus, executors) -> None:
+    executors.start_executor()
+    flaky = executors.start_executor()
+    run_ids = await asyncio.gather(*(_submit(client, f"#delay=0.2 soak {i}") for i in range(300)))
+
+    async def chaos() -> None:
+        nonlocal flaky
+        for _ in range(3):
+            await asyncio.sleep(1.5)  # chaos cadence, not synchronisation
+            await asyncio.to_thread(flaky.kill)
+            flaky = await asyncio.to_thread(executors.start_executor)
+
+    chaos_task = asyncio.create_task(chaos())
+    records = await asyncio.gather(*(fbus.wait_record(r, timeout=240) for r in run_ids))
+    await chaos_task
+    assert {r.status for r in records} == {RunStatus.SUCCEEDED}
+    assert all(r.output == f"echo: #delay=0.2 soak {i}" for i, r in enumerate(records))
+    terminal_counts = await asyncio.gather(*(_terminal_events(fbus, r) for r in run_ids))
+    assert [len(t) for t in terminal_counts] == [1] * len(run_ids)
