@@ -11,7 +11,7 @@ ARGS   ?=
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(PYTHON) -m uv venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(PYTHON) -m uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
+	$(PYTHON) -m uv pip sync --quiet --python $(BIN)/python --require-hashes --compile-bytecode requirements.lock
 	$(PYTHON) -m uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 

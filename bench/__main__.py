@@ -22,7 +22,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench import floor, flowrelay_stack, model, original
+from bench import floor, flowrelay_stack, load, model, original
 from bench.measure import SystemFigures, machine_info, markdown, summary_lines, table_rows, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,6 +30,9 @@ SYSTEMS = ("floor", "original", "flowrelay")
 
 #: Where bytecode is cached for every process the benchmark starts (see ``_bytecode_cache``).
 PYCACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flowrelay-bench" / "pycache"
+
+#: Width of the table when the output is not a terminal (make, CI logs).
+CONSOLE_WIDTH = 180
 
 #: A machine busier than this before we start is flagged in the report.
 BUSY_CPU_PERCENT = 25.0
@@ -68,7 +71,7 @@ def plan(quick: bool, n: int | None) -> Plan:
         floor=floor.FloorSizes(sequential=300, batch=200, rounds=3),
         original=original.OriginalSizes(sequential=30, batch=10, rounds=1, concurrent=40, delay_s=1.0),
         flowrelay=flowrelay_stack.FlowrelaySizes(
-            sequential=200, batch=200, rounds=3, concurrent=n or 500, delay_s=1.0, client_processes=4
+            sequential=200, batch=200, rounds=3, concurrent=n or 500, delay_s=1.0, client_processes=2
         ),
         model_probe_s=3.0,
     )
@@ -149,8 +152,8 @@ def _guarded(name: str, console: Console, fn: Any) -> Any:
         return SystemFigures(name=name, error=f"{type(exc).__name__}: {exc}")
 
 
-def run(quick: bool, only: set[str], n: int | None, py_spy: str | None) -> dict[str, Any]:
-    console = Console()
+def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: str = "raw") -> dict[str, Any]:
+    console = Console(width=None if sys.stdout.isatty() else CONSOLE_WIDTH)
     started = time.perf_counter()
     note = _bytecode_cache()
     sizes = plan(quick, n)
@@ -174,11 +177,11 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None) -> dict[
             systems["floor"] = _guarded("floor", console, lambda: floor.measure(sm.url, sizes.floor)).to_json()
         if "original" in only:
             console.print(f"original design: new process pool per request (concurrent phase capped at {sizes.original.concurrent}) ...")
-            systems["original"] = _guarded("original", console, lambda: original.measure(sm, sizes.original, log_dir)).to_json()
+            systems["original"] = _guarded("original", console, lambda: original.measure(sm, sizes.original, log_dir, client)).to_json()
         if "flowrelay" in only:
             console.print(f"flowrelay: nats-server + API + executor + suggester (N={sizes.flowrelay.concurrent}) ...")
             try:
-                runs, execute, events = flowrelay_stack.measure(sm, sizes.flowrelay, log_dir, py_spy)
+                runs, execute, events = flowrelay_stack.measure(sm, sizes.flowrelay, log_dir, py_spy, client)
                 systems["flowrelay"], systems["flowrelay_execute"] = runs.to_json(), execute.to_json()
             except Exception as exc:
                 console.print(f"[red]flowrelay failed:[/red] {type(exc).__name__}: {exc} (logs in {log_dir})")
@@ -220,7 +223,7 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None) -> dict[
             "rss_mb": round(sm_rss, 1),
         },
         "machine": machine | {"loadavg_after": os.getloadavg()},
-        "environment": {"bytecode": note, "sizes": {k: v.__dict__ for k, v in sizes.__dict__.items() if hasattr(v, "__dict__")}},
+        "environment": {"bytecode": note, "client": client, "sizes": {k: v.__dict__ for k, v in sizes.__dict__.items() if hasattr(v, "__dict__")}},
         "systems": systems,
     }
     report["targets"] = _targets(report)
@@ -250,12 +253,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="flowrelay's concurrent runs (default 500, quick 200)")
     parser.add_argument("--py-spy", default=None, metavar="PATH",
                         help="py-spy binary: profile the flowrelay services into bench/results/logs/profiles/")
+    parser.add_argument("--client", choices=load.CLIENTS, default="raw",
+                        help="HTTP client of the load phases: raw (lean, default) or httpx (for comparison)")
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
-    run(args.quick, only, args.n, args.py_spy)
+    run(args.quick, only, args.n, args.py_spy, args.client)
 
 
 if __name__ == "__main__":

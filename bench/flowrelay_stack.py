@@ -184,18 +184,19 @@ def _summarise(seq: dict[str, Any], tp: dict[str, Any]) -> dict[str, Any]:
     return {"sequential": seq, "throughput": tp}
 
 
-def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path,
-            py_spy: str | None = None) -> tuple[SystemFigures, SystemFigures, dict[str, Any]]:
+def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path, py_spy: str | None = None,
+            client: str = "raw") -> tuple[SystemFigures, SystemFigures, dict[str, Any]]:
     """Figures for ``POST /runs`` + SSE, for ``POST /execute``, and the event latency."""
     with running(sm.url, log_dir, py_spy) as stack:
         roots = stack.pids
         url = stack.api_url
-        seq_runs = phases.sequential(url, "flowrelay_runs", sizes.sequential, WORKFLOW, sm, roots)
-        seq_exec = phases.sequential(url, "flowrelay_execute", sizes.sequential, WORKFLOW, sm, roots)
-        tp_runs = phases.throughput(url, "flowrelay_runs", sizes.batch, sizes.rounds, WORKFLOW, sm, roots)
-        tp_exec = phases.throughput(url, "flowrelay_execute", sizes.batch, sizes.rounds, WORKFLOW, sm, roots)
+        n, batch = sizes.sequential, sizes.batch * sizes.rounds
+        seq_runs = phases.check("POST /runs sequential", phases.sequential(url, "flowrelay_runs", n, WORKFLOW, sm, roots, client), n)
+        seq_exec = phases.check("POST /execute sequential", phases.sequential(url, "flowrelay_execute", n, WORKFLOW, sm, roots, client), n)
+        tp_runs = phases.check("POST /runs batch", phases.throughput(url, "flowrelay_runs", sizes.batch, sizes.rounds, WORKFLOW, sm, roots, client), batch)
+        tp_exec = phases.check("POST /execute batch", phases.throughput(url, "flowrelay_execute", sizes.batch, sizes.rounds, WORKFLOW, sm, roots, client), batch)
         conc = phases.concurrent(url, "flowrelay_runs", sizes.concurrent, sizes.delay_s, sizes.client_processes,
-                                 WORKFLOW, sm, roots)
+                                 WORKFLOW, sm, roots, client)
     events = {
         "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
         "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,

@@ -10,6 +10,7 @@ its own CPU time, so the report shows how much of the machine the client took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import time
@@ -20,8 +21,18 @@ from typing import Any
 
 import httpx
 
+from bench.measure import MachineCpu
+from bench.rawhttp import RawClient
+
+#: Either client: both offer ``post(path, json=)`` and ``stream(method, path)``.
+Client = Any
+
 #: Time allowed for one run, end to end, before the client gives up on it.
 RUN_TIMEOUT_S = 60.0
+
+#: After the terminal event, how long to read on for the server to end the SSE response
+#: (so the connection can be reused); not counted in any figure.
+SSE_DRAIN_S = 0.5
 
 #: Whole-batch bound (a batch that has not finished by then is reported as failed).
 BATCH_TIMEOUT_S = 180.0
@@ -44,14 +55,31 @@ class RunResult:
     event_lag_ms: list[float] = field(default_factory=list)
     #: same, for events replayed because they happened before the stream was open.
     replayed_lag_ms: list[float] = field(default_factory=list)
+    #: (step, wall time) in order: "sent", "accepted" (202), each event type at its ``at``,
+    #: "received" (terminal event at the client). Consecutive differences show where time goes.
+    marks: list[tuple[str, float]] = field(default_factory=list)
 
 
 #: A client call: (client, run index) -> result.
-Call = Callable[[httpx.AsyncClient, int], Awaitable[RunResult]]
+Call = Callable[[Client, int], Awaitable[RunResult]]
 
 
-def make_client(base_url: str, connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+#: Idle keep-alive connections are dropped by the client after this long: below uvicorn's
+#: default 5 s server-side timeout, so a request never races the server closing its socket.
+KEEPALIVE_EXPIRY_S = 3.0
+
+
+#: Which HTTP client drives the load: "raw" (bench.rawhttp, lean) or "httpx".
+CLIENTS = ("raw", "httpx")
+
+
+def make_client(base_url: str, connections: int, kind: str = "raw") -> Client:
+    """One client per process; ``connections`` bounds httpx's pool (raw opens what it needs)."""
+    if kind == "raw":
+        return RawClient(base_url)
+    limits = httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE_EXPIRY_S
+    )
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=RUN_TIMEOUT_S)
 
 
@@ -74,7 +102,7 @@ def expected_output(text: str) -> str:
     return f"echo: {text}"
 
 
-async def post_execute(client: httpx.AsyncClient, body: dict[str, Any], text: str) -> RunResult:
+async def post_execute(client: Client, body: dict[str, Any], text: str) -> RunResult:
     """A synchronous submit-and-wait endpoint: one POST returns the answer."""
     start = time.perf_counter()
     try:
@@ -100,24 +128,28 @@ def _parse_sse(block: bytes) -> dict[str, str]:
     return fields
 
 
-async def submit_and_follow(client: httpx.AsyncClient, body: dict[str, Any], text: str) -> RunResult:
+async def submit_and_follow(client: Client, body: dict[str, Any], text: str) -> RunResult:
     """``POST /runs``, then follow ``GET /runs/{id}/events`` until the terminal event."""
     start = time.perf_counter()
+    sent = time.time()
     try:
         response = await client.post("/runs", json=body)
+        accepted = time.time()
         if response.status_code != 202:
             return RunResult(False, time.perf_counter() - start, time.time(), f"POST /runs {response.status_code}: {response.text[:200]}")
         run_id = response.json()["run_id"]
         result = RunResult(False, 0.0, 0.0, "stream ended before a terminal event")
+        result.marks = [("sent", sent), ("accepted", accepted)]
         async with client.stream("GET", f"/runs/{run_id}/events") as stream:
             opened = time.time()
             if stream.status_code != 200:
                 return RunResult(False, time.perf_counter() - start, time.time(), f"GET events {stream.status_code}")
             buffer = b""
             terminal_at: float | None = None
-            async for chunk in stream.aiter_bytes():
+            chunks = stream.aiter_bytes()
+            async for chunk in chunks:
                 received = time.time()
-                buffer += chunk.replace(b"\r\n", b"\n")
+                buffer = (buffer + chunk).replace(b"\r\n", b"\n")  # CRLF may straddle chunks
                 while b"\n\n" in buffer:
                     block, buffer = buffer.split(b"\n\n", 1)
                     fields = _parse_sse(block)
@@ -127,8 +159,10 @@ async def submit_and_follow(client: httpx.AsyncClient, body: dict[str, Any], tex
                     at = datetime.fromisoformat(event["at"]).timestamp()
                     lag = (received - at) * 1000.0
                     (result.event_lag_ms if at >= opened else result.replayed_lag_ms).append(lag)
+                    result.marks.append((event["type"], at))
                     if fields.get("event", event.get("type")) in TERMINAL_EVENTS and terminal_at is None:
                         terminal_at = received
+                        result.marks.append(("received", received))
                         result.latency_s = time.perf_counter() - start
                         result.finished_wall = received
                         output = (event.get("data") or {}).get("output")
@@ -139,9 +173,12 @@ async def submit_and_follow(client: httpx.AsyncClient, body: dict[str, Any], tex
                         else:
                             result.ok, result.error = True, None
                 if terminal_at is not None:
-                    # Stop at the terminal event rather than trusting the server to end the
-                    # response promptly: the figure is the run's, not the stream's teardown.
-                    break
+                    break  # the figure is the run's, not the stream's teardown
+            if terminal_at is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SSE_DRAIN_S):  # let the server end the response
+                        async for _ in chunks:
+                            pass
         if terminal_at is None:
             result.latency_s, result.finished_wall = time.perf_counter() - start, time.time()
         return result
@@ -152,16 +189,16 @@ async def submit_and_follow(client: httpx.AsyncClient, body: dict[str, Any], tex
 # -- series and batches --------------------------------------------------------------------
 
 
-async def sequential(client: httpx.AsyncClient, call: Call, n: int, offset: int = 0) -> list[RunResult]:
+async def sequential(client: Client, call: Call, n: int, offset: int = 0) -> list[RunResult]:
     return [await call(client, offset + i) for i in range(n)]
 
 
-async def batch(client: httpx.AsyncClient, call: Call, n: int, offset: int = 0) -> tuple[float, list[RunResult]]:
+async def batch(client: Client, call: Call, n: int, offset: int = 0) -> tuple[float, list[RunResult]]:
     """Fire ``n`` calls at once; returns (wall seconds until the last finished, results)."""
-    start = time.perf_counter()
+    start = time.time()
     async with asyncio.timeout(BATCH_TIMEOUT_S):
         results = await asyncio.gather(*(call(client, offset + i) for i in range(n)))
-    return time.perf_counter() - start, list(results)
+    return max(r.finished_wall for r in results) - start, list(results)
 
 
 @dataclass(frozen=True)
@@ -173,6 +210,7 @@ class ClientJob:
     indices: tuple[int, ...]
     delay_s: float
     workflow: dict[str, Any] | None
+    client: str
 
 
 def _call_for(job: ClientJob) -> Call:
@@ -183,7 +221,7 @@ def _call_for(job: ClientJob) -> Call:
 def _client_process(job: ClientJob, barrier: Any, results: Any) -> None:
     async def go() -> dict[str, Any]:
         call = _call_for(job)
-        async with make_client(job.base_url, 2 * len(job.indices) + 4) as client:
+        async with make_client(job.base_url, 2 * len(job.indices) + 4, job.client) as client:
             barrier.wait(CLIENT_START_TIMEOUT_S)
             cpu0 = time.process_time()
             async with asyncio.timeout(BATCH_TIMEOUT_S):
@@ -203,10 +241,11 @@ class SpreadResult:
     runs: list[RunResult]
     client_cpu_s: float
     errors: list[str]
+    machine_busy_share: float
 
 
 def spread_batch(base_url: str, kind: str, n: int, processes: int, *, delay_s: float = 0.0,
-                 workflow: dict[str, Any] | None = None, offset: int = 0) -> SpreadResult:
+                 workflow: dict[str, Any] | None = None, offset: int = 0, client: str = "raw") -> SpreadResult:
     """Fire ``n`` runs at once from ``processes`` client processes (spawned, one client each).
 
     The wall time runs from the moment every client is connected-ready at the barrier to the
@@ -217,7 +256,7 @@ def spread_batch(base_url: str, kind: str, n: int, processes: int, *, delay_s: f
     results = ctx.Queue()
     shares = [tuple(range(offset + p, offset + n, processes)) for p in range(processes)]
     procs = [
-        ctx.Process(target=_client_process, args=(ClientJob(base_url, kind, share, delay_s, workflow), barrier, results), daemon=True)
+        ctx.Process(target=_client_process, args=(ClientJob(base_url, kind, share, delay_s, workflow, client), barrier, results), daemon=True)
         for share in shares
         if share
     ]
@@ -226,7 +265,9 @@ def spread_batch(base_url: str, kind: str, n: int, processes: int, *, delay_s: f
     try:
         barrier.wait(CLIENT_START_TIMEOUT_S)
         start_wall = time.time()
+        machine = MachineCpu()
         outputs = [results.get(timeout=BATCH_TIMEOUT_S + 30) for _ in procs]
+        busy = machine.busy_share()
     finally:
         for proc in procs:
             proc.join(10)
@@ -241,15 +282,17 @@ def spread_batch(base_url: str, kind: str, n: int, processes: int, *, delay_s: f
             continue
         cpu += out["cpu_s"]
         runs += [RunResult(**r) for r in out["runs"]]
+    for run in runs:  # tuples became lists on the way through the queue
+        run.marks = [tuple(mark) for mark in run.marks]
     end_wall = max((r.finished_wall for r in runs), default=time.time())
-    return SpreadResult(end_wall - start_wall, runs, cpu, errors)
+    return SpreadResult(end_wall - start_wall, runs, cpu, errors, busy)
 
 
 # -- the registry of calls (by name, so spawned processes can rebuild them) -----------------
 
 
 def _original_call(delay_s: float, workflow: dict[str, Any] | None) -> Call:
-    async def call(client: httpx.AsyncClient, i: int) -> RunResult:
+    async def call(client: Client, i: int) -> RunResult:
         text = prompt(i, delay_s)
         return await post_execute(client, {"input": text}, text)
 
@@ -257,7 +300,7 @@ def _original_call(delay_s: float, workflow: dict[str, Any] | None) -> Call:
 
 
 def _flowrelay_runs_call(delay_s: float, workflow: dict[str, Any] | None) -> Call:
-    async def call(client: httpx.AsyncClient, i: int) -> RunResult:
+    async def call(client: Client, i: int) -> RunResult:
         text = prompt(i, delay_s)
         return await submit_and_follow(client, {"workflow": workflow, "input": text}, text)
 
@@ -265,7 +308,7 @@ def _flowrelay_runs_call(delay_s: float, workflow: dict[str, Any] | None) -> Cal
 
 
 def _flowrelay_execute_call(delay_s: float, workflow: dict[str, Any] | None) -> Call:
-    async def call(client: httpx.AsyncClient, i: int) -> RunResult:
+    async def call(client: Client, i: int) -> RunResult:
         text = prompt(i, delay_s)
         return await post_execute(client, {"workflow": workflow, "input": text}, text)
 

@@ -117,6 +117,55 @@ def tree_cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+def process_label(proc: psutil.Process) -> str:
+    """A short name for a process: its console script or ``-m`` module (workers included)."""
+    try:
+        argv = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "?"
+    if not argv:
+        return proc.name()
+    args = argv[1:] if Path(argv[0]).name.startswith("python") else argv
+    if args[:1] == ["-m"] and len(args) > 1:
+        return args[1]
+    return Path(args[0]).name if args else Path(argv[0]).name
+
+
+def tree_cpu_by_label(pids: Iterable[int]) -> dict[str, float]:
+    """CPU seconds so far of the trees under ``pids``, summed per :func:`process_label`."""
+    out: dict[str, float] = {}
+    for proc in tree(pids):
+        try:
+            times = proc.cpu_times()
+            label = process_label(proc)
+        except psutil.NoSuchProcess:
+            continue
+        out[label] = out.get(label, 0.0) + times.user + times.system + times.children_user + times.children_system
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per-label CPU seconds used between two :func:`tree_cpu_by_label` readings."""
+    return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in sorted(set(before) | set(after))}
+
+
+class MachineCpu:
+    """System-wide CPU use over a window, so a reader can see contention from outside.
+
+    ``busy_share`` is the share of all cores that were busy (1.0 = saturated), whoever used
+    them; compare it with the server's and the client's own shares.
+    """
+
+    def __init__(self) -> None:
+        self._start = psutil.cpu_times()
+
+    def busy_share(self) -> float:
+        end = psutil.cpu_times()
+        total = sum(end) - sum(self._start)
+        idle = (end.idle + getattr(end, "iowait", 0.0)) - (self._start.idle + getattr(self._start, "iowait", 0.0))
+        return round(1.0 - idle / total, 3) if total > 0 else 0.0
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process and its children that have been waited for."""
     t = os.times()
@@ -280,11 +329,24 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: dataclasses as dicts, NaN as null (strict JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain(asdict(value))
+    return value
+
+
 def write_json(report: dict[str, Any], path: Path) -> None:
     """Write atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(_plain(report), indent=2, default=str, allow_nan=False) + "\n")
     tmp.replace(path)
 
 

@@ -49,13 +49,13 @@ def start(model_url: str, log_dir: Path) -> tuple[ServiceProcess, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def measure(sm: model.ScriptedModel, sizes: OriginalSizes, log_dir: Path) -> SystemFigures:
+def measure(sm: model.ScriptedModel, sizes: OriginalSizes, log_dir: Path, client: str = "raw") -> SystemFigures:
     server, url = start(sm.url, log_dir)
     roots = lambda: [server.pid]  # noqa: E731 - the uvicorn process and its per-request pools
     try:
-        seq = phases.sequential(url, "original", sizes.sequential, None, sm, roots)
-        tp = phases.throughput(url, "original", sizes.batch, sizes.rounds, None, sm, roots)
-        conc = phases.concurrent(url, "original", sizes.concurrent, sizes.delay_s, 1, None, sm, roots)
+        seq = phases.check("sequential", phases.sequential(url, "original", sizes.sequential, None, sm, roots, client), sizes.sequential)
+        tp = phases.check("batch", phases.throughput(url, "original", sizes.batch, sizes.rounds, None, sm, roots, client), sizes.batch * sizes.rounds)
+        conc = phases.concurrent(url, "original", sizes.concurrent, sizes.delay_s, 1, None, sm, roots, client)
     finally:
         server.terminate(timeout=15)
     latency: Latency = seq.pop("latency")

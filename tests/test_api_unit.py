@@ -672,6 +672,49 @@ async def test_execute_of_a_failed_run_returns_the_guidance(api: Api) -> None:
     assert [e["type"] for e in body["trace"]] == ["run.started", "run.failed", "suggestion"]
 
 
+async def test_execute_repeated_with_its_key_returns_the_finished_run(api: Api) -> None:
+    headers = {"Idempotency-Key": "sync-1"}
+    async with fake_executor(api):
+        first = (await api.client.post("/execute", json=submission(), headers=headers)).json()
+    again = await api.client.post("/execute", json=submission(), headers=headers)  # no executor now
+    assert again.status_code == 200
+    body = again.json()
+    assert body["run_id"] == first["run_id"] and body["output"] == "echo hello"
+    # this waiter subscribed after the events: the trace comes from the stream
+    assert [e["type"] for e in body["trace"]] == ["run.started", "run.completed"]
+
+
+async def test_waiter_distrusts_events_the_stream_refused(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Core NATS also delivers publishes JetStream drops (a duplicate seq from a second
+    writer): such a trace is replayed from the stream instead."""
+    from flowrelay_api import waiting
+
+    replays: list[str] = []
+
+    async def counting_read_trace(ctx: ApiContext, run_id: str) -> list[TraceEvent]:
+        replays.append(run_id)
+        return await read_trace(ctx, run_id)
+
+    read_trace = waiting.read_trace
+    monkeypatch.setattr(waiting, "read_trace", counting_read_trace)
+    await api.ctx.runs.create(RunRecord(run_id="dup-1", status=RunStatus.RUNNING))
+    async with waiting.RunWaiter(api.ctx) as waiter:
+        await waiter.start("dup-1")
+        log = RunEventLog(api.ctx.js, "dup-1")
+        await log.emit(EventType.RUN_STARTED)
+        rival = RunEventLog(api.ctx.js, "dup-1")  # also writes seq 1: JetStream drops it
+        await rival.emit(EventType.LLM_STARTED)
+        await log.emit(EventType.RUN_COMPLETED)
+        trace = await waiter.trace()
+    assert replays == ["dup-1"]
+    assert [(e.seq, e.type) for e in trace] == [
+        (1, EventType.RUN_STARTED),
+        (2, EventType.RUN_COMPLETED),
+    ]
+
+
 async def test_execute_without_executors_times_out_and_cancels(nats_url: str) -> None:
     async with running_api(nats_url, default_timeout_s=0.3, execute_margin_s=0) as api:
         response = await api.client.post("/execute", json=submission())

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
 import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,12 @@ from genai_prices import calc_price
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
-from flowrelay_contracts import ErrorCode, EventType, Workflow  # noqa: E402
-from flowrelay_executor import costs  # noqa: E402
-from flowrelay_executor.engine import Engine, available_frameworks  # noqa: E402
-from flowrelay_executor.errors import Redactor, classify, redact  # noqa: E402
-from flowrelay_executor.jobs import Job, ModelDefaults, Outcome  # noqa: E402
-from flowrelay_executor.tools import McpTarget, ToolRegistry, UnknownToolError  # noqa: E402
+from flowrelay_contracts import ErrorCode, EventType, Workflow
+from flowrelay_executor import costs
+from flowrelay_executor.engine import Engine, available_frameworks
+from flowrelay_executor.errors import Redactor, classify, redact
+from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
+from flowrelay_executor.tools import McpTarget, ToolRegistry, UnknownToolError
 
 MODEL = "scripted:gpt-4o-mini"
 _URL_LINE = re.compile(r"SCRIPTED_MODEL_URL=(\S+)")
@@ -68,8 +67,10 @@ def registry() -> ToolRegistry:
 
 
 @pytest.fixture(scope="module")
-def engine(registry: ToolRegistry) -> Engine:
-    return Engine(tools=registry, max_event_field_chars=300)
+async def engine(registry: ToolRegistry) -> AsyncIterator[Engine]:
+    engine = Engine(tools=registry, max_event_field_chars=300)
+    yield engine
+    await engine.aclose()
 
 
 class Recorder:
@@ -131,7 +132,9 @@ def closed_port() -> int:
 # -- patterns ---------------------------------------------------------------------------
 
 
-async def test_simple_run_streams_events_with_server_token_counts(engine: Engine, model_url: str) -> None:
+async def test_simple_run_streams_events_with_server_token_counts(
+    engine: Engine, model_url: str
+) -> None:
     before = stats(model_url)
     outcome, rec = await run(engine, job(model_url, [{"name": "solo"}], "ping"))
     after = stats(model_url)
@@ -143,7 +146,10 @@ async def test_simple_run_streams_events_with_server_token_counts(engine: Engine
     assert started == {"agent": "solo", "step": 1, "pattern": "simple"}
     assert llm_start == {"agent": "solo", "model": MODEL, "turn": 1}
     assert llm_done["input_tokens"] == after["prompt_tokens_total"] - before["prompt_tokens_total"]
-    assert llm_done["output_tokens"] == after["completion_tokens_total"] - before["completion_tokens_total"]
+    assert (
+        llm_done["output_tokens"]
+        == after["completion_tokens_total"] - before["completion_tokens_total"]
+    )
     assert llm_done["latency_ms"] > 0
     assert finished["output"] == "echo: ping"
     assert (finished["input_tokens"], finished["output_tokens"]) == (
@@ -154,22 +160,32 @@ async def test_simple_run_streams_events_with_server_token_counts(engine: Engine
     assert [a.agent for a in outcome.agents] == ["solo"]
 
 
-async def test_sequential_chain_feeds_each_output_to_the_next(engine: Engine, model_url: str) -> None:
+async def test_sequential_chain_feeds_each_output_to_the_next(
+    engine: Engine, model_url: str
+) -> None:
     outcome, rec = await run(
-        engine, job(model_url, [{"name": "first"}, {"name": "second"}], "ping", pattern="sequential")
+        engine,
+        job(model_url, [{"name": "first"}, {"name": "second"}], "ping", pattern="sequential"),
     )
     assert outcome.status == "succeeded", outcome.error
     assert outcome.output == "echo: echo: ping"
-    assert [(d["agent"], d["step"]) for d in rec.of(EventType.AGENT_STARTED)] == [("first", 1), ("second", 2)]
+    assert [(d["agent"], d["step"]) for d in rec.of(EventType.AGENT_STARTED)] == [
+        ("first", 1),
+        ("second", 2),
+    ]
     assert {a.agent for a in outcome.agents} == {"first", "second"}
     assert outcome.usage.input_tokens == sum(a.usage.input_tokens for a in outcome.agents)
 
 
-async def test_collaborative_coordinator_calls_sub_agent_as_tool(engine: Engine, model_url: str) -> None:
+async def test_collaborative_coordinator_calls_sub_agent_as_tool(
+    engine: Engine, model_url: str
+) -> None:
     agents = [{"name": "boss"}, {"name": "Research Helper", "instructions": "Find facts."}]
     outcome, rec = await run(
         engine,
-        job(model_url, agents, '#call=Research_Helper {"request": "ping"}', pattern="collaborative"),
+        job(
+            model_url, agents, '#call=Research_Helper {"request": "ping"}', pattern="collaborative"
+        ),
     )
     assert outcome.status == "succeeded", outcome.error
     assert outcome.output == "echo: ping"  # the coordinator answers with the tool's result
@@ -186,8 +202,12 @@ async def test_collaborative_coordinator_calls_sub_agent_as_tool(engine: Engine,
     assert {a.agent for a in outcome.agents} == {"boss", "Research Helper"}
 
 
-async def test_registered_tool_is_called_with_typed_arguments(engine: Engine, model_url: str) -> None:
-    outcome, rec = await run(engine, job(model_url, [{"name": "calc", "tools": ["add"]}], '#call=add {"a": 2, "b": 3}'))
+async def test_registered_tool_is_called_with_typed_arguments(
+    engine: Engine, model_url: str
+) -> None:
+    outcome, rec = await run(
+        engine, job(model_url, [{"name": "calc", "tools": ["add"]}], '#call=add {"a": 2, "b": 3}')
+    )
     assert outcome.status == "succeeded", outcome.error
     assert outcome.output == "5"
     assert rec.types == [
@@ -207,10 +227,17 @@ async def test_registered_tool_is_called_with_typed_arguments(engine: Engine, mo
     assert [d["turn"] for d in rec.of(EventType.LLM_FINISHED)] == [1, 2]
 
 
-async def test_turn_limit_fails_the_run_and_keeps_partial_usage(engine: Engine, model_url: str) -> None:
+async def test_turn_limit_fails_the_run_and_keeps_partial_usage(
+    engine: Engine, model_url: str
+) -> None:
     outcome, rec = await run(
         engine,
-        job(model_url, [{"name": "looper", "tools": ["add"]}], '#loop=add {"a": 1, "b": 1}', max_turns=3),
+        job(
+            model_url,
+            [{"name": "looper", "tools": ["add"]}],
+            '#loop=add {"a": 1, "b": 1}',
+            max_turns=3,
+        ),
     )
     assert outcome.status == "failed"
     assert outcome.error is not None and outcome.error.code == ErrorCode.MAX_TURNS_EXCEEDED
@@ -218,7 +245,11 @@ async def test_turn_limit_fails_the_run_and_keeps_partial_usage(engine: Engine, 
     assert "max_turns" in outcome.error.message
     assert len(rec.of(EventType.LLM_FINISHED)) == 3
     assert len(rec.of(EventType.LLM_STARTED)) == 3  # the refused 4th call is not announced
-    assert outcome.usage.input_tokens == sum(d["input_tokens"] for d in rec.of(EventType.LLM_FINISHED)) > 0
+    assert (
+        outcome.usage.input_tokens
+        == sum(d["input_tokens"] for d in rec.of(EventType.LLM_FINISHED))
+        > 0
+    )
     assert outcome.cost_usd is not None and outcome.cost_usd > 0
 
 
@@ -256,7 +287,9 @@ async def test_missing_provider_key_fails_fast_naming_the_variable(
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     started = time.monotonic()
-    outcome, rec = await run(engine, job(model_url, [{"name": "real", "model_id": "openai:gpt-4o-mini"}], "hi"))
+    outcome, rec = await run(
+        engine, job(model_url, [{"name": "real", "model_id": "openai:gpt-4o-mini"}], "hi")
+    )
     assert time.monotonic() - started < 1
     assert outcome.error is not None and outcome.error.code == ErrorCode.MISSING_API_KEY
     assert "OPENAI_API_KEY" in outcome.error.message
@@ -292,11 +325,15 @@ async def test_unreachable_endpoint_is_provider_unreachable(engine: Engine, mode
 
 async def test_tool_that_raises_fails_the_run_naming_it(engine: Engine, model_url: str) -> None:
     outcome, rec = await run(
-        engine, job(model_url, [{"name": "risky", "tools": ["explode"]}], '#call=explode {"reason": "boom"}')
+        engine,
+        job(
+            model_url, [{"name": "risky", "tools": ["explode"]}], '#call=explode {"reason": "boom"}'
+        ),
     )
     assert outcome.error is not None and outcome.error.code == ErrorCode.TOOL_FAILED
     assert "explode" in outcome.error.message and "boom" in outcome.error.message
     assert outcome.error.exception_type == "RuntimeError"
+    assert getattr(outcome.error, "tool", "explode") == "explode"
     assert (outcome.error.agent, outcome.error.step) == ("risky", 1)
     (finished,) = rec.of(EventType.TOOL_FINISHED)
     assert "exploded: boom" in finished["error"]
@@ -308,13 +345,32 @@ async def test_tool_without_its_key_is_tool_missing_key(
     engine: Engine, model_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("FLOWRELAY_TEST_TOOL_KEY", raising=False)
-    outcome, _ = await run(engine, job(model_url, [{"name": "keyless", "tools": ["needs_key"]}], "#call=needs_key {}"))
+    outcome, _ = await run(
+        engine, job(model_url, [{"name": "keyless", "tools": ["needs_key"]}], "#call=needs_key {}")
+    )
     assert outcome.error is not None and outcome.error.code == ErrorCode.TOOL_MISSING_KEY
-    assert "FLOWRELAY_TEST_TOOL_KEY" in outcome.error.message and "needs_key" in outcome.error.message
+    assert (
+        "FLOWRELAY_TEST_TOOL_KEY" in outcome.error.message and "needs_key" in outcome.error.message
+    )
+
+
+async def test_builtin_tool_without_its_key_is_tool_missing_key(
+    model_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "search_tavily" not in ToolRegistry().names():
+        pytest.skip("tavily-python is not installed")
+    monkeypatch.delenv("TAVILY_API_KEY", raising=False)
+    engine = Engine(tools=ToolRegistry())
+    agents = [{"name": "searcher", "tools": ["search_tavily"]}]
+    outcome, _ = await run(engine, job(model_url, agents, '#call=search_tavily {"query": "x"}'))
+    assert outcome.error is not None and outcome.error.code == ErrorCode.TOOL_MISSING_KEY
+    assert "TAVILY_API_KEY" in outcome.error.message
 
 
 async def test_unknown_tool_is_invalid_workflow(engine: Engine, model_url: str) -> None:
-    outcome, rec = await run(engine, job(model_url, [{"name": "solo", "tools": ["teleport"]}], "hi"))
+    outcome, rec = await run(
+        engine, job(model_url, [{"name": "solo", "tools": ["teleport"]}], "hi")
+    )
     assert outcome.error is not None and outcome.error.code == ErrorCode.INVALID_WORKFLOW
     assert "teleport" in outcome.error.message and outcome.error.agent == "solo"
     assert rec.events == []
@@ -324,10 +380,84 @@ async def test_mcp_stdio_command_must_be_allowlisted(engine: Engine, model_url: 
     agents = [{"name": "solo", "tools": [{"type": "mcp", "command": "rm", "args": ["-rf", "/"]}]}]
     outcome, _ = await run(engine, job(model_url, agents, "hi"))
     assert outcome.error is not None and outcome.error.code == ErrorCode.INVALID_WORKFLOW
-    assert "'rm'" in outcome.error.message and "FLOWRELAY_MCP_STDIO_ALLOWLIST" in outcome.error.message
+    assert (
+        "'rm'" in outcome.error.message and "FLOWRELAY_MCP_STDIO_ALLOWLIST" in outcome.error.message
+    )
 
 
-async def test_sub_agent_failure_fails_the_collaborative_run(engine: Engine, model_url: str) -> None:
+#: A stdio MCP server, run with ``python -c``: one plain tool, one that reports whether a
+#: variable reached the server's environment.
+_MCP_SERVER = """
+import os
+from mcp.server.fastmcp import FastMCP
+
+server = FastMCP("probe")
+
+@server.tool()
+def shout(text: str) -> str:
+    \"\"\"Upper-case the text.\"\"\"
+    return text.upper()
+
+@server.tool()
+def env_probe(name: str) -> str:
+    \"\"\"Say whether a variable is set.\"\"\"
+    return "set" if name in os.environ else "unset"
+
+server.run("stdio")
+"""
+
+
+@pytest.fixture(scope="module")
+async def mcp_engine() -> AsyncIterator[Engine]:
+    engine = Engine(tools=ToolRegistry(builtins=False, mcp_stdio_allowlist=[sys.executable]))
+    yield engine
+    await engine.aclose()
+
+
+def _mcp_agent(**server: Any) -> list[dict[str, Any]]:
+    return [{"name": "mcp_user", "tools": [{"type": "mcp", **server}]}]
+
+
+async def test_mcp_stdio_tools_run_without_the_executors_secrets(
+    mcp_engine: Engine, model_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWRELAY_TEST_API_KEY", "sk-test-123456")
+    agents = _mcp_agent(command=sys.executable, args=["-c", _MCP_SERVER])
+    outcome, rec = await run(mcp_engine, job(model_url, agents, '#call=shout {"text": "hi"}'))
+    assert outcome.output == "HI", outcome.error
+    assert rec.of(EventType.TOOL_STARTED) == [
+        {"agent": "mcp_user", "tool": "shout", "arguments": {"text": "hi"}}
+    ]
+    for name, expected in (("FLOWRELAY_TEST_API_KEY", "unset"), ("PATH", "set")):
+        outcome, _ = await run(
+            mcp_engine, job(model_url, agents, f'#call=env_probe {{"name": "{name}"}}')
+        )
+        assert outcome.output == expected, (name, outcome.error)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"command": sys.executable, "args": ["-c", "raise SystemExit(1)"]},
+        {"url": f"http://127.0.0.1:{closed_port()}/mcp"},
+        {"url": f"http://127.0.0.1:{closed_port()}/sse", "transport": "sse"},
+    ],
+    ids=["stdio-exits", "http-refused", "sse-refused"],
+)
+async def test_unusable_mcp_server_fails_as_tool_failed(
+    mcp_engine: Engine, model_url: str, server: dict[str, Any]
+) -> None:
+    outcome, rec = await run(mcp_engine, job(model_url, _mcp_agent(**server), "hi"))
+    assert outcome.error is not None and outcome.error.code == ErrorCode.TOOL_FAILED
+    assert "MCP server" in outcome.error.message and outcome.error.agent == "mcp_user"
+    assert rec.events == []
+    outcome, _ = await run(mcp_engine, job(model_url, [{"name": "after"}], "ping"))
+    assert outcome.output == "echo: ping"  # the engine (and its loop) are fine
+
+
+async def test_sub_agent_failure_fails_the_collaborative_run(
+    engine: Engine, model_url: str
+) -> None:
     agents = [{"name": "boss"}, {"name": "helper", "tools": ["explode"]}]
     text = '#call=helper {"request": "#call=explode {\\"reason\\": \\"deep\\"}"}'
     outcome, rec = await run(engine, job(model_url, agents, text, pattern="collaborative"))
@@ -341,7 +471,9 @@ async def test_sub_agent_failure_fails_the_collaborative_run(engine: Engine, mod
 
 async def test_framework_not_installed_names_the_extra(engine: Engine, model_url: str) -> None:
     assert "tinyagent" in available_frameworks()
-    missing = next(f for f in ("langchain", "agno", "smolagents", "google") if f not in available_frameworks())
+    missing = next(
+        f for f in ("langchain", "agno", "smolagents", "google") if f not in available_frameworks()
+    )
     outcome, _ = await run(engine, job(model_url, [{"name": "solo", "framework": missing}], "hi"))
     assert outcome.error is not None and outcome.error.code == ErrorCode.FRAMEWORK_NOT_INSTALLED
     assert f"pip install 'any-agent[{missing}]'" in outcome.error.message
@@ -362,7 +494,9 @@ async def test_cost_of_a_priced_model_matches_genai_prices(engine: Engine, model
 
 
 async def test_cost_of_an_unknown_model_is_none_with_a_note(engine: Engine, model_url: str) -> None:
-    outcome, rec = await run(engine, job(model_url, [{"name": "solo", "model_id": "scripted:no-such-model"}], "ping"))
+    outcome, rec = await run(
+        engine, job(model_url, [{"name": "solo", "model_id": "scripted:no-such-model"}], "ping")
+    )
     assert outcome.status == "succeeded"
     (llm,) = rec.of(EventType.LLM_FINISHED)
     assert llm["cost_usd"] is None and "no-such-model" in llm["cost_note"]
@@ -370,7 +504,9 @@ async def test_cost_of_an_unknown_model_is_none_with_a_note(engine: Engine, mode
     assert rec.of(EventType.AGENT_FINISHED)[0]["cost_usd"] is None
 
 
-async def test_mixed_known_and_unknown_costs_make_the_total_unknown(engine: Engine, model_url: str) -> None:
+async def test_mixed_known_and_unknown_costs_make_the_total_unknown(
+    engine: Engine, model_url: str
+) -> None:
     agents = [{"name": "a"}, {"name": "b", "model_id": "scripted:no-such-model"}]
     outcome, _ = await run(engine, job(model_url, agents, "ping", pattern="sequential"))
     by_agent = {a.agent: a.cost_usd for a in outcome.agents}
@@ -384,7 +520,9 @@ async def test_secrets_never_leave_in_events_or_outcome(
     monkeypatch.setenv("FLOWRELAY_TEST_API_KEY", "sk-test-123456")
     monkeypatch.setenv("FLOWRELAY_TEST_TOKEN", "plain-secret-value-42")
     text = '#call=lookup_secret_echo {"text": "key sk-test-123456 and plain-secret-value-42"}'
-    outcome, rec = await run(engine, job(model_url, [{"name": "leaky", "tools": ["lookup_secret_echo"]}], text))
+    outcome, rec = await run(
+        engine, job(model_url, [{"name": "leaky", "tools": ["lookup_secret_echo"]}], text)
+    )
     assert outcome.status == "succeeded", outcome.error
     dumped = json.dumps([d for _, d in rec.events]) + outcome.model_dump_json()
     assert "sk-test-123456" not in dumped and "plain-secret-value-42" not in dumped
@@ -394,7 +532,14 @@ async def test_secrets_never_leave_in_events_or_outcome(
 
 async def test_long_event_fields_are_truncated(engine: Engine, model_url: str) -> None:
     long = "x" * 1000
-    outcome, rec = await run(engine, job(model_url, [{"name": "echoer", "tools": ["lookup_secret_echo"]}], f'#call=lookup_secret_echo {{"text": "{long}"}}'))
+    outcome, rec = await run(
+        engine,
+        job(
+            model_url,
+            [{"name": "echoer", "tools": ["lookup_secret_echo"]}],
+            f'#call=lookup_secret_echo {{"text": "{long}"}}',
+        ),
+    )
     assert outcome.output == long  # the outcome is complete
     (finished,) = rec.of(EventType.TOOL_FINISHED)
     assert len(finished["result"]) <= 300 and "more chars" in finished["result"]
@@ -408,15 +553,23 @@ _SCHEMA = {
         "confidence": {"type": "number"},
         "label": {"enum": ["good", "bad"]},
         "tags": {"type": "array", "items": {"type": "string"}},
-        "source": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]},
+        "source": {
+            "type": "object",
+            "properties": {"url": {"type": "string"}},
+            "required": ["url"],
+        },
         "note": {"type": ["string", "null"]},
     },
     "required": ["answer", "confidence", "label", "tags", "source"],
 }
 
 
-async def test_structured_output_is_a_dict_valid_against_the_schema(engine: Engine, model_url: str) -> None:
-    outcome, rec = await run(engine, job(model_url, [{"name": "typed", "output_schema": _SCHEMA}], "ping"))
+async def test_structured_output_is_a_dict_valid_against_the_schema(
+    engine: Engine, model_url: str
+) -> None:
+    outcome, rec = await run(
+        engine, job(model_url, [{"name": "typed", "output_schema": _SCHEMA}], "ping")
+    )
     assert outcome.status == "succeeded", outcome.error
     assert isinstance(outcome.output, dict)
     jsonschema.validate(outcome.output, _SCHEMA)
@@ -425,7 +578,11 @@ async def test_structured_output_is_a_dict_valid_against_the_schema(engine: Engi
 
 
 async def test_structured_output_is_passed_on_as_json_text(engine: Engine, model_url: str) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}},
+        "required": ["answer"],
+    }
     agents = [{"name": "typed", "output_schema": schema}, {"name": "reader"}]
     outcome, _ = await run(engine, job(model_url, agents, "ping", pattern="sequential"))
     assert outcome.output == 'echo: {"answer": "echo: ping"}'
@@ -434,27 +591,69 @@ async def test_structured_output_is_passed_on_as_json_text(engine: Engine, model
 # -- concurrency, reuse, cancellation ---------------------------------------------------
 
 
-async def test_concurrent_runs_share_an_agent_and_keep_their_events_apart(engine: Engine, model_url: str) -> None:
+async def test_concurrent_runs_share_an_agent_and_keep_their_events_apart(
+    engine: Engine, model_url: str
+) -> None:
     agents = [{"name": "shared", "tools": ["add"]}]
-    jobs = [job(model_url, agents, f'#delay=0.05 #call=add {{"a": {i}, "b": 1000}}') for i in range(60)]
+    jobs = [
+        job(model_url, agents, f'#delay=0.05 #call=add {{"a": {i}, "b": 1000}}') for i in range(60)
+    ]
     results = await asyncio.gather(*(run(engine, j) for j in jobs))
     for i, (outcome, rec) in enumerate(results):
         assert outcome.status == "succeeded", outcome.error
         assert outcome.output == str(i + 1000)
-        assert rec.of(EventType.TOOL_STARTED) == [{"agent": "shared", "tool": "add", "arguments": {"a": i, "b": 1000}}]
+        assert rec.of(EventType.TOOL_STARTED) == [
+            {"agent": "shared", "tool": "add", "arguments": {"a": i, "b": 1000}}
+        ]
         assert len(rec.of(EventType.LLM_FINISHED)) == 2
     recipes = [r for r in engine._pool._shared if r.name == "shared"]
     assert len(recipes) == 1  # one instance served all 60 runs
 
 
-async def test_cancellation_propagates_and_the_engine_keeps_working(engine: Engine, model_url: str) -> None:
+async def test_cancellation_propagates_and_the_engine_keeps_working(
+    engine: Engine, model_url: str
+) -> None:
     task = asyncio.create_task(run(engine, job(model_url, [{"name": "slow"}], "#delay=5 ping")))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    # any-agent keeps a cancelled run's state in the agent: that instance is retired.
+    assert not [r for r in engine._pool._shared if r.name == "slow"]
     outcome, _ = await run(engine, job(model_url, [{"name": "slow"}], "ping"))
     assert outcome.output == "echo: ping"
+
+
+async def test_nothing_is_printed_to_stdout(
+    engine: Engine, model_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    await run(
+        engine, job(model_url, [{"name": "quiet", "tools": ["add"]}], '#call=add {"a": 1, "b": 2}')
+    )
+    await run(engine, job(model_url, [{"name": "quiet"}], "#fail=500"))
+    assert capfd.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("agent", "code", "needle"),
+    [
+        ({"model_id": "gpt-4o-mini"}, ErrorCode.UNKNOWN_MODEL, "'<provider>:<model>'"),
+        ({"model_args": {"messages": []}}, ErrorCode.INVALID_WORKFLOW, "messages"),
+        ({"framework": "crewai"}, ErrorCode.INVALID_WORKFLOW, "crewai"),
+    ],
+)
+async def test_bad_agent_settings_fail_before_any_step(
+    engine: Engine, model_url: str, agent: dict[str, Any], code: ErrorCode, needle: str
+) -> None:
+    outcome, rec = await run(engine, job(model_url, [{"name": "bad", **agent}], "hi"))
+    assert outcome.error is not None and outcome.error.code == code
+    assert needle in outcome.error.message and rec.events == []
+
+
+async def test_model_args_reach_the_model(engine: Engine, model_url: str) -> None:
+    agents = [{"name": "tuned", "model_args": {"temperature": 0.1, "max_tokens": 50}}]
+    outcome, _ = await run(engine, job(model_url, agents, "ping"))
+    assert outcome.output == "echo: ping", outcome.error
 
 
 # -- registry and error helpers ---------------------------------------------------------
@@ -465,10 +664,21 @@ def test_registry_from_environment_loads_tool_modules(monkeypatch: pytest.Monkey
     monkeypatch.setenv("FLOWRELAY_MCP_STDIO_ALLOWLIST", "uvx, npx")
     monkeypatch.setenv("SOME_SERVICE_TOKEN", "t0ken-value")
     tools = ToolRegistry.from_environment()
-    assert {"add", "block", "spin", "explode", "crash_worker", "needs_key", "lookup_secret_echo"} <= set(tools.names())
+    assert {
+        "add",
+        "block",
+        "spin",
+        "explode",
+        "crash_worker",
+        "needs_key",
+        "lookup_secret_echo",
+    } <= set(tools.names())
     assert tools.resolve("add")(2, 3) == 5
     with pytest.raises(UnknownToolError, match="teleport"):
         tools.resolve("teleport")
+    if "visit_webpage" not in tools.names():  # a built-in whose dependency is missing
+        with pytest.raises(UnknownToolError, match="markdownify"):
+            tools.resolve("visit_webpage")
     from flowrelay_contracts import McpServer
 
     target = tools.resolve(McpServer(command="uvx", args=["mcp-server-fetch"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from faststream.nats import NatsBroker
 
 from flowrelay_bus.settings import BusSettings
@@ -17,5 +19,7 @@ def make_broker(settings: BusSettings, *, name: str, **options: object) -> NatsB
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=RECONNECT_WAIT_S,
+        # Per-message "Received/Processed" lines cost time on the hot path; keep them for DEBUG.
+        log_level=logging.DEBUG,
         **options,
     )

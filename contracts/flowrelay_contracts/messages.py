@@ -150,6 +150,7 @@ class RunError(BaseModel):
     provider_message: str | None = None
     step: int | None = None
     agent: str | None = None
+    tool: str | None = None
     retryable: bool = False
 
 

@@ -1,7 +1,7 @@
 """``POST /execute``: the original synchronous endpoint, on top of the asynchronous path.
 
-It submits exactly like ``POST /runs``, then watches the run's record until it ends and
-answers with the result and the whole trace. If the run has not ended by its own deadline
+It submits exactly like ``POST /runs``, then waits for the run's record to end (see
+:mod:`flowrelay_api.waiting`) and answers with the result and the whole trace. If the run has not ended by its own deadline
 plus ``execute_margin_s`` the answer is 504; a run that no executor picked up by then is
 cancelled, so it does not start later for a caller that is gone.
 """
@@ -25,6 +25,7 @@ from flowrelay_api.schemas import (
     json_response,
 )
 from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
+from flowrelay_api.waiting import RunWaiter
 
 router = APIRouter(tags=["execute"])
 
@@ -57,17 +58,18 @@ async def execute(
         str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     ] = None,
 ) -> Response:
-    submitted = await submit(ctx, body, idempotency_key)
-    run_id = submitted.record.run_id
-    wait_s = (
-        submitted.options.timeout_s or ctx.settings.default_timeout_s
-    ) + ctx.settings.execute_margin_s
-    record = await runs.wait_until_finished(
-        ctx, run_id, wait_s, ctx.settings.sse_suggestion_grace_s
-    )
-    if record is None:
-        record = await _give_up(ctx, run_id, wait_s)
-    trace = await runs.read_trace(ctx, run_id)
+    async with RunWaiter(ctx) as waiter:
+        submitted = await submit(ctx, body, idempotency_key, before_publish=waiter.start)
+        run_id = submitted.record.run_id
+        await waiter.start(run_id)  # no-op unless the submission was a replay
+        settings = ctx.settings
+        wait_s = (
+            submitted.options.timeout_s or settings.default_timeout_s
+        ) + settings.execute_margin_s
+        record = await waiter.finished(wait_s, settings.sse_suggestion_grace_s)
+        if record is None:
+            record = await _give_up(ctx, run_id, wait_s)
+        trace = await waiter.trace()
     return json_response(_result(record, trace))
 
 

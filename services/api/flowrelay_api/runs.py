@@ -194,32 +194,7 @@ async def _announce_cancelled(ctx: ApiContext, record: RunRecord, reason: str) -
         )
 
 
-# -- waiting for the end ------------------------------------------------------------------
-
-
-async def wait_until_finished(
-    ctx: ApiContext, run_id: str, timeout_s: float, grace_s: float
-) -> RunRecord | None:
-    """Watch the record until the run ends; None if it has not ended within ``timeout_s``.
-
-    A failed run gets up to ``grace_s`` more for the suggester to add its guidance to the
-    record (it reacts to the failure report; runs never wait for it otherwise).
-    """
-    loop = asyncio.get_running_loop()
-    last: RunRecord | None = None
-    try:
-        async with asyncio.timeout(timeout_s) as deadline:
-            async with contextlib.aclosing(ctx.runs.watch(run_id)) as records:
-                async for record in records:
-                    last = record
-                    if not record.terminal:
-                        continue
-                    if record.status != RunStatus.FAILED or record.suggestions:
-                        return record
-                    deadline.reschedule(min(deadline.when() or loop.time(), loop.time() + grace_s))
-    except TimeoutError:
-        pass
-    return last if last is not None and last.terminal else None
+# -- the trace ----------------------------------------------------------------------------
 
 
 async def read_trace(ctx: ApiContext, run_id: str) -> list[TraceEvent]:

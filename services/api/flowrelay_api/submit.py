@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -77,10 +78,21 @@ class _KeyEntry(BaseModel):
     fingerprint: str
 
 
+#: Called with the run id just before its request is published (see ``submit``).
+BeforePublish = Callable[[str], Awaitable[None]]
+
+
 async def submit(
-    ctx: ApiContext, body: RunSubmission, idempotency_key: str | None = None
+    ctx: ApiContext,
+    body: RunSubmission,
+    idempotency_key: str | None = None,
+    before_publish: BeforePublish | None = None,
 ) -> Submitted:
-    """Check, store and queue a run; raise an ``ApiError``/``InvalidRequest`` to refuse it."""
+    """Check, store and queue a run; raise an ``ApiError``/``InvalidRequest`` to refuse it.
+
+    ``before_publish`` runs once the run id is known and before anything can happen to the
+    run, so a caller can start listening to it without missing a thing.
+    """
     if not ctx.connected:
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
         raise ServiceUnavailable(_UNAVAILABLE)
@@ -88,8 +100,8 @@ async def submit(
     request = RunRequested(run_id="", workflow=body.workflow, input=body.input, options=options)
     if idempotency_key is None:
         request.run_id = ctx.ids.new()
-        return await _store_and_queue(ctx, request, key_slot=None)
-    return await _submit_once(ctx, request, body, idempotency_key)
+        return await _store_and_queue(ctx, request, None, before_publish)
+    return await _submit_once(ctx, request, body, idempotency_key, before_publish)
 
 
 def resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
@@ -137,7 +149,11 @@ async def _check(ctx: ApiContext, body: RunSubmission) -> RunOptions:
 
 
 async def _submit_once(
-    ctx: ApiContext, request: RunRequested, body: RunSubmission, key: str
+    ctx: ApiContext,
+    request: RunRequested,
+    body: RunSubmission,
+    key: str,
+    before_publish: BeforePublish | None,
 ) -> Submitted:
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         ctx.metrics.submitted(SubmitOutcome.INVALID)
@@ -155,7 +171,7 @@ async def _submit_once(
         except KeyWrongLastSequenceError:
             pass
         else:
-            return await _store_and_queue(ctx, request, key_slot=slot)
+            return await _store_and_queue(ctx, request, slot, before_publish)
         try:
             stored = _KeyEntry.model_validate_json((await ctx.idempotency.get(slot)).value or b"")
         except KeyNotFoundError:
@@ -166,19 +182,23 @@ async def _submit_once(
                 "Idempotency-Key was already used with a different request body "
                 f"(for run {stored.run_id}); use a new key for a new request"
             )
-        return await _replay(ctx, request, stored.run_id)
+        return await _replay(ctx, request, stored.run_id, before_publish)
     ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
     raise ServiceUnavailable(
         "could not reserve the Idempotency-Key (NATS keeps failing); retry later"
     )
 
 
-async def _replay(ctx: ApiContext, request: RunRequested, run_id: str) -> Submitted:
+async def _replay(
+    ctx: ApiContext, request: RunRequested, run_id: str, before_publish: BeforePublish | None
+) -> Submitted:
     """A repeat of an accepted request: answer with its run, finishing its submission if needed."""
     request.run_id = run_id
+    if before_publish is not None:
+        await before_publish(run_id)
     record = await ctx.runs.get(run_id)
     if record is None:  # the first request is in flight or died before storing: do it here
-        submitted = await _store_and_queue(ctx, request, key_slot=None)
+        submitted = await _store_and_queue(ctx, request, None, None)
         return Submitted(submitted.record, request.options, replayed=True)
     window = timedelta(seconds=ctx.settings.dedup_window_s - _REPUBLISH_SAFETY_S)
     if record.status == RunStatus.QUEUED and utcnow() - record.created_at < window:
@@ -191,8 +211,13 @@ async def _replay(ctx: ApiContext, request: RunRequested, run_id: str) -> Submit
 
 
 async def _store_and_queue(
-    ctx: ApiContext, request: RunRequested, key_slot: str | None
+    ctx: ApiContext,
+    request: RunRequested,
+    key_slot: str | None,
+    before_publish: BeforePublish | None,
 ) -> Submitted:
+    if before_publish is not None:
+        await before_publish(request.run_id)
     record = RunRecord(run_id=request.run_id, input=request.input, created_at=request.created_at)
     if not await ctx.runs.create(record):  # a concurrent repeat stored it first and queues it
         existing = await ctx.runs.get(request.run_id)

@@ -39,22 +39,21 @@ import os
 import re
 import shutil
 import time
+import traceback
 import types
 import typing
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Union
 
-from any_agent import AgentCancel, AgentConfig, AnyAgent
+from any_agent import AgentCancel, AgentConfig, AgentFramework, AnyAgent
 from any_agent.callbacks import Callback
 from any_agent.config import MCPSse, MCPStdio, MCPStreamableHttp
+from any_agent.tools import MCPClient
 from any_agent.tracing.attributes import GenAI
 from any_llm import AnyLLM
-from opentelemetry import context as otel_context
-from pydantic import BaseModel, ConfigDict, Field, create_model
-
 from flowrelay_contracts import (
     AgentSpec,
     AgentUsage,
@@ -67,6 +66,9 @@ from flowrelay_contracts import (
     plan,
 )
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
+from opentelemetry import context as otel_context
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
 from flowrelay_executor import costs
 from flowrelay_executor.errors import (
     FrameworkNotInstalledError,
@@ -99,8 +101,9 @@ _SCRIPTED_API_KEY: Final = "scripted"
 _PROVIDER_MAX_RETRIES: Final = 0
 
 #: Runs after which a shared agent instance is replaced by a fresh one. any-agent keeps a
-#: little per-run state for good (a trace id per run in its span generator, and the callback
-#: context of any run that was cancelled): this bounds it. A new instance costs ~20 ms.
+#: trace id per run for good (in its span generator's ``first_llm_calls`` set): this bounds
+#: it. A new instance costs ~20-40 ms. (Instances whose run was cancelled are replaced at
+#: once: see ``Engine._invoke``.)
 _AGENT_MAX_RUNS: Final = 1000
 
 #: Python packages that make each any-agent framework importable (tinyagent needs none).
@@ -130,7 +133,12 @@ _SCHEMA_MAX_DEPTH: Final = 16
 
 #: JSON Schema scalar types and the Python types standing for them.
 _SCALARS: Final[dict[str, type]] = {"string": str, "integer": int, "number": float, "boolean": bool}
-_JSON_TYPE_OF: Final[dict[type, str]] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_JSON_TYPE_OF: Final[dict[type, str]] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+}
 
 #: The run whose events any-agent callbacks are reporting. Callbacks belong to an agent
 #: configuration shared by many concurrent runs; each run task sets its own value.
@@ -176,9 +184,16 @@ class Engine:
             output = await self._execute(run)
         except _Failed:
             return run.outcome(status="failed")
-        except Exception as exc:  # a bug or an unexpected library error: still report it
+        except Exception as exc:  # noqa: BLE001 - a bug or unexpected library error: report it
             if run.failure is None:
-                log.warning("run %s: unexpected %s", job.run_id, type(exc).__name__, exc_info=True)
+                # Logged without exc_info: an exception's text may carry a secret.
+                log.error(
+                    "run %s: unexpected %s: %s\n%s",
+                    job.run_id,
+                    type(exc).__qualname__,
+                    run.redactor.redact(str(exc)),
+                    "".join(traceback.format_tb(exc.__traceback__)),
+                )
                 run.failure = classify(exc, redactor=run.redactor)
             return run.outcome(status="failed")
         else:
@@ -188,6 +203,10 @@ class Engine:
             await self._pool.release_all(run.leases)
             otel_context.detach(otel_token)
             _CURRENT_RUN.reset(run_token)
+
+    async def aclose(self) -> None:
+        """Close the cached agents' model clients (optional; for a clean worker shutdown)."""
+        await self._pool.aclose()
 
     # -- running ------------------------------------------------------------------------
 
@@ -225,12 +244,19 @@ class Engine:
             EventType.AGENT_STARTED,
             {"agent": recipe.name, "step": step, "pattern": str(run.pattern)},
         )
+        lease = run.leases[recipe]
         try:
-            trace = await run.leases[recipe].agent.run_async(prompt)
+            trace = await lease.agent.run_async(prompt)
         except Exception as exc:
             # A failure already recorded deeper down (a tool, a sub-agent, the turn limit)
             # stays the reported one; this exception is only how it unwound.
             raise run.fail(exc, recipe=recipe, step=step) from exc
+        except asyncio.CancelledError:
+            # any-agent does not clean up after a cancelled run (it catches Exception only):
+            # the run's callback context, trace included, stays in the agent for good.
+            # Retire the instance so that state goes away with it.
+            self._pool.retire(lease)
+            raise
         finally:
             run.end_step(recipe)
         output = trace.final_output
@@ -260,7 +286,9 @@ class Engine:
 
     # -- recipes: what shapes an agent ----------------------------------------------------
 
-    def _recipe(self, run: _Run, spec: AgentSpec, *, sub_agents: tuple[_Recipe, ...] = ()) -> _Recipe:
+    def _recipe(
+        self, run: _Run, spec: AgentSpec, *, sub_agents: tuple[_Recipe, ...] = ()
+    ) -> _Recipe:
         """Check ``spec`` and resolve everything that shapes its agent (the reuse key)."""
         where = {"agent": spec.name}
         if spec.framework not in _FRAMEWORK_PACKAGES:
@@ -390,22 +418,42 @@ class Engine:
 
     # -- building agents ----------------------------------------------------------------
 
-    async def _build_agent(self, recipe: _Recipe) -> AnyAgent:
-        tools: list[Any] = []
-        for tool in recipe.tools:
-            if isinstance(tool, McpTarget):
-                tools.append(_mcp_params(tool))
-            else:
-                resolved = self._tools.resolve(tool)
-                assert callable(resolved)
-                tools.append(
-                    _guard_tool(
-                        resolved, tool, agent=recipe.name, strict=recipe.model.provider == "openai"
+    async def _build_agent(self, recipe: _Recipe) -> _Built:
+        """Create the agent for ``recipe``, connecting its MCP servers first.
+
+        MCP servers are connected here rather than by any-agent so that a failed connection
+        is closed in the task that opened it (anyio requires it) and reported as the tool's
+        failure, not as a provider or internal error.
+        """
+        strict = recipe.model.provider == "openai"
+        clients: list[MCPClient] = []
+        try:
+            tools: list[Any] = []
+            for tool in recipe.tools:
+                if isinstance(tool, McpTarget):
+                    functions = await _connect_mcp(tool, recipe, clients)
+                    tools.extend(
+                        _guard_tool(f, f.__name__, agent=recipe.name, strict=strict)
+                        for f in functions
                     )
-                )
-        for tool_name, sub in recipe.sub_agents:
-            tools.append(self._sub_agent_tool(tool_name, sub))
-        config = AgentConfig(
+                else:
+                    resolved = self._tools.resolve(tool)
+                    assert callable(resolved)
+                    tools.append(_guard_tool(resolved, tool, agent=recipe.name, strict=strict))
+            for tool_name, sub in recipe.sub_agents:
+                tools.append(self._sub_agent_tool(tool_name, sub, strict=strict))
+            agent = await AnyAgent.create_async(recipe.framework, self._config(recipe, tools))
+        except BaseException:
+            await _disconnect(clients)
+            raise
+        return _Built(agent=agent, mcp_clients=clients)
+
+    def _config(self, recipe: _Recipe, tools: list[Any]) -> AgentConfig:
+        with _no_sse_warning():
+            return self._unchecked_config(recipe, tools)
+
+    def _unchecked_config(self, recipe: _Recipe, tools: list[Any]) -> AgentConfig:
+        return AgentConfig(
             model_id=recipe.model.provider_model,
             api_base=recipe.model.api_base,
             api_key=recipe.model.api_key,
@@ -417,17 +465,17 @@ class Engine:
             # it): the default prints rich panels to stdout.
             callbacks=[_EventCallback(recipe)],
             model_args=json.loads(recipe.model_args) or None,
-            output_type=(
-                _model_from_schema(json.loads(recipe.output_schema), _output_model_name(recipe.name))
-                if recipe.output_schema
-                else None
-            ),
+            output_type=_output_type(recipe),
             any_llm_args=dict(recipe.model.llm_args),
         )
-        return await AnyAgent.create_async(recipe.framework, config)
 
-    def _sub_agent_tool(self, tool_name: str, sub: _Recipe) -> Callable[..., Awaitable[str]]:
-        """The coordinator's tool for ``sub``: runs the sub-agent inside the same run."""
+    def _sub_agent_tool(
+        self, tool_name: str, sub: _Recipe, *, strict: bool
+    ) -> Callable[..., Awaitable[str]]:
+        """The coordinator's tool for ``sub``: runs the sub-agent inside the same run.
+
+        ``strict``: the coordinator's provider wants OpenAI strict tool schemas.
+        """
         engine = self
 
         async def ask(request: str) -> str:
@@ -443,7 +491,9 @@ class Engine:
         ).strip()
         ask.__annotations__ = {_SUBAGENT_PARAMETER: str, "return": str}
         ask.__input_schema__ = _input_schema(  # type: ignore[attr-defined]
-            inspect.signature(ask), {_SUBAGENT_PARAMETER: str}, strict=sub.model.provider == "openai"
+            inspect.signature(ask),
+            {_SUBAGENT_PARAMETER: str},
+            strict=strict,
         )
         return ask
 
@@ -559,7 +609,9 @@ class _Run:
 
     # failures ------------------------------------------------------------------------------
 
-    def fail(self, exc: BaseException, *, recipe: _Recipe | None = None, step: int | None = None) -> _Failed:
+    def fail(
+        self, exc: BaseException, *, recipe: _Recipe | None = None, step: int | None = None
+    ) -> _Failed:
         """Record ``exc`` as the run's failure unless one is recorded already."""
         if self.failure is None:
             model = recipe.model if recipe else None
@@ -571,8 +623,10 @@ class _Run:
                 endpoint=model.api_base if model else None,
                 redactor=self.redactor,
             )
-            if model is not None and model.api_key == _SCRIPTED_API_KEY and self.failure.code in (
-                ErrorCode.PROVIDER_UNREACHABLE,
+            if (
+                model is not None
+                and model.api_key == _SCRIPTED_API_KEY
+                and self.failure.code in (ErrorCode.PROVIDER_UNREACHABLE,)
             ):
                 self.failure.message += " (the scripted stand-in model is not running)"
         return _Failed()
@@ -585,8 +639,8 @@ class _Run:
         if tally.turns > self.job.max_turns:
             self.fail(
                 TurnLimitExceeded(
-                    f"agent '{recipe.name}' made {self.job.max_turns} LLM calls (max_turns) without "
-                    "finishing; raise max_turns, or make its instructions or tools lead to an "
+                    f"agent '{recipe.name}' made {self.job.max_turns} LLM calls (max_turns) "
+                    "without finishing; raise max_turns, or make its instructions or tools lead to an "
                     "answer sooner",
                     agent=recipe.name,
                     step=self.step_of(recipe.name),
@@ -779,13 +833,23 @@ class _Recipe:
 
 
 @dataclass(eq=False, slots=True)
-class _Lease:
+class _Built:
     agent: AnyAgent
+    mcp_clients: list[MCPClient]
+
+
+@dataclass(eq=False, slots=True)
+class _Lease:
+    built: _Built
     recipe: _Recipe
     shared: bool
     in_flight: int = 0
     runs: int = 0
     retired: bool = False
+
+    @property
+    def agent(self) -> AnyAgent:
+        return self.built.agent
 
 
 class _AgentPool:
@@ -796,7 +860,7 @@ class _AgentPool:
     instance is retired after ``_AGENT_MAX_RUNS`` runs and closed once its last run ends.
     """
 
-    def __init__(self, build: Callable[[_Recipe], Awaitable[AnyAgent]]) -> None:
+    def __init__(self, build: Callable[[_Recipe], Awaitable[_Built]]) -> None:
         self._build = build
         self._shared: dict[_Recipe, _Lease] = {}
         self._creating: dict[_Recipe, asyncio.Task[_Lease]] = {}
@@ -804,27 +868,40 @@ class _AgentPool:
 
     async def acquire(self, recipe: _Recipe) -> _Lease:
         if recipe.per_run:
-            lease = _Lease(agent=await self._build(recipe), recipe=recipe, shared=False)
+            lease = _Lease(built=await self._build(recipe), recipe=recipe, shared=False)
         else:
             lease = self._shared.get(recipe) or await asyncio.shield(self._creation(recipe))
         lease.in_flight += 1
         lease.runs += 1
-        if lease.shared and lease.runs >= _AGENT_MAX_RUNS and not lease.retired:
-            lease.retired = True
-            if self._shared.get(recipe) is lease:
-                del self._shared[recipe]
+        if lease.runs >= _AGENT_MAX_RUNS:
+            self.retire(lease)
         return lease
+
+    def retire(self, lease: _Lease) -> None:
+        """Hand out no more runs to ``lease``'s agent; it is closed after its last run."""
+        lease.retired = True
+        if self._shared.get(lease.recipe) is lease:
+            del self._shared[lease.recipe]
 
     async def release_all(self, leases: dict[_Recipe, _Lease]) -> None:
         for lease in leases.values():
             lease.in_flight -= 1
             if not lease.shared:
-                await _close_agent(lease.agent)  # in this task: see _Recipe.per_run
+                await _close(lease.built)  # in this task: see _Recipe.per_run
             elif lease.retired and lease.in_flight == 0:
-                task = asyncio.get_running_loop().create_task(_close_agent(lease.agent))
+                task = asyncio.get_running_loop().create_task(_close(lease.built))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
         leases.clear()
+
+    async def aclose(self) -> None:
+        """Retire every cached agent and close those no run is using."""
+        for lease in list(self._shared.values()):
+            self.retire(lease)
+            if lease.in_flight == 0:
+                await _close(lease.built)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _creation(self, recipe: _Recipe) -> asyncio.Task[_Lease]:
         task = self._creating.get(recipe)
@@ -836,7 +913,7 @@ class _AgentPool:
 
     async def _create(self, recipe: _Recipe) -> _Lease:
         try:
-            lease = _Lease(agent=await self._build(recipe), recipe=recipe, shared=True)
+            lease = _Lease(built=await self._build(recipe), recipe=recipe, shared=True)
             self._shared[recipe] = lease
             return lease
         finally:
@@ -895,11 +972,13 @@ def _guard_tool(
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(function)
-    except Exception:  # unresolvable forward references: keep what is there
+    except (NameError, TypeError, AttributeError, SyntaxError):  # unresolvable: keep as is
         return dict(getattr(function, "__annotations__", {}))
 
 
-def _input_schema(signature: inspect.Signature, hints: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+def _input_schema(
+    signature: inspect.Signature, hints: dict[str, Any], *, strict: bool
+) -> dict[str, Any]:
     """JSON schema of a tool's parameters, in the subset OpenAI strict mode accepts.
 
     Scalars (and lists and optionals of them, and string literals) get their JSON type;
@@ -938,7 +1017,8 @@ def _mcp_params(target: McpTarget) -> MCPStdio | MCPSse | MCPStreamableHttp:
     tools = list(target.tools) if target.tools is not None else None
     if target.url is not None:
         if target.transport == "sse":
-            return MCPSse(url=target.url, tools=tools)
+            with _no_sse_warning():
+                return MCPSse(url=target.url, tools=tools)
         return MCPStreamableHttp(url=target.url, tools=tools)
     assert target.command is not None
     # any-agent starts stdio servers with the worker's whole environment (MCPStdio.env is
@@ -965,13 +1045,15 @@ def _model_from_schema(schema: dict[str, Any], name: str) -> type[BaseModel]:
     return _object_model(schema, name, defs, depth=0)
 
 
-def _object_model(schema: dict[str, Any], name: str, defs: dict[str, Any], depth: int) -> type[BaseModel]:
+def _object_model(
+    schema: dict[str, Any], name: str, defs: dict[str, Any], depth: int
+) -> type[BaseModel]:
     required = set(schema.get("required", []))
     fields: dict[str, Any] = {}
     for index, (prop, sub) in enumerate((schema.get("properties") or {}).items()):
         sub = sub if isinstance(sub, dict) else {}
         annotation = _annotation(sub, f"{name}_{_function_name(prop)}", defs, depth + 1)
-        python_name = prop if prop.isidentifier() and not prop.startswith("_") else f"field_{index}"
+        python_name = prop if _usable_field_name(prop) else f"field_{index}"
         options: dict[str, Any] = {"description": sub.get("description")}
         if python_name != prop:
             options["alias"] = prop
@@ -980,6 +1062,15 @@ def _object_model(schema: dict[str, Any], name: str, defs: dict[str, Any], depth
         else:
             fields[python_name] = (annotation | None, Field(None, **options))
     return create_model(name, __config__=ConfigDict(populate_by_name=True), **fields)
+
+
+def _usable_field_name(name: str) -> bool:
+    # Other names (``1st``, ``_id``, ``schema``, ``model_config``...) become aliases.
+    return (
+        name.isidentifier()
+        and not name.startswith(("_", "model_"))
+        and not hasattr(BaseModel, name)
+    )
 
 
 def _annotation(schema: dict[str, Any], name: str, defs: dict[str, Any], depth: int) -> Any:
@@ -994,12 +1085,17 @@ def _annotation(schema: dict[str, Any], name: str, defs: dict[str, Any], depth: 
         return Literal[tuple(schema["enum"])]
     for keyword in ("anyOf", "oneOf"):
         if isinstance(schema.get(keyword), list) and schema[keyword]:
-            options = [_annotation(s, f"{name}_{i}", defs, depth + 1) for i, s in enumerate(schema[keyword])]
+            options = [
+                _annotation(s, f"{name}_{i}", defs, depth + 1)
+                for i, s in enumerate(schema[keyword])
+            ]
             return functools.reduce(lambda a, b: Union[a, b], options)  # noqa: UP007
     kind = schema.get("type")
     if isinstance(kind, list):
         options = [_annotation({**schema, "type": k}, name, defs, depth) for k in kind]
-        return functools.reduce(lambda a, b: Union[a, b], options) if options else Any  # noqa: UP007
+        if not options:
+            return Any
+        return functools.reduce(lambda a, b: Union[a, b], options)  # noqa: UP007
     if kind is None:
         kind = "object" if "properties" in schema else "array" if "items" in schema else None
     if kind in _SCALARS:
@@ -1008,13 +1104,32 @@ def _annotation(schema: dict[str, Any], name: str, defs: dict[str, Any], depth: 
         return type(None)
     if kind == "array":
         items = schema.get("items")
-        return list[_annotation(items, f"{name}_item", defs, depth + 1)] if isinstance(items, dict) else list[Any]
+        return (
+            list[_annotation(items, f"{name}_item", defs, depth + 1)]
+            if isinstance(items, dict)
+            else list[Any]
+        )
     if kind == "object":
         if schema.get("properties"):
             return _object_model(schema, name, defs, depth)
         extra = schema.get("additionalProperties")
-        return dict[str, _annotation(extra, f"{name}_value", defs, depth + 1)] if isinstance(extra, dict) else dict[str, Any]
+        return (
+            dict[str, _annotation(extra, f"{name}_value", defs, depth + 1)]
+            if isinstance(extra, dict)
+            else dict[str, Any]
+        )
     return Any
+
+
+def _output_type(recipe: _Recipe) -> type[BaseModel] | None:
+    if recipe.output_schema is None:
+        return None
+    try:
+        return _model_from_schema(json.loads(recipe.output_schema), _output_model_name(recipe.name))
+    except (TypeError, ValueError) as exc:  # e.g. an unhashable enum value
+        raise InvalidWorkflowError(
+            f"agent '{recipe.name}': output_schema is not supported: {exc}", agent=recipe.name
+        ) from exc
 
 
 def _output_model_name(agent: str) -> str:
@@ -1040,7 +1155,9 @@ def _llm_args(provider: str, provider_class: Any = None) -> tuple[tuple[str, Any
     """Arguments for ``AnyLLM.create``: any-llm's unified exceptions (classifiable by status)
     and no SDK retries where the provider lets us set them."""
     args: dict[str, Any] = {"unified_exceptions": True}
-    support = getattr(provider_class, "MAX_RETRIES_SUPPORT", "native" if provider == "openai" else None)
+    support = getattr(
+        provider_class, "MAX_RETRIES_SUPPORT", "native" if provider == "openai" else None
+    )
     if support in ("native", "mapped"):
         args["max_retries"] = _PROVIDER_MAX_RETRIES
     return tuple(sorted(args.items()))
@@ -1071,7 +1188,9 @@ def _frozen_json(value: Any) -> str:
 
 
 def _as_text(output: Any) -> str:
-    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, default=str)
+    return (
+        output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, default=str)
+    )
 
 
 def _maybe_json(value: Any) -> Any:
@@ -1104,28 +1223,86 @@ def _retrieve_exception(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-async def _close_agent(agent: AnyAgent) -> None:
-    """Close MCP connections and the model client of an agent no longer used."""
+async def _close(built: _Built) -> None:
+    """Close the MCP connections and the model client of an agent no longer used."""
+    await _disconnect(built.mcp_clients)
     try:
-        await agent.cleanup_async()
-        client = getattr(getattr(agent, "llm", None), "client", None)
+        await built.agent.cleanup_async()
+        client = getattr(getattr(built.agent, "llm", None), "client", None)
         close = getattr(client, "close", None)
         if close is not None and inspect.iscoroutinefunction(close):
             await close()
     except Exception:  # closing is best effort; the worker may be shutting down
-        log.debug("closing agent %s failed", agent.config.name, exc_info=True)
+        log.debug("closing agent %s failed", built.agent.config.name, exc_info=True)
+
+
+async def _connect_mcp(target: McpTarget, recipe: _Recipe, clients: list[MCPClient]) -> list[Any]:
+    """Connect one MCP server (appending its client to ``clients``) and list its tools."""
+    client = MCPClient(
+        config=_mcp_params(target), framework=AgentFramework.from_string(recipe.framework)
+    )
+    clients.append(client)
+    label = target.url or target.command or "?"
+    try:
+        await client.connect()
+        return await client.list_tools()
+    except (Exception, BaseExceptionGroup, asyncio.CancelledError) as exc:
+        # When a transport fails, anyio cancels the task group the transport opened in this
+        # task: the failure arrives here as a CancelledError. Closing the transport here, in
+        # this task, ends that cancellation and re-raises the transport's real error.
+        failure: BaseException = exc
+        clients.remove(client)
+        try:
+            await client.disconnect()
+        except (Exception, BaseExceptionGroup) as closing:  # noqa: BLE001 - it is reported
+            failure = closing
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this run itself is being cancelled: not the server's fault
+        cause = _innermost(failure)
+        raise ToolFailure(
+            f"agent '{recipe.name}' could not use MCP server {label}: "
+            f"{type(cause).__name__}: {cause}",
+            tool=f"mcp:{label}",
+            exception_type=type(cause).__name__,
+            agent=recipe.name,
+        ) from failure
+
+
+async def _disconnect(clients: list[MCPClient]) -> None:
+    for client in reversed(clients):
+        try:
+            await client.disconnect()
+        except (Exception, BaseExceptionGroup):  # a half-open connection may fail to close
+            log.debug("disconnecting MCP client failed", exc_info=True)
+    clients.clear()
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The most specific exception inside ``exc`` (through exception groups and causes)."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            return exc
+
+
+@contextlib.contextmanager
+def _no_sse_warning() -> Iterator[None]:
+    """Silence any-agent's "SSE is deprecated" warning while building configs.
+
+    AgentConfig validates each callable tool against every member of its Tool union,
+    including MCPSse, whose validator warns: once per tool per agent built, about nothing
+    we configured. (Building a config never awaits, so no other run sees the filter.)
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SSE is deprecated", category=DeprecationWarning)
+        yield
 
 
 def _quiet_library_noise() -> None:
-    """Keep any-agent and any-llm from writing to stdout or warning once per agent."""
-    _route_library_logs()
-    # AgentConfig validates each callable tool against every member of its Tool union,
-    # including MCPSse, whose validator warns that SSE is deprecated: once per tool per
-    # agent built. It says nothing about what we configured.
-    warnings.filterwarnings("ignore", message="SSE is deprecated", category=DeprecationWarning)
-
-
-def _route_library_logs() -> None:
     """any-agent and any-llm log through rich handlers on stdout: send their records to
     standard logging instead, like every other library of the worker."""
     for name in ("any_agent", "any_llm"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -34,7 +34,6 @@ __all__ = [
     "is_secret_name",
     "missing_key_variable",
     "redact",
-    "strip_secrets",
 ]
 
 #: What a secret is replaced with.
@@ -70,7 +69,8 @@ _NAMED_MISSING_RE = re.compile(
 
 #: A message about a missing credential that names no variable.
 _UNNAMED_MISSING_RE = re.compile(
-    r"(?:api[ _-]?key|access token|credential)s?\b.{0,40}\b(?:missing|not (?:set|found|provided|configured))"
+    r"(?:api[ _-]?key|access token|credential)s?\b.{0,40}"
+    r"\b(?:missing|not (?:set|found|provided|configured))"
     r"|\b(?:missing|no)\b.{0,20}\b(?:api[ _-]?key|access token|credential)s?\b",
     re.IGNORECASE | re.DOTALL,
 )
@@ -104,11 +104,6 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME_RE.search(name))
 
 
-def strip_secrets(environ: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``environ`` without secret variables (for MCP stdio servers and the like)."""
-    return {name: value for name, value in environ.items() if not is_secret_name(name)}
-
-
 class Redactor:
     """Replaces known secret values and key-shaped strings with ``[REDACTED]``.
 
@@ -118,7 +113,9 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
+        values = sorted(
+            {s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True
+        )
         # Longest first, so a secret containing another is replaced whole.
         self._values_re = re.compile("|".join(map(re.escape, values))) if values else None
 
@@ -260,6 +257,7 @@ def classify(
                 exception_type=getattr(link, "exception_type", None) or type(link).__name__,
                 step=link.step if link.step is not None else step,
                 agent=link.agent or agent,
+                tool=getattr(link, "tool", None),
                 retryable=link.retryable,
             )
 
@@ -366,7 +364,7 @@ def classify(
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: ``original_exception`` first, then ``__cause__``/``__context__``."""
+    """``exc`` and what it wraps: ``original_exception``, else ``__cause__``/``__context__``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < _MAX_CHAIN:
@@ -375,6 +373,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         original = getattr(current, "original_exception", None)
         if isinstance(original, BaseException) and id(original) not in seen:
             current = original
+        elif isinstance(current, BaseExceptionGroup) and current.exceptions:
+            current = current.exceptions[0]
         else:
             current = current.__cause__ or current.__context__
 
@@ -451,7 +451,9 @@ def _describe(exc: BaseException) -> str:
 def _qualname(exc: BaseException) -> str:
     cls = type(exc)
     module = cls.__module__
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
 
 
 def _clip(text: str, limit: int = _PROVIDER_MESSAGE_CHARS) -> str:

@@ -245,12 +245,13 @@ class Executor:
         except WorkflowError as exc:
             outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_WORKFLOW, message=str(exc)))
         else:
+            limits = self._limits(request.options)
             job = Job(
                 run_id=run_id,
                 workflow=request.workflow,
                 input=request.input,
-                timeout_s=min(request.options.timeout_s or self.settings.default_timeout_s, self.settings.max_timeout_s),
-                max_turns=request.options.max_turns or self.settings.default_max_turns,
+                timeout_s=limits.timeout_s,
+                max_turns=limits.max_turns,
                 defaults=defaults,
                 attempt=attempt,
             )
@@ -310,7 +311,7 @@ class Executor:
             report = RunFailed(
                 run_id=record.run_id, error=record.error, attempt=record.attempts, last_seq=terminal.seq,
                 workflow=request.workflow if request else None, input=request.input if request else record.input,
-                options=request.options if request else RunOptions(),
+                options=self._limits(request.options if request else RunOptions()),
                 elapsed_s=((record.finished_at or utcnow()) - started).total_seconds(),
             )
             await self._js.publish(
@@ -417,6 +418,14 @@ class Executor:
             await self.pool.close(grace_s=2.0)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _limits(self, options: RunOptions) -> RunOptions:
+        """The limits a run actually gets: its own, or the server defaults, capped."""
+        s = self.settings
+        return RunOptions(
+            timeout_s=min(options.timeout_s or s.default_timeout_s, s.max_timeout_s),
+            max_turns=options.max_turns or s.default_max_turns,
+        )
 
     def _model_defaults(self) -> ModelDefaults:
         s = self.settings

@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any, Final, Literal
 
 from flowrelay_contracts import McpServer
+
 from flowrelay_executor.errors import InvalidWorkflowError, is_secret_name
 
 __all__ = [
@@ -151,14 +152,18 @@ class ToolRegistry:
             registry._add_loaded(entry_point.load(), source=f"entry point {entry_point.value}")
         return registry
 
-    def add(self, function: Callable[..., Any], *, name: str | None = None, source: str = "") -> None:
+    def add(
+        self, function: Callable[..., Any], *, name: str | None = None, source: str = ""
+    ) -> None:
         """Register ``function`` as tool ``name`` (default: its ``__name__``)."""
         name = name or getattr(function, "__name__", "")
         where = f" (from {source})" if source else ""
         if not _TOOL_NAME_RE.match(name):
             raise ValueError(f"tool name {name!r}{where} is not a valid function name")
         if name in self._tools and self._tools[name] is not function:
-            raise ValueError(f"tool {name!r}{where} is already registered from {self._sources[name]}")
+            raise ValueError(
+                f"tool {name!r}{where} is already registered from {self._sources[name]}"
+            )
         _check_signature(function, name, where)
         if name in self._builtins:
             log.info("tool %r%s replaces the built-in of the same name", name, where)
@@ -246,7 +251,9 @@ def _check_signature(function: Callable[..., Any], name: str, where: str) -> Non
         raise TypeError(f"tool {name!r}{where} needs a return type annotation")
     for parameter in signature.parameters.values():
         if parameter.annotation is inspect.Parameter.empty:
-            raise TypeError(f"tool {name!r}{where}: parameter {parameter.name!r} needs a type annotation")
+            raise TypeError(
+                f"tool {name!r}{where}: parameter {parameter.name!r} needs a type annotation"
+            )
 
 
 def _installed(modules: Iterable[str]) -> bool:

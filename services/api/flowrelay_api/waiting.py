@@ -1,0 +1,145 @@
+"""Waiting for one run to end (``POST /execute``) without creating JetStream consumers.
+
+A KV watch or an ordered consumer per request costs the server a consumer creation and
+deletion: about 2 ms each here, and under concurrency those requests queue up in the
+server's JetStream API. Instead a :class:`RunWaiter` subscribes on core NATS, which costs
+one protocol line, to
+
+* the run record's KV subject, to learn *when* the record changes, and
+* the run's event subject, to collect its trace as it is published.
+
+Core subscribers see every publish on a subject, including writes JetStream then refuses:
+a compare-and-set that lost, a create of an existing key, an event publish dropped as a
+duplicate. So a record notification is only a hint to re-read the record with ``kv.get``,
+and the collected events are used only if they form a clean ``1..N`` sequence ending with
+the terminal event; otherwise the trace is replayed from the stream.
+
+The subscriptions are made before the run's request is published (``submit`` calls
+:meth:`RunWaiter.start` first), and core NATS keeps one connection's messages in order, so
+nothing published for the run afterwards is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+
+from flowrelay_contracts import RunRecord, RunStatus, TraceEvent, subjects
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from flowrelay_api.context import ApiContext
+from flowrelay_api.runs import TERMINAL_EVENT_WAIT_S, read_trace
+
+#: While waiting, re-read the record at least this often: a notification lost during a
+#: reconnect must not leave a finished run unnoticed.
+RECHECK_S = 1.0
+
+
+def record_subject(run_id: str) -> str:
+    """Subject on which NATS publishes every write of ``run_id``'s record.
+
+    ``$KV.<bucket>.<key>`` is the NATS key-value convention (ADR-8), not a flowrelay subject.
+    """
+    return f"$KV.{subjects.RUNS_BUCKET}.{run_id}"
+
+
+class RunWaiter:
+    """Follows one run's record and events over core NATS while a caller waits for the end."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        self.run_id: str | None = None
+        self._subscriptions: list[Subscription] = []
+        self._record_changed = asyncio.Event()
+        self._terminal_arrived = asyncio.Event()
+        self._events: dict[int, tuple[bytes, TraceEvent]] = {}
+        self._inconsistent = False  # two different events with one seq: trust the stream only
+
+    async def start(self, run_id: str) -> None:
+        """Listen for ``run_id``; call before its request is published. Idempotent."""
+        if self.run_id is not None:
+            return
+        self.run_id = run_id
+        nc = self._ctx.nc
+        self._subscriptions = [
+            await nc.subscribe(record_subject(run_id), cb=self._on_record),
+            await nc.subscribe(subjects.run_events(run_id), cb=self._on_event),
+        ]
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+        self._subscriptions = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def finished(self, timeout_s: float, grace_s: float) -> RunRecord | None:
+        """The record once the run has ended; None if it has not within ``timeout_s``.
+
+        A failed run gets up to ``grace_s`` more for the suggester to add its guidance.
+        """
+        assert self.run_id is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        grace_ends: float | None = None
+        while True:
+            self._record_changed.clear()  # before reading: a change during the read re-wakes us
+            record = await self._ctx.runs.get(self.run_id)
+            now = loop.time()
+            if record is not None and record.terminal:
+                if record.status != RunStatus.FAILED or record.suggestions:
+                    return record
+                grace_ends = grace_ends or min(deadline, now + grace_s)
+                if now >= grace_ends:
+                    return record
+            elif now >= deadline:
+                return None
+            wake_at = min(deadline, grace_ends or deadline, now + RECHECK_S)
+            try:
+                await asyncio.wait_for(self._record_changed.wait(), max(0.0, wake_at - now))
+            except TimeoutError:
+                pass
+
+    async def trace(self) -> list[TraceEvent]:
+        """The run's events, from what was collected when that is complete, else the stream."""
+        assert self.run_id is not None, "start() first"
+        # the executor stores the ended record first and publishes the terminal event after
+        try:
+            await asyncio.wait_for(self._terminal_arrived.wait(), TERMINAL_EVENT_WAIT_S)
+        except TimeoutError:
+            pass
+        collected = self._clean_sequence()
+        return collected if collected is not None else await read_trace(self._ctx, self.run_id)
+
+    async def _on_record(self, msg: Msg) -> None:
+        self._record_changed.set()
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = TraceEvent.model_validate_json(msg.data)
+        except ValidationError:
+            self._inconsistent = True
+            return
+        if self._events.setdefault(event.seq, (msg.data, event))[0] != msg.data:
+            self._inconsistent = True
+        if event.type.terminal:
+            self._terminal_arrived.set()
+
+    def _clean_sequence(self) -> list[TraceEvent] | None:
+        seqs = sorted(self._events)
+        if self._inconsistent or seqs != list(range(1, len(seqs) + 1)):
+            return None
+        events = [self._events[seq][1] for seq in seqs]
+        return events if any(e.type.terminal for e in events) else None
