@@ -27,6 +27,9 @@ from flowrelay_contracts import RunRecord, TraceEvent, subjects
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent
 
+#: A secret the executors hold; tests check it never appears in events, records or logs.
+TEST_SECRET = "sk-flowrelay-test-0123456789abcdef"
+
 #: Environment variables that must not leak from the developer's shell into test services.
 _PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
@@ -61,6 +64,7 @@ class Stack:
             "FLOWRELAY_LOG_LEVEL": "INFO",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
+            "EXAMPLE_SERVICE_API_KEY": TEST_SECRET,
         } | env
         self.api: ServiceProcess | None = None
         self.suggester: ServiceProcess | None = None
