@@ -34,6 +34,12 @@ lock:
 	$(PYTHON) -m uv pip compile pyproject.toml --group dev --generate-hashes \
 		--python-version 3.11 --no-header -o requirements.lock
 
+## Regenerate the AsyncAPI documents of the services (CI checks they are current).
+asyncapi: install
+	mkdir -p docs/asyncapi
+	$(BIN)/faststream docs gen --factory flowrelay_executor.app:asyncapi_app --yaml --out docs/asyncapi/executor.yaml
+	$(BIN)/faststream docs gen --factory flowrelay_suggester.service:create_app --yaml --out docs/asyncapi/suggester.yaml
+
 lint: install
 	$(BIN)/ruff check .
 

@@ -57,6 +57,8 @@ def model_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -363,6 +365,7 @@ async def test_builtin_tool_without_its_key_is_tool_missing_key(
     engine = Engine(tools=ToolRegistry())
     agents = [{"name": "searcher", "tools": ["search_tavily"]}]
     outcome, _ = await run(engine, job(model_url, agents, '#call=search_tavily {"query": "x"}'))
+    await engine.aclose()
     assert outcome.error is not None and outcome.error.code == ErrorCode.TOOL_MISSING_KEY
     assert "TAVILY_API_KEY" in outcome.error.message
 

@@ -1,4 +1,4 @@
-"""Operations on runs that exist: look up, list, cancel, wait for the end, read the trace.
+"""Operations on runs that exist: look up, list, cancel, read the stored trace.
 
 The record in ``RUNS_BUCKET`` is the truth about a run; every change here is a
 compare-and-set through :class:`~flowrelay_bus.runs.RunStore`, so the API and the executor

@@ -50,7 +50,6 @@ def event_stream(ctx: ApiContext, record: RunRecord, after_seq: int) -> EventSou
     return EventSourceResponse(
         _counted(ctx, _events(ctx, record, after_seq)),
         ping=ctx.settings.sse_ping_s,
-        headers={"Cache-Control": "no-cache"},
     )
 
 

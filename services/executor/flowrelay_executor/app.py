@@ -5,14 +5,17 @@ The subscribers declared here are what ``faststream docs gen`` documents (AsyncA
 
 from __future__ import annotations
 
-from faststream import FastStream
+from faststream import AsyncAPI, FastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsMessage, PullSub
 
 from flowrelay_bus.connection import make_broker
-from flowrelay_contracts import CancelRequest, subjects
+from flowrelay_contracts import CancelRequest, DeadLetter, RunFailed, TraceEvent, subjects
 from flowrelay_executor.service import Executor, consumer_config
 from flowrelay_executor.settings import ExecutorSettings
+
+#: Version stamped on the AsyncAPI document (the wire schema version is in each message).
+SPEC_VERSION = "1"
 
 #: How long one pull request waits for a run request before asking again.
 FETCH_TIMEOUT_S = 5.0
@@ -46,10 +49,35 @@ def create_app(settings: ExecutorSettings | None = None) -> tuple[FastStream, Ex
     async def on_cancel(request: CancelRequest) -> None:
         executor.cancel(request.run_id, request.reason)
 
+    # What the executor publishes. service.py sends these through JetStream directly (it
+    # needs message-id headers and publish acks); declaring them documents the channels.
+    broker.publisher(
+        subjects.EVENTS_ALL, schema=TraceEvent, title="trace events",
+        description="flowrelay.events.<run_id>: every step of a run, seq 1, 2, 3... without gaps.",
+    )
+    broker.publisher(
+        subjects.RUN_FAILED, schema=RunFailed, title="failure reports",
+        description="One per failed run, for the suggester.",
+    )
+    broker.publisher(
+        subjects.DEADLETTER, schema=DeadLetter, title="dead letters",
+        description="Run requests that can never be processed, with the reason.",
+    )
+
     async def before_connect() -> None:
         await executor.start_pool()
         await broker.connect()
         await executor.attach(broker.connection.jetstream())
 
-    app = FastStream(broker, on_startup=[before_connect], on_shutdown=[executor.drain])
+    app = FastStream(
+        broker,
+        on_startup=[before_connect],
+        on_shutdown=[executor.drain],
+        specification=AsyncAPI(title="flowrelay executor", version=SPEC_VERSION),
+    )
     return app, executor
+
+
+def asyncapi_app() -> FastStream:
+    """The app with default settings, for ``faststream docs gen --factory`` (nothing starts)."""
+    return create_app(ExecutorSettings())[0]

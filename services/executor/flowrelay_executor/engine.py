@@ -1238,9 +1238,10 @@ async def _close(built: _Built) -> None:
 
 async def _connect_mcp(target: McpTarget, recipe: _Recipe, clients: list[MCPClient]) -> list[Any]:
     """Connect one MCP server (appending its client to ``clients``) and list its tools."""
-    client = MCPClient(
-        config=_mcp_params(target), framework=AgentFramework.from_string(recipe.framework)
-    )
+    with _no_sse_warning():
+        client = MCPClient(
+            config=_mcp_params(target), framework=AgentFramework.from_string(recipe.framework)
+        )
     clients.append(client)
     label = target.url or target.command or "?"
     try:
@@ -1293,9 +1294,9 @@ def _innermost(exc: BaseException) -> BaseException:
 def _no_sse_warning() -> Iterator[None]:
     """Silence any-agent's "SSE is deprecated" warning while building configs.
 
-    AgentConfig validates each callable tool against every member of its Tool union,
-    including MCPSse, whose validator warns: once per tool per agent built, about nothing
-    we configured. (Building a config never awaits, so no other run sees the filter.)
+    AgentConfig and MCPClient validate values against every member of a union including
+    MCPSse, whose validator warns: once per tool per agent built, about nothing we
+    configured. (Building a config never awaits, so no other run sees the filter.)
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="SSE is deprecated", category=DeprecationWarning)

@@ -34,9 +34,9 @@ class ExecutorSettings(BusSettings):
     worker_start_timeout_s: float = Field(default=60.0, gt=0, description="Time for a worker to import any-agent.")
 
     # -- limits --------------------------------------------------------------------------
-    default_timeout_s: float = Field(default=120.0, gt=0)
-    max_timeout_s: float = Field(default=3600.0, gt=0)
-    default_max_turns: int = Field(default=20, ge=1)
+    default_timeout_s: float = Field(default=120.0, gt=0, description="Deadline of runs that set no options.timeout_s.")
+    max_timeout_s: float = Field(default=3600.0, gt=0, description="Cap on any run's deadline.")
+    default_max_turns: int = Field(default=20, ge=1, description="LLM calls per agent for runs that set no options.max_turns.")
     kill_grace_s: float = Field(
         default=1.5, gt=0, description="After a deadline, how long a run has to stop before its worker is killed."
     )
@@ -48,7 +48,12 @@ class ExecutorSettings(BusSettings):
     ack_wait_s: float = Field(default=30.0, gt=1, description="JetStream redelivers a run not acked or heartbeated within this.")
     max_deliver: int = Field(default=5, ge=1, description="Deliveries of one request before it is dead-lettered.")
     drain_grace_s: float = Field(default=20.0, ge=0, description="On SIGTERM, time in-flight runs get to finish.")
-    tool_modules: str = Field(default="", description="Comma-separated modules whose functions are tools.")
+    tool_modules: str = Field(
+        default="", description="Comma-separated modules whose functions are tools (plus 'flowrelay.tools' entry points)."
+    )
+    mcp_stdio_allowlist: str = Field(
+        default="", description="Comma-separated commands MCP stdio servers may run (stdio MCP is code execution)."
+    )
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -1,0 +1,53 @@
+"""What the README and docs/asyncapi promise matches the code, so neither drifts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowrelay_api.settings import ApiSettings
+from flowrelay_contracts import subjects
+from flowrelay_executor.settings import ExecutorSettings
+from flowrelay_suggester import rules
+from flowrelay_suggester.settings import SuggesterSettings
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    block = README.split("```")[1]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.strip()]
+    assert commands == ["make up", "make test"]
+
+
+@pytest.mark.parametrize("settings", [ApiSettings, ExecutorSettings, SuggesterSettings])
+def test_every_setting_is_documented(settings: type) -> None:
+    missing = [f"FLOWRELAY_{name.upper()}" for name in settings.model_fields if f"`FLOWRELAY_{name.upper()}`" not in README]
+    assert missing == []
+
+
+def test_error_code_table_is_the_suggesters() -> None:
+    assert rules.markdown_table().strip() in README
+
+
+def test_every_subject_stream_and_bucket_is_in_the_readme() -> None:
+    names = [subjects.RUN_REQUESTED, subjects.RUN_FAILED, subjects.RUN_ADVISE, subjects.DEADLETTER,
+             subjects.RUNS_STREAM, subjects.EVENTS_STREAM, subjects.SUGGESTER_STREAM, subjects.DEADLETTER_STREAM,
+             subjects.RUNS_BUCKET, subjects.IDEMPOTENCY_BUCKET, subjects.EXECUTORS_BUCKET]
+    assert [n for n in names if n not in README] == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "document"),
+    [("flowrelay_executor.app:asyncapi_app", "executor.yaml"), ("flowrelay_suggester.service:create_app", "suggester.yaml")],
+)
+def test_committed_asyncapi_documents_are_current(factory: str, document: str, tmp_path: Path) -> None:
+    out = tmp_path / document
+    faststream = Path(sys.executable).parent / "faststream"
+    subprocess.run([str(faststream), "docs", "gen", "--factory", factory, "--yaml", "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    assert out.read_text() == (REPO / "docs" / "asyncapi" / document).read_text(), f"run `make asyncapi`"
