@@ -115,11 +115,12 @@ class RunWaiter:
     async def trace(self) -> list[TraceEvent]:
         """The run's events, from what was collected when that is complete, else the stream."""
         assert self.run_id is not None, "start() first"
-        # the executor stores the ended record first and publishes the terminal event after
-        try:
-            await asyncio.wait_for(self._terminal_arrived.wait(), TERMINAL_EVENT_WAIT_S)
-        except TimeoutError:
-            pass
+        if 1 in self._events:  # listening since the start: only the terminal event may lag
+            # (the executor stores the ended record first and publishes the terminal event after)
+            try:
+                await asyncio.wait_for(self._terminal_arrived.wait(), TERMINAL_EVENT_WAIT_S)
+            except TimeoutError:
+                pass
         collected = self._clean_sequence()
         return collected if collected is not None else await read_trace(self._ctx, self.run_id)
 
