@@ -61,9 +61,9 @@ def plan(quick: bool, n: int | None) -> Plan:
     if quick:
         return Plan(
             floor=floor.FloorSizes(sequential=100, batch=100, rounds=1),
-            original=original.OriginalSizes(sequential=8, batch=8, rounds=1, concurrent=20, delay_s=1.0),
+            original=original.OriginalSizes(sequential=5, batch=5, rounds=1, concurrent=10, delay_s=1.0),
             flowrelay=flowrelay_stack.FlowrelaySizes(
-                sequential=50, batch=100, rounds=1, concurrent=n or 200, delay_s=1.0, client_processes=2
+                sequential=40, batch=60, rounds=1, concurrent=n or 100, delay_s=1.0, client_processes=1
             ),
             model_probe_s=1.0,
         )
@@ -143,6 +143,14 @@ def _phase_rates(systems: dict[str, dict[str, Any] | None]) -> list[float]:
     return rates
 
 
+def _timed(walls: dict[str, float], name: str, fn: Any) -> Any:
+    start = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        walls[name] = round(time.perf_counter() - start, 1)
+
+
 def _guarded(name: str, console: Console, fn: Any) -> Any:
     try:
         return fn()
@@ -168,20 +176,21 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
     sm = model.start(log_dir)
     systems: dict[str, dict[str, Any] | None] = {}
     events: dict[str, Any] = {}
+    walls: dict[str, float] = {}
     try:
         console.print(f"scripted model at {sm.url}; measuring its capacity ...")
-        capacity = model.capacity(sm, sizes.model_probe_s)
+        capacity = _timed(walls, "model_probe", lambda: model.capacity(sm, sizes.model_probe_s))
         console.print(f"  {capacity['capacity_req_s']:.0f} requests/s")
         if "floor" in only:
             console.print("floor: one process, agent reused ...")
-            systems["floor"] = _guarded("floor", console, lambda: floor.measure(sm.url, sizes.floor)).to_json()
+            systems["floor"] = _timed(walls, "floor", lambda: _guarded("floor", console, lambda: floor.measure(sm.url, sizes.floor))).to_json()
         if "original" in only:
             console.print(f"original design: new process pool per request (concurrent phase capped at {sizes.original.concurrent}) ...")
-            systems["original"] = _guarded("original", console, lambda: original.measure(sm, sizes.original, log_dir, client)).to_json()
+            systems["original"] = _timed(walls, "original", lambda: _guarded("original", console, lambda: original.measure(sm, sizes.original, log_dir, client))).to_json()
         if "flowrelay" in only:
             console.print(f"flowrelay: nats-server + API + executor + suggester (N={sizes.flowrelay.concurrent}) ...")
             try:
-                runs, execute, events = flowrelay_stack.measure(sm, sizes.flowrelay, log_dir, py_spy, client)
+                runs, execute, events = _timed(walls, "flowrelay", lambda: flowrelay_stack.measure(sm, sizes.flowrelay, log_dir, py_spy, client))
                 systems["flowrelay"], systems["flowrelay_execute"] = runs.to_json(), execute.to_json()
             except Exception as exc:
                 console.print(f"[red]flowrelay failed:[/red] {type(exc).__name__}: {exc} (logs in {log_dir})")
@@ -228,6 +237,7 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
     }
     report["targets"] = _targets(report)
     report["wall_s"] = round(time.perf_counter() - started, 1)
+    report["phase_wall_s"] = walls
 
     header, rows = table_rows(report)
     table = Table(title=f"flowrelay benchmark ({'quick' if quick else 'full'}, {machine['cpu_count']} cores)")
@@ -250,7 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller counts; finishes in under a minute")
     parser.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    parser.add_argument("--n", type=int, default=None, help="flowrelay's concurrent runs (default 500, quick 200)")
+    parser.add_argument("--n", type=int, default=None, help="flowrelay's concurrent runs (default 500, quick 100)")
     parser.add_argument("--py-spy", default=None, metavar="PATH",
                         help="py-spy binary: profile the flowrelay services into bench/results/logs/profiles/")
     parser.add_argument("--client", choices=load.CLIENTS, default="raw",

@@ -187,7 +187,9 @@ def _summarise(seq: dict[str, Any], tp: dict[str, Any]) -> dict[str, Any]:
 def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path, py_spy: str | None = None,
             client: str = "raw") -> tuple[SystemFigures, SystemFigures, dict[str, Any]]:
     """Figures for ``POST /runs`` + SSE, for ``POST /execute``, and the event latency."""
+    started = time.perf_counter()
     with running(sm.url, log_dir, py_spy) as stack:
+        startup_s = round(time.perf_counter() - started, 1)
         roots = stack.pids
         url = stack.api_url
         n, batch = sizes.sequential, sizes.batch * sizes.rounds
@@ -212,7 +214,7 @@ def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path, py_sp
         throughput_runs_s=tp_runs["runs_s"],
         throughput_batch=sizes.batch,
         concurrent=conc,
-        extra={"label": "flowrelay POST /runs + SSE", **_summarise(seq_runs, tp_runs)},
+        extra={"label": "flowrelay POST /runs + SSE", "startup_s": startup_s, **_summarise(seq_runs, tp_runs)},
     )
     execute = SystemFigures(
         name="flowrelay_execute",

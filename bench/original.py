@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def _free_port() -> int:
 def start(model_url: str, log_dir: Path) -> tuple[ServiceProcess, str]:
     port = _free_port()
     argv = [
-        os.path.join(os.path.dirname(os.sys.executable), "python"), "-m", "uvicorn", "bench.original_app:app",
+        sys.executable, "-m", "uvicorn", "bench.original_app:app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "info",
     ]  # fmt: skip
     env = dict(os.environ) | {"ORIGINAL_MODEL_URL": model_url, "PYTHONUNBUFFERED": "1"}
@@ -50,7 +52,9 @@ def start(model_url: str, log_dir: Path) -> tuple[ServiceProcess, str]:
 
 
 def measure(sm: model.ScriptedModel, sizes: OriginalSizes, log_dir: Path, client: str = "raw") -> SystemFigures:
+    started = time.perf_counter()
     server, url = start(sm.url, log_dir)
+    startup_s = round(time.perf_counter() - started, 1)
     roots = lambda: [server.pid]  # noqa: E731 - the uvicorn process and its per-request pools
     try:
         seq = phases.check("sequential", phases.sequential(url, "original", sizes.sequential, None, sm, roots, client), sizes.sequential)
@@ -71,6 +75,7 @@ def measure(sm: model.ScriptedModel, sizes: OriginalSizes, log_dir: Path, client
         concurrent={**conc, "capped": True},
         extra={
             "label": "original (new process pool per request)",
+            "startup_s": startup_s,
             "sequential": seq,
             "throughput": tp,
         },

@@ -625,10 +625,11 @@ async def fake_executor(api: Api, *, fail: bool = False) -> AsyncIterator[None]:
             tip = Suggestion(
                 code="missing_api_key", title="Set a key", detail="none set", fix="export KEY=..."
             )
+            # like the suggester: the event first, then the record
+            await log.emit(EventType.SUGGESTION, {"suggestions": [tip.model_dump()]})
             await store.update(
                 request.run_id, lambda r: r.model_copy(update={"suggestions": [tip]})
             )
-            await log.emit(EventType.SUGGESTION, {"suggestions": [tip.model_dump()]})
         else:
             await store.update(
                 request.run_id,

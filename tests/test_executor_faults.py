@@ -17,7 +17,7 @@ import pytest
 from flowrelay_testkit import Bus, Stack, one_agent, run_body
 
 from flowrelay import natsserver
-from flowrelay_contracts import EventType, RunStatus, TraceEvent, subjects
+from flowrelay_contracts import EventType, RunStatus, subjects
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +62,6 @@ async def _submit(client: httpx.AsyncClient, text: str, **options: object) -> st
     response = await client.post("/runs", json=run_body(one_agent(tools=TOOLS), text, **options))
     assert response.status_code == 202, response.text
     return response.json()["run_id"]
-
-
-async def _terminal_events(bus: Bus, run_id: str) -> list[TraceEvent]:
-    """Every event stored for the run (not just up to the first terminal one)."""
-    sub = await bus.js.pull_subscribe(subjects.run_events(run_id), stream=subjects.EVENTS_STREAM)
-    try:
-        count = (await sub.consumer_info()).num_pending  # nothing fetched yet: all of them
-        events = [TraceEvent.model_validate_json(m.data) for m in await sub.fetch(count, timeout=5)] if count else []
-    finally:
-        await sub.unsubscribe()
-    return [e for e in events if e.type.terminal]
 
 
 async def test_blocking_tool_past_deadline_is_killed_and_the_next_run_succeeds(client, fbus, executors) -> None:
@@ -120,7 +109,7 @@ async def test_sigkill_of_the_executor_holding_a_run_hands_it_to_another(client,
     assert record.output == "echo: #delay=3 survive"
     assert record.executor_id != running.executor_id
     assert record.attempts == 2
-    assert len(await _terminal_events(fbus, run_id)) == 1
+    assert len(await fbus.terminal_events(run_id)) == 1
 
 
 async def test_sigterm_drains_in_flight_runs_before_exiting(client, fbus, executors) -> None:
@@ -162,7 +151,7 @@ async def test_cancel_a_running_run(client, fbus, executors) -> None:
     record = await fbus.wait_record(run_id, timeout=10)
     assert record.status == RunStatus.CANCELLED
     assert time.monotonic() - asked < 2.5
-    assert [e.type for e in await _terminal_events(fbus, run_id)] == [EventType.RUN_CANCELLED]
+    assert [e.type for e in await fbus.terminal_events(run_id)] == [EventType.RUN_CANCELLED]
 
 
 async def test_cancel_a_queued_run_before_it_starts(client, fbus, executors) -> None:
@@ -175,7 +164,7 @@ async def test_cancel_a_queued_run_before_it_starts(client, fbus, executors) -> 
     await fbus.wait_record(marker, timeout=60)
     record = await fbus.store.get(run_id)
     assert record.status == RunStatus.CANCELLED and record.attempts == 0, "it never ran"
-    assert len(await _terminal_events(fbus, run_id)) == 1
+    assert len(await fbus.terminal_events(run_id)) == 1
 
 
 async def test_turn_limit_stops_a_looping_agent(client, fbus, executors) -> None:
@@ -212,5 +201,5 @@ async def test_soak_every_run_ends_exactly_once_while_an_executor_is_killed_and_
     await chaos_task
     assert {r.status for r in records} == {RunStatus.SUCCEEDED}
     assert all(r.output == f"echo: #delay=0.2 soak {i}" for i, r in enumerate(records))
-    terminal_counts = await asyncio.gather(*(_terminal_events(fbus, r) for r in run_ids))
+    terminal_counts = await asyncio.gather(*(fbus.terminal_events(r) for r in run_ids))
     assert [len(t) for t in terminal_counts] == [1] * len(run_ids)

@@ -145,6 +145,19 @@ class Bus:
 
         return await asyncio.wait_for(collect(), timeout)
 
+    async def stored_events(self, run_id: str) -> list[TraceEvent]:
+        """Every event stored for the run right now (also any after a terminal one)."""
+        sub = await self.js.pull_subscribe(subjects.run_events(run_id), stream=subjects.EVENTS_STREAM)
+        try:
+            count = (await sub.consumer_info()).num_pending  # nothing fetched yet: all of them
+            messages = await sub.fetch(count, timeout=5) if count else []
+        finally:
+            await sub.unsubscribe()
+        return [TraceEvent.model_validate_json(m.data) for m in messages]
+
+    async def terminal_events(self, run_id: str) -> list[TraceEvent]:
+        return [e for e in await self.stored_events(run_id) if e.type.terminal]
+
     async def stream_events(self, run_id: str) -> AsyncIterator[TraceEvent]:
         async for event in follow(self.nc, run_id):
             if event is not None:

@@ -124,8 +124,8 @@ class ToolRegistry:
 
     def __init__(
         self,
-        tools: Mapping[str, Callable[..., Any]] | None = None,
         *,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
         builtins: bool = True,
         mcp_stdio_allowlist: Iterable[str] = (),
     ) -> None:
