@@ -8,8 +8,10 @@ bounded in count and time, loopback only), prints the table and writes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -23,19 +25,31 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import floor, flowrelay_stack, load, model, original
-from bench.measure import SystemFigures, machine_info, markdown, summary_lines, table_rows, write_json
+from bench.measure import (
+    SystemFigures,
+    machine_info,
+    markdown,
+    summary_lines,
+    table_rows,
+    write_json,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("floor", "original", "flowrelay")
 
 #: Where bytecode is cached for every process the benchmark starts (see ``_bytecode_cache``).
-PYCACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flowrelay-bench" / "pycache"
+PYCACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flowrelay-bench" / "pycache"
+)
 
 #: Width of the table when the output is not a terminal (make, CI logs).
 CONSOLE_WIDTH = 180
 
 #: A machine busier than this before we start is flagged in the report.
 BUSY_CPU_PERCENT = 25.0
+
+#: Seconds over which the machine's idleness is sampled (``--wait-idle``).
+IDLE_SAMPLE_S = 2.0
 
 # -- targets (2 cores), from the project brief ----------------------------------------------
 TARGET_OVERHEAD_P50_MS = 10.0
@@ -61,20 +75,45 @@ def plan(quick: bool, n: int | None) -> Plan:
     if quick:
         return Plan(
             floor=floor.FloorSizes(sequential=100, batch=100, rounds=1),
-            original=original.OriginalSizes(sequential=5, batch=5, rounds=1, concurrent=10, delay_s=1.0),
+            original=original.OriginalSizes(
+                sequential=5, batch=5, rounds=1, concurrent=10, delay_s=1.0
+            ),
             flowrelay=flowrelay_stack.FlowrelaySizes(
-                sequential=40, batch=60, rounds=1, concurrent=n or 100, delay_s=1.0, client_processes=1
+                sequential=40,
+                batch=60,
+                rounds=1,
+                concurrent=n or 100,
+                delay_s=1.0,
+                client_processes=1,
             ),
             model_probe_s=1.0,
         )
     return Plan(
         floor=floor.FloorSizes(sequential=300, batch=200, rounds=3),
-        original=original.OriginalSizes(sequential=30, batch=10, rounds=1, concurrent=40, delay_s=1.0),
+        original=original.OriginalSizes(
+            sequential=30, batch=10, rounds=1, concurrent=40, delay_s=1.0
+        ),
         flowrelay=flowrelay_stack.FlowrelaySizes(
-            sequential=200, batch=200, rounds=3, concurrent=n or 500, delay_s=1.0, client_processes=2
+            sequential=200,
+            batch=200,
+            rounds=3,
+            concurrent=n or 500,
+            delay_s=1.0,
+            client_processes=2,
         ),
         model_probe_s=3.0,
     )
+
+
+def _venv_has_bytecode() -> bool:
+    """Whether the installed packages come with ``.pyc`` files (``uv pip sync --compile-bytecode``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("any_agent")
+    if spec is None or spec.origin is None:
+        return False
+    cached = importlib.util.cache_from_source(spec.origin)
+    return Path(cached).exists() and sys.pycache_prefix is None
 
 
 def _bytecode_cache() -> str:
@@ -85,6 +124,8 @@ def _bytecode_cache() -> str:
     source (seconds), which would bill the original design's per-request process for a cost a
     normal deployment does not pay. The report says this was done.
     """
+    if _venv_has_bytecode():
+        return "the venv ships compiled bytecode; environment left as it is"
     PYCACHE.mkdir(parents=True, exist_ok=True)
     note = f"bytecode cached in {PYCACHE} (PYTHONDONTWRITEBYTECODE was {os.environ.get('PYTHONDONTWRITEBYTECODE', 'unset')})"
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -102,30 +143,100 @@ def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
     tp = report["throughput_runs_s"]
     if report.get("overhead_p50_ms") is not None:
-        add(f"flowrelay p50 overhead over floor <= {TARGET_OVERHEAD_P50_MS:g} ms",
-            report["overhead_p50_ms"] <= TARGET_OVERHEAD_P50_MS, f"{report['overhead_p50_ms']:.2f} ms")
+        add(
+            f"flowrelay p50 overhead over floor <= {TARGET_OVERHEAD_P50_MS:g} ms",
+            report["overhead_p50_ms"] <= TARGET_OVERHEAD_P50_MS,
+            f"{report['overhead_p50_ms']:.2f} ms",
+        )
     if tp.get("flowrelay") and tp.get("floor"):
         share = tp["flowrelay"] / tp["floor"]
-        add(f"flowrelay throughput >= {TARGET_THROUGHPUT_SHARE_OF_FLOOR:g} x floor",
-            share >= TARGET_THROUGHPUT_SHARE_OF_FLOOR, f"{tp['flowrelay']:.1f} / {tp['floor']:.1f} runs/s = {share:.2f}x")
+        add(
+            f"flowrelay throughput >= {TARGET_THROUGHPUT_SHARE_OF_FLOOR:g} x floor",
+            share >= TARGET_THROUGHPUT_SHARE_OF_FLOOR,
+            f"{tp['flowrelay']:.1f} / {tp['floor']:.1f} runs/s = {share:.2f}x",
+        )
     conc = report.get("concurrent") or {}
     if conc.get("wall_s") is not None:
         complete = conc["completed"] == conc["n"]
-        add(f"{conc['n']} concurrent {conc['delay_s']:g} s runs all done within {TARGET_CONCURRENT_WALL_S:g} s"
-            + ("" if conc["n"] >= TARGET_CONCURRENT_N else f" (target is for N={TARGET_CONCURRENT_N})"),
+        add(
+            f"{conc['n']} concurrent {conc['delay_s']:g} s runs all done within {TARGET_CONCURRENT_WALL_S:g} s"
+            + (
+                ""
+                if conc["n"] >= TARGET_CONCURRENT_N
+                else f" (target is for N={TARGET_CONCURRENT_N})"
+            ),
             complete and conc["wall_s"] <= TARGET_CONCURRENT_WALL_S,
-            f"{conc['completed']}/{conc['n']} in {conc['wall_s']:.2f} s")
-        add(f"peak RSS of the stack under {TARGET_CONCURRENT_RSS_MB} MB",
-            conc["rss_mb"] < TARGET_CONCURRENT_RSS_MB, f"{conc['rss_mb']:.0f} MB")
+            f"{conc['completed']}/{conc['n']} in {conc['wall_s']:.2f} s",
+        )
+        add(
+            f"peak RSS of the stack under {TARGET_CONCURRENT_RSS_MB} MB",
+            conc["rss_mb"] < TARGET_CONCURRENT_RSS_MB,
+            f"{conc['rss_mb']:.0f} MB",
+        )
     ev = report.get("event_latency_ms") or {}
     if ev.get("p50") is not None:
-        add(f"event latency p50 < {TARGET_EVENT_P50_MS:g} ms", ev["p50"] < TARGET_EVENT_P50_MS, f"{ev['p50']:.2f} ms")
-        add(f"event latency p99 < {TARGET_EVENT_P99_MS:g} ms", ev["p99"] < TARGET_EVENT_P99_MS, f"{ev['p99']:.2f} ms")
+        add(
+            f"event latency p50 < {TARGET_EVENT_P50_MS:g} ms",
+            ev["p50"] < TARGET_EVENT_P50_MS,
+            f"{ev['p50']:.2f} ms",
+        )
+        add(
+            f"event latency p99 < {TARGET_EVENT_P99_MS:g} ms",
+            ev["p99"] < TARGET_EVENT_P99_MS,
+            f"{ev['p99']:.2f} ms",
+        )
     sm = report.get("scripted_model") or {}
     if sm.get("capacity_req_s"):
-        add(f"scripted model never above {MODEL_HEADROOM_SHARE:g} x its capacity in any phase",
+        add(
+            f"scripted model never above {MODEL_HEADROOM_SHARE:g} x its capacity in any phase",
             sm.get("max_phase_req_s", 0) <= MODEL_HEADROOM_SHARE * sm["capacity_req_s"],
-            f"max {sm.get('max_phase_req_s', 0):.0f} of {sm['capacity_req_s']:.0f} req/s")
+            f"max {sm.get('max_phase_req_s', 0):.0f} of {sm['capacity_req_s']:.0f} req/s",
+        )
+    return out
+
+
+def _cpu_budget(systems: dict[str, dict[str, Any] | None], conc: dict[str, Any]) -> dict[str, Any]:
+    """What the stack's CPU per run implies on this machine, whatever the scheduling."""
+    seq = ((systems.get("flowrelay") or {}).get("extra") or {}).get("sequential") or {}
+    per_run = seq.get("server_cpu_per_run_ms")
+    if not per_run:
+        return {}
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    n = conc.get("n") or TARGET_CONCURRENT_N
+    return {
+        "flowrelay_cpu_per_run_ms": per_run,
+        "by_process": seq.get("server_cpu_per_run_ms_by_process", {}),
+        "floor_cpu_per_run_ms": ((systems.get("floor") or {}).get("extra") or {}).get(
+            "cpu_per_run_ms"
+        ),
+        "cores": cores,
+        "max_runs_s": round(cores * 1000.0 / per_run, 1),
+        "concurrent_n": n,
+        "min_concurrent_wall_s": round(n * per_run / 1000.0 / cores, 2),
+    }
+
+
+def _code_revision() -> dict[str, Any]:
+    """Which code was measured: the commit, and a digest of the (possibly uncommitted) sources."""
+    repo = Path(__file__).resolve().parent.parent
+    out: dict[str, Any] = {}
+    try:
+        out["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()
+        out["uncommitted_files"] = len(status)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    digest = hashlib.sha256()
+    for folder in ("contracts", "bus", "services", "flowrelay"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes())
+    out["sources_sha256"] = digest.hexdigest()[:16]
     return out
 
 
@@ -141,6 +252,20 @@ def _phase_rates(systems: dict[str, dict[str, Any] | None]) -> list[float]:
         if extra.get("model_req_s_during_batches"):
             rates.append(extra["model_req_s_during_batches"])
     return rates
+
+
+def wait_idle(console: Console, timeout_s: float) -> float:
+    """Wait up to ``timeout_s`` for the machine to be idle; returns the last busy percentage.
+
+    Other work on the box (a test suite, another benchmark) takes the CPU the measured
+    system needs; on a shared machine it is better to wait than to publish its noise.
+    """
+    deadline = time.monotonic() + timeout_s
+    busy = psutil.cpu_percent(interval=IDLE_SAMPLE_S)
+    while busy > BUSY_CPU_PERCENT and time.monotonic() < deadline:
+        console.print(f"  waiting for the machine to be idle ({busy:.0f}% busy)")
+        busy = psutil.cpu_percent(interval=IDLE_SAMPLE_S)
+    return busy
 
 
 def _timed(walls: dict[str, float], name: str, fn: Any) -> Any:
@@ -160,7 +285,14 @@ def _guarded(name: str, console: Console, fn: Any) -> Any:
         return SystemFigures(name=name, error=f"{type(exc).__name__}: {exc}")
 
 
-def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: str = "raw") -> dict[str, Any]:
+def run(
+    quick: bool,
+    only: set[str],
+    n: int | None,
+    py_spy: str | None,
+    client: str = "raw",
+    idle_wait_s: float = 0.0,
+) -> dict[str, Any]:
     console = Console(width=None if sys.stdout.isatty() else CONSOLE_WIDTH)
     started = time.perf_counter()
     note = _bytecode_cache()
@@ -171,7 +303,9 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
     busy = psutil.cpu_percent(interval=1.0)
     machine = machine_info() | {"busy_cpu_percent_before": busy, "loadavg_before": os.getloadavg()}
     if busy > BUSY_CPU_PERCENT:
-        console.print(f"[yellow]warning: the machine is {busy:.0f}% busy before we start: figures will be pessimistic[/yellow]")
+        console.print(
+            f"[yellow]warning: the machine is {busy:.0f}% busy before we start: figures will be pessimistic[/yellow]"
+        )
 
     sm = model.start(log_dir)
     systems: dict[str, dict[str, Any] | None] = {}
@@ -181,29 +315,70 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
         console.print(f"scripted model at {sm.url}; measuring its capacity ...")
         capacity = _timed(walls, "model_probe", lambda: model.capacity(sm, sizes.model_probe_s))
         console.print(f"  {capacity['capacity_req_s']:.0f} requests/s")
+        busy_at_start: dict[str, float] = {}
+
+        def settle(name: str) -> None:
+            if idle_wait_s > 0:
+                busy_at_start[name] = wait_idle(console, idle_wait_s)
+
         if "floor" in only:
+            settle("floor")
             console.print("floor: one process, agent reused ...")
-            systems["floor"] = _timed(walls, "floor", lambda: _guarded("floor", console, lambda: floor.measure(sm.url, sizes.floor))).to_json()
+            systems["floor"] = _timed(
+                walls,
+                "floor",
+                lambda: _guarded("floor", console, lambda: floor.measure(sm.url, sizes.floor)),
+            ).to_json()
         if "original" in only:
-            console.print(f"original design: new process pool per request (concurrent phase capped at {sizes.original.concurrent}) ...")
-            systems["original"] = _timed(walls, "original", lambda: _guarded("original", console, lambda: original.measure(sm, sizes.original, log_dir, client))).to_json()
+            settle("original")
+            console.print(
+                f"original design: new process pool per request (concurrent phase capped at {sizes.original.concurrent}) ..."
+            )
+            systems["original"] = _timed(
+                walls,
+                "original",
+                lambda: _guarded(
+                    "original",
+                    console,
+                    lambda: original.measure(sm, sizes.original, log_dir, client),
+                ),
+            ).to_json()
         if "flowrelay" in only:
-            console.print(f"flowrelay: nats-server + API + executor + suggester (N={sizes.flowrelay.concurrent}) ...")
+            settle("flowrelay")
+            console.print(
+                f"flowrelay: nats-server + API + executor + suggester (N={sizes.flowrelay.concurrent}) ..."
+            )
             try:
-                runs, execute, events = _timed(walls, "flowrelay", lambda: flowrelay_stack.measure(sm, sizes.flowrelay, log_dir, py_spy, client))
-                systems["flowrelay"], systems["flowrelay_execute"] = runs.to_json(), execute.to_json()
+                runs, execute, events = _timed(
+                    walls,
+                    "flowrelay",
+                    lambda: flowrelay_stack.measure(sm, sizes.flowrelay, log_dir, py_spy, client),
+                )
+                systems["flowrelay"], systems["flowrelay_execute"] = (
+                    runs.to_json(),
+                    execute.to_json(),
+                )
             except Exception as exc:
-                console.print(f"[red]flowrelay failed:[/red] {type(exc).__name__}: {exc} (logs in {log_dir})")
+                console.print(
+                    f"[red]flowrelay failed:[/red] {type(exc).__name__}: {exc} (logs in {log_dir})"
+                )
                 traceback.print_exc()
-                systems["flowrelay"] = SystemFigures(name="flowrelay", error=f"{type(exc).__name__}: {exc}").to_json()
+                systems["flowrelay"] = SystemFigures(
+                    name="flowrelay", error=f"{type(exc).__name__}: {exc}"
+                ).to_json()
         final_stats = model.stats(sm)
     finally:
-        sm_rss = psutil.Process(sm.pid).memory_info().rss / 1024 / 1024 if psutil.pid_exists(sm.pid) else 0.0
+        sm_rss = (
+            psutil.Process(sm.pid).memory_info().rss / 1024 / 1024
+            if psutil.pid_exists(sm.pid)
+            else 0.0
+        )
         sm.stop()
 
     for fig in systems.values():  # labels live in extra; lift them for the table
         if fig is not None:
             fig["label"] = (fig.get("extra") or {}).get("label", fig["name"])
+
     def p50(key: str) -> float | None:
         fig = systems.get(key) or {}
         return (fig.get("latency") or {}).get("p50")
@@ -215,13 +390,27 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
     report: dict[str, Any] = {
         "quick": quick,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "overhead_p50_ms": round(p50("flowrelay") - p50("floor"), 3) if p50("flowrelay") and p50("floor") else None,
-        "overhead_p50_ms_execute": round(p50("flowrelay_execute") - p50("floor"), 3) if p50("flowrelay_execute") and p50("floor") else None,
-        "throughput_runs_s": {"floor": tp("floor"), "original": tp("original"), "flowrelay": tp("flowrelay"),
-                              "flowrelay_execute": tp("flowrelay_execute")},
-        "concurrent": {k: flow_conc.get(k) for k in ("n", "delay_s", "wall_s", "rss_mb", "completed", "rss_idle_mb")}
-        if flow_conc else {},
-        "event_latency_ms": {**(events.get("sequential") or {}), "under_load": events} if events else {},
+        "overhead_p50_ms": round(p50("flowrelay") - p50("floor"), 3)
+        if p50("flowrelay") and p50("floor")
+        else None,
+        "overhead_p50_ms_execute": round(p50("flowrelay_execute") - p50("floor"), 3)
+        if p50("flowrelay_execute") and p50("floor")
+        else None,
+        "throughput_runs_s": {
+            "floor": tp("floor"),
+            "original": tp("original"),
+            "flowrelay": tp("flowrelay"),
+            "flowrelay_execute": tp("flowrelay_execute"),
+        },
+        "concurrent": {
+            k: flow_conc.get(k)
+            for k in ("n", "delay_s", "wall_s", "rss_mb", "completed", "rss_idle_mb")
+        }
+        if flow_conc
+        else {},
+        "event_latency_ms": {**(events.get("sequential") or {}), "under_load": events}
+        if events
+        else {},
         "scripted_model": {
             **capacity,
             "url": sm.url,
@@ -231,16 +420,25 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
             "max_phase_req_s": max(_phase_rates(systems), default=0.0),
             "rss_mb": round(sm_rss, 1),
         },
-        "machine": machine | {"loadavg_after": os.getloadavg()},
-        "environment": {"bytecode": note, "client": client, "sizes": {k: v.__dict__ for k, v in sizes.__dict__.items() if hasattr(v, "__dict__")}},
+        "machine": machine
+        | {"loadavg_after": os.getloadavg(), "busy_cpu_percent_at_system_start": busy_at_start},
+        "environment": {
+            "bytecode": note,
+            "client": client,
+            "sizes": {k: v.__dict__ for k, v in sizes.__dict__.items() if hasattr(v, "__dict__")},
+        },
         "systems": systems,
     }
+    report["cpu_budget"] = _cpu_budget(systems, flow_conc)
+    report["code"] = _code_revision()
     report["targets"] = _targets(report)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["phase_wall_s"] = walls
 
     header, rows = table_rows(report)
-    table = Table(title=f"flowrelay benchmark ({'quick' if quick else 'full'}, {machine['cpu_count']} cores)")
+    table = Table(
+        title=f"flowrelay benchmark ({'quick' if quick else 'full'}, {machine['cpu_count']} cores)"
+    )
     for column in header:
         table.add_column(column, justify="left" if column == "system" else "right")
     for row in rows:
@@ -258,19 +456,40 @@ def run(quick: bool, only: set[str], n: int | None, py_spy: str | None, client: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller counts; finishes in under a minute")
-    parser.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    parser.add_argument("--n", type=int, default=None, help="flowrelay's concurrent runs (default 500, quick 100)")
-    parser.add_argument("--py-spy", default=None, metavar="PATH",
-                        help="py-spy binary: profile the flowrelay services into bench/results/logs/profiles/")
-    parser.add_argument("--client", choices=load.CLIENTS, default="raw",
-                        help="HTTP client of the load phases: raw (lean, default) or httpx (for comparison)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller counts; finishes in under a minute"
+    )
+    parser.add_argument(
+        "--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
+    )
+    parser.add_argument(
+        "--n", type=int, default=None, help="flowrelay's concurrent runs (default 500, quick 100)"
+    )
+    parser.add_argument(
+        "--py-spy",
+        default=None,
+        metavar="PATH",
+        help="py-spy binary: profile the flowrelay services into bench/results/logs/profiles/",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each system, wait up to S seconds for the machine to be idle (shared boxes)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=load.CLIENTS,
+        default="raw",
+        help="HTTP client of the load phases: raw (lean, default) or httpx (for comparison)",
+    )
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
-    run(args.quick, only, args.n, args.py_spy, args.client)
+    run(args.quick, only, args.n, args.py_spy, args.client, args.wait_idle)
 
 
 if __name__ == "__main__":

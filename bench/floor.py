@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.measure import Latency, SystemFigures, median
+from bench.measure import Latency, MachineCpu, SystemFigures, median
 
 #: Instant runs before measuring (first runs pay connection setup and lazy imports).
 WARMUP_RUNS = 20
@@ -48,6 +48,8 @@ async def _measure(url: str, sizes: FloorSizes) -> dict[str, Any]:
     for i in range(WARMUP_RUNS):
         await agent.run_async(f"warmup {i}")
 
+    machine = MachineCpu()
+    cpu0 = time.process_time()
     latencies: list[float] = []
     for i in range(sizes.sequential):
         start = time.perf_counter()
@@ -56,6 +58,7 @@ async def _measure(url: str, sizes: FloorSizes) -> dict[str, Any]:
         if trace.final_output != f"echo: floor {i}":
             raise RuntimeError(f"unexpected output {trace.final_output!r}")
 
+    cpu_per_run_ms = (time.process_time() - cpu0) / max(sizes.sequential, 1) * 1000
     root = url.removesuffix("/v1")
     async with httpx.AsyncClient() as client:
         before = (await client.get(f"{root}/stats")).json()
@@ -73,6 +76,8 @@ async def _measure(url: str, sizes: FloorSizes) -> dict[str, Any]:
         "rounds_runs_s": rates,
         "model_req_s": round(requests / wall, 1),
         "model_in_flight_peak": after["in_flight_peak"],
+        "machine_busy_share": machine.busy_share(),
+        "cpu_per_run_ms": round(cpu_per_run_ms, 3),
     }
 
 
@@ -96,6 +101,8 @@ def measure(url: str, sizes: FloorSizes) -> SystemFigures:
             "rounds_runs_s": [round(r, 1) for r in raw["rounds_runs_s"]],
             "model_req_s_during_batches": raw["model_req_s"],
             "model_in_flight_peak": raw["model_in_flight_peak"],
+            "machine_busy_share": raw["machine_busy_share"],
+            "cpu_per_run_ms": raw["cpu_per_run_ms"],
         },
     )
 

@@ -31,7 +31,13 @@ from flowrelay import natsserver
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 #: Provider keys that must not leak from the developer's shell into the services.
-_PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+_PROVIDER_KEYS = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "MISTRAL_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+)
 
 #: Services start by importing their stack (workers import any-agent): generous on a busy box.
 SERVICE_START_TIMEOUT_S = 120.0
@@ -74,12 +80,20 @@ class RunningStack:
         return [self.nats.process.pid, self.api.pid, self.executor.pid, self.suggester.pid]
 
     def services(self) -> dict[str, int]:
-        return {"nats-server": self.nats.process.pid, "api": self.api.pid, "executor": self.executor.pid,
-                "suggester": self.suggester.pid}
+        return {
+            "nats-server": self.nats.process.pid,
+            "api": self.api.pid,
+            "executor": self.executor.pid,
+            "suggester": self.suggester.pid,
+        }
 
 
 def _env(nats_url: str, model_url: str, api_port: int) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS and not k.startswith("FLOWRELAY_")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _PROVIDER_KEYS and not k.startswith("FLOWRELAY_")
+    }
     return base | {
         "FLOWRELAY_NATS_URL": nats_url,
         "FLOWRELAY_DEFAULT_MODEL": "scripted:gpt-4o-mini",
@@ -102,7 +116,9 @@ def _wait_executor_visible(api_url: str) -> dict[str, Any]:
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.2)  # the API learns executors from a KV watch; nothing to await from here
-    raise TimeoutError(f"the API does not see an executor after {EXECUTOR_VISIBLE_TIMEOUT_S} s: {health}")
+    raise TimeoutError(
+        f"the API does not see an executor after {EXECUTOR_VISIBLE_TIMEOUT_S} s: {health}"
+    )
 
 
 @contextmanager
@@ -115,7 +131,9 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
     started: list[ServiceProcess] = []
 
     def service(name: str) -> ServiceProcess:
-        proc = ServiceProcess(name, resolve(SERVICE_COMMANDS[name]), env=env, log_path=log_dir / f"{name}.log").start()
+        proc = ServiceProcess(
+            name, resolve(SERVICE_COMMANDS[name]), env=env, log_path=log_dir / f"{name}.log"
+        ).start()
         started.append(proc)
         return proc
 
@@ -148,7 +166,18 @@ def _start_profilers(py_spy: str, stack: RunningStack, out: Path) -> list[subpro
     for name, pid in stack.services().items():
         if name == "nats-server":
             continue
-        argv = [py_spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(out / f"{name}.txt")]
+        argv = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out / f"{name}.txt"),
+        ]
         if name == "executor":
             argv.append("--subprocesses")
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -184,8 +213,13 @@ def _summarise(seq: dict[str, Any], tp: dict[str, Any]) -> dict[str, Any]:
     return {"sequential": seq, "throughput": tp}
 
 
-def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path, py_spy: str | None = None,
-            client: str = "raw") -> tuple[SystemFigures, SystemFigures, dict[str, Any]]:
+def measure(
+    sm: model.ScriptedModel,
+    sizes: FlowrelaySizes,
+    log_dir: Path,
+    py_spy: str | None = None,
+    client: str = "raw",
+) -> tuple[SystemFigures, SystemFigures, dict[str, Any]]:
     """Figures for ``POST /runs`` + SSE, for ``POST /execute``, and the event latency."""
     started = time.perf_counter()
     with running(sm.url, log_dir, py_spy) as stack:
@@ -193,12 +227,41 @@ def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path, py_sp
         roots = stack.pids
         url = stack.api_url
         n, batch = sizes.sequential, sizes.batch * sizes.rounds
-        seq_runs = phases.check("POST /runs sequential", phases.sequential(url, "flowrelay_runs", n, WORKFLOW, sm, roots, client), n)
-        seq_exec = phases.check("POST /execute sequential", phases.sequential(url, "flowrelay_execute", n, WORKFLOW, sm, roots, client), n)
-        tp_runs = phases.check("POST /runs batch", phases.throughput(url, "flowrelay_runs", sizes.batch, sizes.rounds, WORKFLOW, sm, roots, client), batch)
-        tp_exec = phases.check("POST /execute batch", phases.throughput(url, "flowrelay_execute", sizes.batch, sizes.rounds, WORKFLOW, sm, roots, client), batch)
-        conc = phases.concurrent(url, "flowrelay_runs", sizes.concurrent, sizes.delay_s, sizes.client_processes,
-                                 WORKFLOW, sm, roots, client)
+        seq_runs = phases.check(
+            "POST /runs sequential",
+            phases.sequential(url, "flowrelay_runs", n, WORKFLOW, sm, roots, client),
+            n,
+        )
+        seq_exec = phases.check(
+            "POST /execute sequential",
+            phases.sequential(url, "flowrelay_execute", n, WORKFLOW, sm, roots, client),
+            n,
+        )
+        tp_runs = phases.check(
+            "POST /runs batch",
+            phases.throughput(
+                url, "flowrelay_runs", sizes.batch, sizes.rounds, WORKFLOW, sm, roots, client
+            ),
+            batch,
+        )
+        tp_exec = phases.check(
+            "POST /execute batch",
+            phases.throughput(
+                url, "flowrelay_execute", sizes.batch, sizes.rounds, WORKFLOW, sm, roots, client
+            ),
+            batch,
+        )
+        conc = phases.concurrent(
+            url,
+            "flowrelay_runs",
+            sizes.concurrent,
+            sizes.delay_s,
+            sizes.client_processes,
+            WORKFLOW,
+            sm,
+            roots,
+            client,
+        )
     events = {
         "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
         "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,
@@ -214,7 +277,11 @@ def measure(sm: model.ScriptedModel, sizes: FlowrelaySizes, log_dir: Path, py_sp
         throughput_runs_s=tp_runs["runs_s"],
         throughput_batch=sizes.batch,
         concurrent=conc,
-        extra={"label": "flowrelay POST /runs + SSE", "startup_s": startup_s, **_summarise(seq_runs, tp_runs)},
+        extra={
+            "label": "flowrelay POST /runs + SSE",
+            "startup_s": startup_s,
+            **_summarise(seq_runs, tp_runs),
+        },
     )
     execute = SystemFigures(
         name="flowrelay_execute",

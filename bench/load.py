@@ -78,7 +78,9 @@ def make_client(base_url: str, connections: int, kind: str = "raw") -> Client:
     if kind == "raw":
         return RawClient(base_url)
     limits = httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE_EXPIRY_S
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=RUN_TIMEOUT_S)
 
@@ -109,13 +111,19 @@ async def post_execute(client: Client, body: dict[str, Any], text: str) -> RunRe
         response = await client.post("/execute", json=body)
         latency = time.perf_counter() - start
         if response.status_code != 200:
-            return RunResult(False, latency, time.time(), f"HTTP {response.status_code}: {response.text[:200]}")
+            return RunResult(
+                False, latency, time.time(), f"HTTP {response.status_code}: {response.text[:200]}"
+            )
         output = response.json().get("output")
         if output != expected_output(text):
-            return RunResult(False, latency, time.time(), f"unexpected output {str(output)[:100]!r}")
+            return RunResult(
+                False, latency, time.time(), f"unexpected output {str(output)[:100]!r}"
+            )
         return RunResult(True, latency, time.time())
     except Exception as exc:  # a failed run is a figure, not a crash of the benchmark
-        return RunResult(False, time.perf_counter() - start, time.time(), f"{type(exc).__name__}: {exc}")
+        return RunResult(
+            False, time.perf_counter() - start, time.time(), f"{type(exc).__name__}: {exc}"
+        )
 
 
 def _parse_sse(block: bytes) -> dict[str, str]:
@@ -124,7 +132,7 @@ def _parse_sse(block: bytes) -> dict[str, str]:
         if not line or line.startswith(":"):
             continue
         name, _, value = line.partition(":")
-        fields[name] = value[1:] if value.startswith(" ") else value
+        fields[name] = value.removeprefix(" ")
     return fields
 
 
@@ -136,14 +144,24 @@ async def submit_and_follow(client: Client, body: dict[str, Any], text: str) -> 
         response = await client.post("/runs", json=body)
         accepted = time.time()
         if response.status_code != 202:
-            return RunResult(False, time.perf_counter() - start, time.time(), f"POST /runs {response.status_code}: {response.text[:200]}")
+            return RunResult(
+                False,
+                time.perf_counter() - start,
+                time.time(),
+                f"POST /runs {response.status_code}: {response.text[:200]}",
+            )
         run_id = response.json()["run_id"]
         result = RunResult(False, 0.0, 0.0, "stream ended before a terminal event")
         result.marks = [("sent", sent), ("accepted", accepted)]
         async with client.stream("GET", f"/runs/{run_id}/events") as stream:
             opened = time.time()
             if stream.status_code != 200:
-                return RunResult(False, time.perf_counter() - start, time.time(), f"GET events {stream.status_code}")
+                return RunResult(
+                    False,
+                    time.perf_counter() - start,
+                    time.time(),
+                    f"GET events {stream.status_code}",
+                )
             buffer = b""
             terminal_at: float | None = None
             chunks = stream.aiter_bytes()
@@ -160,7 +178,10 @@ async def submit_and_follow(client: Client, body: dict[str, Any], text: str) -> 
                     lag = (received - at) * 1000.0
                     (result.event_lag_ms if at >= opened else result.replayed_lag_ms).append(lag)
                     result.marks.append((event["type"], at))
-                    if fields.get("event", event.get("type")) in TERMINAL_EVENTS and terminal_at is None:
+                    if (
+                        fields.get("event", event.get("type")) in TERMINAL_EVENTS
+                        and terminal_at is None
+                    ):
                         terminal_at = received
                         result.marks.append(("received", received))
                         result.latency_s = time.perf_counter() - start
@@ -183,7 +204,9 @@ async def submit_and_follow(client: Client, body: dict[str, Any], text: str) -> 
             result.latency_s, result.finished_wall = time.perf_counter() - start, time.time()
         return result
     except Exception as exc:
-        return RunResult(False, time.perf_counter() - start, time.time(), f"{type(exc).__name__}: {exc}")
+        return RunResult(
+            False, time.perf_counter() - start, time.time(), f"{type(exc).__name__}: {exc}"
+        )
 
 
 # -- series and batches --------------------------------------------------------------------
@@ -193,7 +216,9 @@ async def sequential(client: Client, call: Call, n: int, offset: int = 0) -> lis
     return [await call(client, offset + i) for i in range(n)]
 
 
-async def batch(client: Client, call: Call, n: int, offset: int = 0) -> tuple[float, list[RunResult]]:
+async def batch(
+    client: Client, call: Call, n: int, offset: int = 0
+) -> tuple[float, list[RunResult]]:
     """Fire ``n`` calls at once; returns (wall seconds until the last finished, results)."""
     start = time.time()
     async with asyncio.timeout(BATCH_TIMEOUT_S):
@@ -244,8 +269,17 @@ class SpreadResult:
     machine_busy_share: float
 
 
-def spread_batch(base_url: str, kind: str, n: int, processes: int, *, delay_s: float = 0.0,
-                 workflow: dict[str, Any] | None = None, offset: int = 0, client: str = "raw") -> SpreadResult:
+def spread_batch(
+    base_url: str,
+    kind: str,
+    n: int,
+    processes: int,
+    *,
+    delay_s: float = 0.0,
+    workflow: dict[str, Any] | None = None,
+    offset: int = 0,
+    client: str = "raw",
+) -> SpreadResult:
     """Fire ``n`` runs at once from ``processes`` client processes (spawned, one client each).
 
     The wall time runs from the moment every client is connected-ready at the barrier to the
@@ -256,7 +290,11 @@ def spread_batch(base_url: str, kind: str, n: int, processes: int, *, delay_s: f
     results = ctx.Queue()
     shares = [tuple(range(offset + p, offset + n, processes)) for p in range(processes)]
     procs = [
-        ctx.Process(target=_client_process, args=(ClientJob(base_url, kind, share, delay_s, workflow, client), barrier, results), daemon=True)
+        ctx.Process(
+            target=_client_process,
+            args=(ClientJob(base_url, kind, share, delay_s, workflow, client), barrier, results),
+            daemon=True,
+        )
         for share in shares
         if share
     ]

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,13 +139,22 @@ def tree_cpu_by_label(pids: Iterable[int]) -> dict[str, float]:
             label = process_label(proc)
         except psutil.NoSuchProcess:
             continue
-        out[label] = out.get(label, 0.0) + times.user + times.system + times.children_user + times.children_system
+        out[label] = (
+            out.get(label, 0.0)
+            + times.user
+            + times.system
+            + times.children_user
+            + times.children_system
+        )
     return out
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Per-label CPU seconds used between two :func:`tree_cpu_by_label` readings."""
-    return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in sorted(set(before) | set(after))}
+    return {
+        k: round(after.get(k, 0.0) - before.get(k, 0.0), 2)
+        for k in sorted(set(before) | set(after))
+    }
 
 
 class MachineCpu:
@@ -162,7 +170,9 @@ class MachineCpu:
     def busy_share(self) -> float:
         end = psutil.cpu_times()
         total = sum(end) - sum(self._start)
-        idle = (end.idle + getattr(end, "iowait", 0.0)) - (self._start.idle + getattr(self._start, "iowait", 0.0))
+        idle = (end.idle + getattr(end, "iowait", 0.0)) - (
+            self._start.idle + getattr(self._start, "iowait", 0.0)
+        )
         return round(1.0 - idle / total, 3) if total > 0 else 0.0
 
 
@@ -180,7 +190,9 @@ class RssSampler:
     forked processes once per process, as the brief asks; the README says what that means.
     """
 
-    def __init__(self, roots: Callable[[], Iterable[int]], interval: float = RSS_SAMPLE_INTERVAL_S) -> None:
+    def __init__(
+        self, roots: Callable[[], Iterable[int]], interval: float = RSS_SAMPLE_INTERVAL_S
+    ) -> None:
         self._roots = roots
         self._interval = interval
         self._stop = threading.Event()
@@ -366,14 +378,61 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"- {line}" for line in summary_lines(report)]
     lines.append("")
+    lines += _timeline_markdown(report)
     return "\n".join(lines)
+
+
+def _timeline_markdown(report: dict[str, Any]) -> list[str]:
+    """Where one flowrelay run's time goes (sequential, and under the concurrent load)."""
+    fig = (report.get("systems") or {}).get("flowrelay") or {}
+    seq = ((fig.get("extra") or {}).get("sequential") or {}).get("timeline_ms") or {}
+    conc = (fig.get("concurrent") or {}).get("timeline_ms") or {}
+    if not seq:
+        return []
+    n = (fig.get("concurrent") or {}).get("n")
+    lines = [
+        f"Where a flowrelay run's time goes (`POST /runs` + SSE; ms, p50 / p99; concurrent = N={n} runs of 1 s):",
+        "",
+        "| step | sequential | concurrent |",
+        "|---|---|---|",
+    ]
+    for step, value in seq.items():
+        other = conc.get(step)
+        other_text = f"{other['p50']:,.1f} / {other['p99']:,.1f}" if other else "-"
+        lines.append(f"| {step} | {value['p50']:,.2f} / {value['p99']:,.2f} | {other_text} |")
+    lines.append("")
+    return lines
+
+
+def busy_shares(report: dict[str, Any]) -> dict[str, float]:
+    """How busy the whole machine was during each system's main phases (contention check)."""
+    out: dict[str, float] = {}
+    for key, fig in (report.get("systems") or {}).items():
+        if not fig or fig.get("error"):
+            continue
+        extra = fig.get("extra") or {}
+        shares = [
+            part.get("machine_busy_share")
+            for part in (
+                extra,
+                extra.get("sequential") or {},
+                extra.get("throughput") or {},
+                fig.get("concurrent") or {},
+            )
+        ]
+        shares = [s for s in shares if s is not None]
+        if shares:
+            out[key] = max(shares)
+    return out
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The headline figures and targets, one sentence each."""
     out: list[str] = []
     if report.get("overhead_p50_ms") is not None:
-        out.append(f"flowrelay overhead over the floor at p50: {report['overhead_p50_ms']:.2f} ms (target <= 10 ms)")
+        out.append(
+            f"flowrelay overhead over the floor at p50: {report['overhead_p50_ms']:.2f} ms (target <= 10 ms)"
+        )
     ev = report.get("event_latency_ms") or {}
     if ev.get("p50") is not None:
         out.append(
@@ -392,6 +451,25 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"scripted model capacity on this machine: {model['capacity_req_s']:.0f} requests/s "
             f"(peak rate it saw during a phase: {model.get('max_phase_req_s', 0):.0f} requests/s); "
             f"its RSS {model.get('rss_mb', 0):.0f} MB is not counted above"
+        )
+    budget = report.get("cpu_budget") or {}
+    if budget.get("flowrelay_cpu_per_run_ms"):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in budget["by_process"].items() if v >= 0.5)
+        floor_part = (
+            f" (floor: {budget['floor_cpu_per_run_ms']:.1f} ms)"
+            if budget.get("floor_cpu_per_run_ms")
+            else ""
+        )
+        out.append(
+            f"CPU per sequential run, whole stack: {budget['flowrelay_cpu_per_run_ms']:.1f} ms ({parts}){floor_part}; "
+            f"on {budget['cores']} cores that alone caps flowrelay at about {budget['max_runs_s']:.0f} runs/s, and "
+            f"{budget['concurrent_n']} runs need at least {budget['min_concurrent_wall_s']:.1f} s of wall time for their CPU"
+        )
+    busy = busy_shares(report)
+    if busy:
+        shown = ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
+        out.append(
+            f"machine CPU busy during the measurements (all processes, 100% = every core): {shown}"
         )
     for target in report.get("targets", []):
         out.append(f"{'PASS' if target['ok'] else 'MISS'}: {target['name']} ({target['value']})")

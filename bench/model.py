@@ -66,7 +66,8 @@ def stats(model: ScriptedModel) -> dict[str, Any]:
 def _request_bytes(url: str, text: str) -> bytes:
     parts = urlsplit(url)
     body = json.dumps(
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, separators=(",", ":")
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+        separators=(",", ":"),
     ).encode()
     head = (
         f"POST {parts.path}/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"

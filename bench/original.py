@@ -51,15 +51,30 @@ def start(model_url: str, log_dir: Path) -> tuple[ServiceProcess, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def measure(sm: model.ScriptedModel, sizes: OriginalSizes, log_dir: Path, client: str = "raw") -> SystemFigures:
+def measure(
+    sm: model.ScriptedModel, sizes: OriginalSizes, log_dir: Path, client: str = "raw"
+) -> SystemFigures:
     started = time.perf_counter()
     server, url = start(sm.url, log_dir)
     startup_s = round(time.perf_counter() - started, 1)
-    roots = lambda: [server.pid]  # noqa: E731 - the uvicorn process and its per-request pools
+
+    def roots() -> list[int]:  # the uvicorn process; its per-request pools are its children
+        return [server.pid]
+
     try:
-        seq = phases.check("sequential", phases.sequential(url, "original", sizes.sequential, None, sm, roots, client), sizes.sequential)
-        tp = phases.check("batch", phases.throughput(url, "original", sizes.batch, sizes.rounds, None, sm, roots, client), sizes.batch * sizes.rounds)
-        conc = phases.concurrent(url, "original", sizes.concurrent, sizes.delay_s, 1, None, sm, roots, client)
+        seq = phases.check(
+            "sequential",
+            phases.sequential(url, "original", sizes.sequential, None, sm, roots, client),
+            sizes.sequential,
+        )
+        tp = phases.check(
+            "batch",
+            phases.throughput(url, "original", sizes.batch, sizes.rounds, None, sm, roots, client),
+            sizes.batch * sizes.rounds,
+        )
+        conc = phases.concurrent(
+            url, "original", sizes.concurrent, sizes.delay_s, 1, None, sm, roots, client
+        )
     finally:
         server.terminate(timeout=15)
     latency: Latency = seq.pop("latency")

@@ -34,7 +34,9 @@ def run_agent_sync(prompt: str, api_base: str) -> str:
     """Runs in the per-request child: create the agent, run it, return its answer."""
     agent = AnyAgent.create(
         "tinyagent",
-        AgentConfig(model_id="openai:gpt-4o-mini", api_base=api_base, api_key="scripted", callbacks=[]),
+        AgentConfig(
+            model_id="openai:gpt-4o-mini", api_base=api_base, api_key="scripted", callbacks=[]
+        ),
     )
     trace = agent.run(prompt)
     return str(trace.final_output)

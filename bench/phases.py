@@ -18,7 +18,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from bench import load, model
-from bench.measure import MB, Latency, MachineCpu, RssSampler, cpu_delta, median, tree_cpu_by_label, tree_cpu_seconds, tree_rss_bytes
+from bench.measure import (
+    MB,
+    Latency,
+    MachineCpu,
+    RssSampler,
+    cpu_delta,
+    median,
+    tree_cpu_by_label,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)
 
 #: Instant runs before any measurement (connections, lazy imports, JIT-less warm caches).
 WARMUP_RUNS = 10
@@ -35,7 +45,9 @@ MAX_FAILED_SHARE = 0.05
 def check(phase: str, result: dict[str, Any], n: int) -> dict[str, Any]:
     """Raise if too many runs of a phase failed (its figures would describe failures)."""
     if result.get("failed", 0) > MAX_FAILED_SHARE * n:
-        raise RuntimeError(f"{phase}: {result['failed']}/{n} runs failed, e.g. {result['first_errors'][:1]}")
+        raise RuntimeError(
+            f"{phase}: {result['failed']}/{n} runs failed, e.g. {result['first_errors'][:1]}"
+        )
     return result
 
 
@@ -62,8 +74,31 @@ def timeline(runs: Iterable[load.RunResult]) -> dict[str, dict[str, float]]:
             label = name if seen[name] == 1 else f"{name}#{seen[name]}"
             steps.setdefault(f"{previous_name} -> {label}", []).append((at - previous_at) * 1000.0)
             previous_name, previous_at = label, at
-        steps.setdefault("total (sent -> received)", []).append((run.marks[-1][1] - run.marks[0][1]) * 1000.0)
-    return {name: {"p50": round(Latency.of_ms(v).p50, 2), "p99": round(Latency.of_ms(v).p99, 2)} for name, v in steps.items()}
+        steps.setdefault("total (sent -> received)", []).append(
+            (run.marks[-1][1] - run.marks[0][1]) * 1000.0
+        )
+    return {
+        name: {"p50": round(Latency.of_ms(v).p50, 2), "p99": round(Latency.of_ms(v).p99, 2)}
+        for name, v in steps.items()
+    }
+
+
+def start_rate(runs: Iterable[load.RunResult]) -> dict[str, float]:
+    """How fast runs got going: run.started times (the executor took them up), spread and rate."""
+    starts = sorted(at for run in runs for name, at in run.marks if name == "run.started")
+    accepted = sorted(at for run in runs for name, at in run.marks if name == "accepted")
+    if len(starts) < 2:
+        return {}
+    out = {
+        "started_span_s": round(starts[-1] - starts[0], 3),
+        "started_runs_s": round((len(starts) - 1) / (starts[-1] - starts[0]), 1)
+        if starts[-1] > starts[0]
+        else 0.0,
+    }
+    if len(accepted) >= 2 and accepted[-1] > accepted[0]:
+        out["accepted_span_s"] = round(accepted[-1] - accepted[0], 3)
+        out["accepted_runs_s"] = round((len(accepted) - 1) / (accepted[-1] - accepted[0]), 1)
+    return out
 
 
 def _cpu_share(cpu_s: float, wall_s: float) -> float:
@@ -71,8 +106,15 @@ def _cpu_share(cpu_s: float, wall_s: float) -> float:
     return round(cpu_s / wall_s / _cores(), 3) if wall_s > 0 else 0.0
 
 
-def sequential(base_url: str, kind: str, n: int, workflow: dict[str, Any] | None, sm: model.ScriptedModel,
-               server_roots: Callable[[], Iterable[int]], client: str = "raw") -> dict[str, Any]:
+def sequential(
+    base_url: str,
+    kind: str,
+    n: int,
+    workflow: dict[str, Any] | None,
+    sm: model.ScriptedModel,
+    server_roots: Callable[[], Iterable[int]],
+    client: str = "raw",
+) -> dict[str, Any]:
     call = load.call(kind, workflow=workflow)
     client_kind = client
 
@@ -80,12 +122,23 @@ def sequential(base_url: str, kind: str, n: int, workflow: dict[str, Any] | None
         async with load.make_client(base_url, 8, client_kind) as client:
             await load.sequential(client, call, WARMUP_RUNS, offset=1_000_000)
             machine, by_label = MachineCpu(), tree_cpu_by_label(server_roots())
-            cpu0, server0, start = time.process_time(), tree_cpu_seconds(server_roots()), time.perf_counter()
+            cpu0, server0, start = (
+                time.process_time(),
+                tree_cpu_seconds(server_roots()),
+                time.perf_counter(),
+            )
             runs = await load.sequential(client, call, n)
             wall = time.perf_counter() - start
             server_cpu = tree_cpu_seconds(server_roots()) - server0
             per_process = cpu_delta(by_label, tree_cpu_by_label(server_roots()))
-            return runs, wall, time.process_time() - cpu0, server_cpu, machine.busy_share(), per_process
+            return (
+                runs,
+                wall,
+                time.process_time() - cpu0,
+                server_cpu,
+                machine.busy_share(),
+                per_process,
+            )
 
     with asyncio.Runner(loop_factory=load.new_loop) as runner:
         runs, wall, client_cpu, server_cpu, busy, per_process = runner.run(go())
@@ -98,15 +151,25 @@ def sequential(base_url: str, kind: str, n: int, workflow: dict[str, Any] | None
         "client": client_kind,
         "client_cpu_per_run_ms": round(client_cpu / n * 1000, 3),
         "server_cpu_per_run_ms": round(server_cpu / n * 1000, 3),
-        "server_cpu_per_run_ms_by_process": {k: round(v / n * 1000, 2) for k, v in per_process.items()},
+        "server_cpu_per_run_ms_by_process": {
+            k: round(v / n * 1000, 2) for k, v in per_process.items()
+        },
         "server_cpu_share": _cpu_share(server_cpu, wall),
         "machine_busy_share": busy,
         **_failures(runs),
     }
 
 
-def throughput(base_url: str, kind: str, size: int, rounds: int, workflow: dict[str, Any] | None,
-               sm: model.ScriptedModel, server_roots: Callable[[], Iterable[int]], client: str = "raw") -> dict[str, Any]:
+def throughput(
+    base_url: str,
+    kind: str,
+    size: int,
+    rounds: int,
+    workflow: dict[str, Any] | None,
+    sm: model.ScriptedModel,
+    server_roots: Callable[[], Iterable[int]],
+    client: str = "raw",
+) -> dict[str, Any]:
     """``rounds`` batches of ``size`` concurrent instant runs from one client; median runs/s."""
     call = load.call(kind, workflow=workflow)
     client_kind = client
@@ -118,8 +181,13 @@ def throughput(base_url: str, kind: str, size: int, rounds: int, workflow: dict[
             rates: list[float] = []
             everything: list[load.RunResult] = []
             by_label = tree_cpu_by_label(server_roots())
+            model_cpu0 = tree_cpu_seconds([sm.pid])
             machine = MachineCpu()
-            cpu0, server0, start = time.process_time(), tree_cpu_seconds(server_roots()), time.perf_counter()
+            cpu0, server0, start = (
+                time.process_time(),
+                tree_cpu_seconds(server_roots()),
+                time.perf_counter(),
+            )
             for r in range(rounds):
                 wall, runs = await load.batch(client, call, size, offset=r * size)
                 rates.append(size / wall)
@@ -128,6 +196,7 @@ def throughput(base_url: str, kind: str, size: int, rounds: int, workflow: dict[
             server_cpu = tree_cpu_seconds(server_roots()) - server0
             before["cpu_by_process"] = cpu_delta(by_label, tree_cpu_by_label(server_roots()))
             before["machine_busy_share"] = machine.busy_share()
+            before["model_cpu_share"] = _cpu_share(tree_cpu_seconds([sm.pid]) - model_cpu0, total)
             return rates, everything, total, time.process_time() - cpu0, server_cpu, before
 
     with asyncio.Runner(loop_factory=load.new_loop) as runner:
@@ -141,22 +210,36 @@ def throughput(base_url: str, kind: str, size: int, rounds: int, workflow: dict[
         "server_cpu_share": _cpu_share(server_cpu, wall),
         "server_cpu_s_by_process": before.pop("cpu_by_process"),
         "machine_busy_share": before.pop("machine_busy_share"),
+        "model_cpu_share": before.pop("model_cpu_share"),
         "event_lag_ms": [x for r in runs if r.ok for x in r.event_lag_ms],
-        **({"timeline_ms": timeline(r for r in runs if r.ok)} if any(r.marks for r in runs) else {}),
+        **(
+            {"timeline_ms": timeline(r for r in runs if r.ok)} if any(r.marks for r in runs) else {}
+        ),
         **model.rate(before, model.stats(sm), wall),
         **_failures(runs),
     }
 
 
-def concurrent(base_url: str, kind: str, n: int, delay_s: float, client_processes: int,
-               workflow: dict[str, Any] | None, sm: model.ScriptedModel,
-               server_roots: Callable[[], Iterable[int]], client: str = "raw") -> dict[str, Any]:
+def concurrent(
+    base_url: str,
+    kind: str,
+    n: int,
+    delay_s: float,
+    client_processes: int,
+    workflow: dict[str, Any] | None,
+    sm: model.ScriptedModel,
+    server_roots: Callable[[], Iterable[int]],
+    client: str = "raw",
+) -> dict[str, Any]:
     """N runs at once, each waiting ``delay_s`` in the model; wall time and peak tree RSS."""
     idle_rss, idle_count = tree_rss_bytes(server_roots())
     before = model.stats(sm)
     server0, by_label = tree_cpu_seconds(server_roots()), tree_cpu_by_label(server_roots())
+    model_cpu0 = tree_cpu_seconds([sm.pid])
     with RssSampler(server_roots) as sampler:
-        spread = load.spread_batch(base_url, kind, n, client_processes, delay_s=delay_s, workflow=workflow, client=client)
+        spread = load.spread_batch(
+            base_url, kind, n, client_processes, delay_s=delay_s, workflow=workflow, client=client
+        )
     server_cpu = tree_cpu_seconds(server_roots()) - server0
     by_process = cpu_delta(by_label, tree_cpu_by_label(server_roots()))
     model_rss, _ = tree_rss_bytes([sm.pid])
@@ -181,9 +264,10 @@ def concurrent(base_url: str, kind: str, n: int, delay_s: float, client_processe
         "server_cpu_share": _cpu_share(server_cpu, spread.wall_s),
         "client_cpu_share": _cpu_share(spread.client_cpu_s, spread.wall_s),
         "machine_busy_share": spread.machine_busy_share,
+        "model_cpu_share": _cpu_share(tree_cpu_seconds([sm.pid]) - model_cpu0, spread.wall_s),
         "model_rss_mb": round(model_rss / MB, 1),
         "event_lag_ms": [x for r in ok for x in r.event_lag_ms],
-        **({"timeline_ms": timeline(ok)} if any(r.marks for r in ok) else {}),
+        **({"timeline_ms": timeline(ok), **start_rate(ok)} if any(r.marks for r in ok) else {}),
         "client_errors": spread.errors,
         **model.rate(before, model.stats(sm), spread.wall_s),
         **_failures(spread.runs),

@@ -131,13 +131,25 @@ class RawClient:
             conn.close()
 
     def _request_bytes(self, method: str, path: str, body: bytes | None) -> bytes:
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path.encode(), self._host_header)
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (
+            method.encode(),
+            path.encode(),
+            self._host_header,
+        )
         if body is None:
-            return head + b"Accept: text/event-stream\r\n\r\n" if method == "GET" else head + b"\r\n"
-        return head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            return (
+                head + b"Accept: text/event-stream\r\n\r\n" if method == "GET" else head + b"\r\n"
+            )
+        return (
+            head
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
 
     async def request(self, method: str, path: str, json_body: Any = None) -> Response:
-        body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        body = (
+            json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        )
         conn = await self._acquire()
         try:
             conn.writer.write(self._request_bytes(method, path, body))

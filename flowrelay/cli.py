@@ -19,10 +19,11 @@ def up_command(
     api_host: str = typer.Option("127.0.0.1", envvar="FLOWRELAY_API_HOST"),
     api_port: int = typer.Option(8000, envvar="FLOWRELAY_API_PORT"),
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server."),
+    scripted_port: int = typer.Option(9100, help="Port of the scripted model (when no provider key is set)."),
 ) -> None:
     """Start NATS (embedded unless FLOWRELAY_NATS_URL is set), the API, executors and the suggester."""
     code = up(UpOptions(executors=executors, workers=workers, data_dir=data_dir, api_host=api_host,
-                        api_port=api_port, nats_port=nats_port))
+                        api_port=api_port, nats_port=nats_port, scripted_port=scripted_port))
     raise typer.Exit(code)
 
 

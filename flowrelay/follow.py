@@ -63,7 +63,7 @@ def describe(event: dict[str, Any]) -> str:
         parts.append(f"in={data['input_tokens']} out={data.get('output_tokens', 0)} tokens")
     if data.get("cost_usd") is not None:
         parts.append(f"${data['cost_usd']:.6f}")
-    elif "cost_note" in data and data["cost_note"]:
+    elif data.get("cost_note"):
         parts.append(f"cost n/a ({data['cost_note']})")
     if "latency_ms" in data:
         parts.append(f"{data['latency_ms']:.0f} ms")

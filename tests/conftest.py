@@ -11,9 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
-from flowrelay import natsserver  # noqa: E402
-from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve  # noqa: E402
-from flowrelay_testkit import Bus, Stack  # noqa: E402
+from flowrelay_testkit import Bus, Stack
+
+from flowrelay import natsserver
+from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 
 @pytest.fixture(scope="session")

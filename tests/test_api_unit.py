@@ -19,6 +19,9 @@ import httpx
 import nats.errors
 import pytest
 from fastapi import FastAPI
+from nats.js.api import ConsumerConfig
+
+from flowrelay import natsserver
 from flowrelay_api.app import create_app
 from flowrelay_api.context import ApiContext
 from flowrelay_api.settings import ApiSettings
@@ -40,9 +43,6 @@ from flowrelay_contracts import (
 )
 from flowrelay_contracts.ids import RunIdGenerator, is_valid_run_id
 from flowrelay_contracts.messages import utcnow
-from nats.js.api import ConsumerConfig
-
-from flowrelay import natsserver
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -742,6 +742,31 @@ async def test_health_and_metrics(api: Api) -> None:
     assert (
         'flowrelay_api_request_seconds_count{method="POST",route="/runs",status="202"} 1.0' in text
     )
+
+
+async def test_without_nats_health_is_503_and_nothing_is_accepted(tmp_path: Path) -> None:
+    server = natsserver.start(tmp_path / "nats")
+    try:
+        async with running_api(server.url) as api:
+            server.stop()
+            for _ in range(100):
+                if not api.ctx.connected:
+                    break
+                await asyncio.sleep(0.02)
+            health = await api.client.get("/healthz")
+            assert health.status_code == 503 and health.json()["nats"] == "disconnected"
+            refused = await api.client.post("/runs", json=submission())
+            assert refused.status_code == 503 and "NATS" in refused.json()["detail"]
+
+            server = natsserver.start(tmp_path / "nats", port=server.port)  # same store: resumes
+            for _ in range(200):
+                if api.ctx.connected:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await api.client.get("/healthz")).status_code == 200
+            assert (await api.client.post("/runs", json=submission())).status_code == 202
+    finally:
+        server.stop()
 
 
 async def test_openapi_documents_the_routes(api: Api) -> None:

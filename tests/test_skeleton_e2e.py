@@ -31,7 +31,7 @@ async def _read_sse(client: httpx.AsyncClient, url: str, headers: dict[str, str]
                 continue
             else:
                 field, _, value = line.partition(":")
-                current[field] = value[1:] if value.startswith(" ") else value
+                current[field] = value.removeprefix(" ")
     return events
 
 

@@ -21,6 +21,11 @@ from types import SimpleNamespace
 
 import nats
 import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from flowrelay import natsserver
 from flowrelay_bus import topology
 from flowrelay_bus.events import RunEventLog, last_event_seq
 from flowrelay_bus.runs import RunStore
@@ -52,11 +57,6 @@ from flowrelay_suggester.service import (
     decode,
 )
 from flowrelay_suggester.settings import SuggesterSettings
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-
-from flowrelay import natsserver
 
 #: Upper bound for anything the suggester should do; far above the milliseconds it takes.
 WAIT_S = 15.0

@@ -40,20 +40,40 @@ class RunEventLog:
         return cls(js, run_id, last_seq=await last_event_seq(js, run_id))
 
     async def emit(
-        self, type: EventType, data: dict[str, Any] | None = None, *, at: datetime | None = None
+        self,
+        type: EventType,
+        data: dict[str, Any] | None = None,
+        *,
+        at: datetime | None = None,
+        msg_id: str | None = None,
     ) -> TraceEvent:
-        """Publish the next event; ``at`` defaults to now (pass when it happened elsewhere)."""
+        """Publish the next event; ``at`` defaults to now (pass when it happened elsewhere).
+
+        ``msg_id`` replaces the default ``<run_id>:<seq>`` de-duplication id, for events that
+        must exist once per run whatever their sequence number (the terminal event).
+        """
         async with self._lock:  # seq order must equal stream order
             event = TraceEvent(run_id=self.run_id, seq=self.last_seq + 1, type=type, data=data or {})
             if at is not None:
                 event.at = at
-            await self._js.publish(
+            ack = await self._js.publish(
                 self._subject,
                 event.model_dump_json().encode(),
-                headers={subjects.MSG_ID_HEADER: f"{self.run_id}:{event.seq}"},
+                headers={subjects.MSG_ID_HEADER: msg_id or f"{self.run_id}:{event.seq}"},
             )
+            if ack.duplicate and msg_id is not None:
+                return event  # someone else already wrote it; our seq was not used
             self.last_seq = event.seq
             return event
+
+
+def terminal_msg_id(run_id: str) -> str:
+    """De-duplication id of a run's terminal event, whoever writes it (executor or API).
+
+    Whoever announces the end second (a cancel racing an executor, two executors after a
+    redelivery) is dropped by JetStream instead of adding a second terminal event.
+    """
+    return f"{run_id}:terminal"
 
 
 async def last_event_seq(js: JetStreamContext, run_id: str) -> int:
@@ -88,7 +108,7 @@ async def follow(
         while True:
             try:
                 msg = await sub.next_msg(timeout=idle_timeout_s or 3600.0)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 yield None
                 continue
             event = TraceEvent.model_validate_json(msg.data)

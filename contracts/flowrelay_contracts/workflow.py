@@ -119,7 +119,7 @@ class Workflow(BaseModel):
         if pattern == Pattern.COLLABORATIVE:
             edges = [{"source": ids[0], "target": other} for other in ids[1:]]
         else:
-            edges = [{"source": a, "target": b} for a, b in zip(ids, ids[1:])]
+            edges = [{"source": a, "target": b} for a, b in zip(ids, ids[1:], strict=False)]
         return {"nodes": nodes, "edges": edges, "pattern": pattern}
 
 

@@ -20,7 +20,7 @@ import nats
 from nats.aio.client import Client
 
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
-from flowrelay_bus.events import follow
+from flowrelay_bus.events import follow, last_event_seq
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import RunRecord, TraceEvent, subjects
 
@@ -146,14 +146,18 @@ class Bus:
         return await asyncio.wait_for(collect(), timeout)
 
     async def stored_events(self, run_id: str) -> list[TraceEvent]:
-        """Every event stored for the run right now (also any after a terminal one)."""
-        sub = await self.js.pull_subscribe(subjects.run_events(run_id), stream=subjects.EVENTS_STREAM)
+        """Every event stored for the run right now (also any after a terminal one).
+
+        Events are numbered without gaps, so the last one's ``seq`` is how many to read.
+        """
+        count = await last_event_seq(self.js, run_id)
+        if not count:
+            return []
+        sub = await self.js.subscribe(subjects.run_events(run_id), ordered_consumer=True, stream=subjects.EVENTS_STREAM)
         try:
-            count = (await sub.consumer_info()).num_pending  # nothing fetched yet: all of them
-            messages = await sub.fetch(count, timeout=5) if count else []
+            return [TraceEvent.model_validate_json((await sub.next_msg(timeout=10)).data) for _ in range(count)]
         finally:
             await sub.unsubscribe()
-        return [TraceEvent.model_validate_json(m.data) for m in messages]
 
     async def terminal_events(self, run_id: str) -> list[TraceEvent]:
         return [e for e in await self.stored_events(run_id) if e.type.terminal]

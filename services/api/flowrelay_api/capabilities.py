@@ -20,12 +20,12 @@ import asyncio
 import contextlib
 import logging
 
-from flowrelay_contracts import ExecutorCapabilities, Workflow
-from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from flowrelay_api.errors import BUS_ERRORS, Loc
+from flowrelay_contracts import ExecutorCapabilities, Workflow
+from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,6 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from faststream.nats import NatsBroker
-from flowrelay_bus import topology
-from flowrelay_bus.connection import make_broker
-from flowrelay_bus.runs import RunStore
-from flowrelay_contracts import subjects
-from flowrelay_contracts.ids import RunIdGenerator
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -24,6 +19,11 @@ from nats.js.kv import KeyValue
 from flowrelay_api.capabilities import ExecutorDirectory
 from flowrelay_api.metrics import Metrics
 from flowrelay_api.settings import ApiSettings
+from flowrelay_bus import topology
+from flowrelay_bus.connection import make_broker
+from flowrelay_bus.runs import RunStore
+from flowrelay_contracts import subjects
+from flowrelay_contracts.ids import RunIdGenerator
 
 log = logging.getLogger(__name__)
 

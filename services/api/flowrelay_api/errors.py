@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 import nats.errors
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from flowrelay_contracts import WorkflowProblem
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+
+from flowrelay_contracts import WorkflowProblem
 
 log = logging.getLogger(__name__)
 

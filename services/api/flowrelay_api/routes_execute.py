@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
-from flowrelay_contracts import RunMode, RunRecord, RunStatus, TraceEvent
 from starlette.responses import Response
 
 from flowrelay_api import runs
@@ -26,6 +25,7 @@ from flowrelay_api.schemas import (
 )
 from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
 from flowrelay_api.waiting import RunWaiter
+from flowrelay_contracts import RunMode, RunRecord, RunStatus, TraceEvent
 
 router = APIRouter(tags=["execute"])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from flowrelay_contracts import RunStatus
 from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
@@ -23,6 +22,7 @@ from flowrelay_api.schemas import (
     json_response,
 )
 from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
+from flowrelay_contracts import RunStatus
 
 #: Largest page of ``GET /runs``.
 MAX_PAGE_SIZE = 100

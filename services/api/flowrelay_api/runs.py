@@ -15,7 +15,9 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from flowrelay_bus.events import RunEventLog, follow, last_event_seq
+from flowrelay_api.context import ApiContext
+from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, RunNotFound
+from flowrelay_bus.events import RunEventLog, follow, last_event_seq, terminal_msg_id
 from flowrelay_contracts import (
     CancelRequest,
     ErrorCode,
@@ -28,9 +30,6 @@ from flowrelay_contracts import (
 )
 from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.messages import utcnow
-
-from flowrelay_api.context import ApiContext
-from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, RunNotFound
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +184,7 @@ async def _announce_cancelled(ctx: ApiContext, record: RunRecord, reason: str) -
                 "error": record.error.model_dump(mode="json") if record.error else None,
                 "by": "api",
             },
+            msg_id=terminal_msg_id(record.run_id),
         )
     except BUS_ERRORS as exc:
         log.warning(

@@ -11,6 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
 from flowrelay_contracts import (
     AgentUsage,
     Isolation,
@@ -24,8 +27,6 @@ from flowrelay_contracts import (
     Usage,
     Workflow,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
 
 _JSON = "application/json"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flowrelay_bus.settings import BusSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from flowrelay_bus.settings import BusSettings
 
 
 class ApiSettings(BusSettings):

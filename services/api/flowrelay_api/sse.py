@@ -25,14 +25,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from enum import Enum
 
-from flowrelay_bus.events import follow
-from flowrelay_contracts import EventType, RunRecord, TraceEvent, subjects
-from flowrelay_contracts.messages import utcnow
 from nats.js.errors import NotFoundError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from flowrelay_api.context import ApiContext
 from flowrelay_api.runs import TERMINAL_EVENT_WAIT_S
+from flowrelay_bus.events import follow
+from flowrelay_contracts import EventType, RunRecord, TraceEvent, subjects
+from flowrelay_contracts.messages import utcnow
 
 log = logging.getLogger(__name__)
 

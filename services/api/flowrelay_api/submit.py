@@ -23,6 +23,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from pydantic import BaseModel
+
+from flowrelay_api.context import ApiContext
+from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, ServiceUnavailable
+from flowrelay_api.metrics import SubmitOutcome
+from flowrelay_api.schemas import RunSubmission
+from flowrelay_api.settings import ApiSettings
 from flowrelay_contracts import (
     ErrorCode,
     RunError,
@@ -35,14 +43,6 @@ from flowrelay_contracts import (
     subjects,
 )
 from flowrelay_contracts.messages import utcnow
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from pydantic import BaseModel
-
-from flowrelay_api.context import ApiContext
-from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, ServiceUnavailable
-from flowrelay_api.metrics import SubmitOutcome
-from flowrelay_api.schemas import RunSubmission
-from flowrelay_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ async def submit(
     return await _submit_once(ctx, request, body, idempotency_key, before_publish)
 
 
-def resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
+def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
     """Fill in defaults; refuse values above the deployment's limits (422 naming the field)."""
     problems = []
     timeout_s = options.timeout_s if options.timeout_s is not None else settings.default_timeout_s
@@ -136,7 +136,7 @@ async def _check(ctx: ApiContext, body: RunSubmission) -> RunOptions:
             plan(body.workflow)
         except WorkflowError as exc:
             raise InvalidRequest.from_workflow(exc.problems) from None
-        options = resolve_options(body.options, ctx.settings)
+        options = _resolve_options(body.options, ctx.settings)
     except InvalidRequest:
         ctx.metrics.submitted(SubmitOutcome.INVALID)
         raise

@@ -5,14 +5,15 @@ deletion: about 2 ms each here, and under concurrency those requests queue up in
 server's JetStream API. Instead a :class:`RunWaiter` subscribes on core NATS, which costs
 one protocol line, to
 
-* the run record's KV subject, to learn *when* the record changes, and
+* the run record's KV subject, to learn *when* the record may have ended, and
 * the run's event subject, to collect its trace as it is published.
 
 Core subscribers see every publish on a subject, including writes JetStream then refuses:
 a compare-and-set that lost, a create of an existing key, an event publish dropped as a
-duplicate. So a record notification is only a hint to re-read the record with ``kv.get``,
-and the collected events are used only if they form a clean ``1..N`` sequence ending with
-the terminal event; otherwise the trace is replayed from the stream.
+duplicate. So a record notification saying "ended" is only a hint to re-read the record
+with ``kv.get`` (the one read on the critical path), and the collected events are used
+only if they form a clean ``1..N`` sequence ending with the terminal event; otherwise the
+trace is replayed from the stream.
 
 The subscriptions are made before the run's request is published (``submit`` calls
 :meth:`RunWaiter.start` first), and core NATS keeps one connection's messages in order, so
@@ -25,13 +26,14 @@ import asyncio
 from types import TracebackType
 from typing import Self
 
-from flowrelay_contracts import RunRecord, RunStatus, TraceEvent, subjects
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.kv import KV_OP
 from pydantic import ValidationError
 
 from flowrelay_api.context import ApiContext
 from flowrelay_api.runs import TERMINAL_EVENT_WAIT_S, read_trace
+from flowrelay_contracts import RunRecord, RunStatus, TraceEvent, subjects
 
 #: While waiting, re-read the record at least this often: a notification lost during a
 #: reconnect must not leave a finished run unnoticed.
@@ -125,6 +127,15 @@ class RunWaiter:
         return collected if collected is not None else await read_trace(self._ctx, self.run_id)
 
     async def _on_record(self, msg: Msg) -> None:
+        # Only a write that may end the wait is worth a read; a deletion or an unreadable
+        # value is checked too. Non-terminal writes (queued, running) are skipped: even if
+        # JetStream refused one, the write it lost to has its own notification.
+        if not (msg.headers and KV_OP in msg.headers):
+            try:
+                if not RunRecord.model_validate_json(msg.data).terminal:
+                    return
+            except ValidationError:
+                pass
         self._record_changed.set()
 
     async def _on_event(self, msg: Msg) -> None:

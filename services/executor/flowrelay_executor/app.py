@@ -26,7 +26,7 @@ def create_app(settings: ExecutorSettings | None = None) -> tuple[FastStream, Ex
     executor = Executor(settings)
     broker = make_broker(settings, name=f"flowrelay-executor-{executor.executor_id}")
 
-    @broker.subscriber(
+    run_requests = broker.subscriber(
         subjects.RUN_REQUESTED,
         stream=JStream(subjects.RUNS_STREAM, declare=False),
         durable=subjects.EXECUTORS_CONSUMER,
@@ -38,6 +38,8 @@ def create_app(settings: ExecutorSettings | None = None) -> tuple[FastStream, Ex
         title="run requests",
         description="Competing consumers: each request is run by exactly one executor.",
     )
+
+    @run_requests
     async def on_run_requested(msg: NatsMessage) -> None:
         await executor.accept(msg.raw_message)
 
@@ -69,10 +71,14 @@ def create_app(settings: ExecutorSettings | None = None) -> tuple[FastStream, Ex
         await broker.connect()
         await executor.attach(broker.connection.jetstream())
 
+    async def drain() -> None:
+        await run_requests.stop()  # fetch nothing more; what is in flight finishes or is handed back
+        await executor.drain()
+
     app = FastStream(
         broker,
         on_startup=[before_connect],
-        on_shutdown=[executor.drain],
+        on_shutdown=[drain],
         specification=AsyncAPI(title="flowrelay executor", version=SPEC_VERSION),
     )
     return app, executor

@@ -54,6 +54,9 @@ from any_agent.config import MCPSse, MCPStdio, MCPStreamableHttp
 from any_agent.tools import MCPClient
 from any_agent.tracing.attributes import GenAI
 from any_llm import AnyLLM
+from opentelemetry import context as otel_context
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
 from flowrelay_contracts import (
     AgentSpec,
     AgentUsage,
@@ -66,9 +69,6 @@ from flowrelay_contracts import (
     plan,
 )
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
-from opentelemetry import context as otel_context
-from pydantic import BaseModel, ConfigDict, Field, create_model
-
 from flowrelay_executor import costs
 from flowrelay_executor.errors import (
     FrameworkNotInstalledError,

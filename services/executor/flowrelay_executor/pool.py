@@ -317,7 +317,7 @@ class ProcessPool:
     async def _reap(self, worker: _Worker, grace_s: float) -> None:
         try:
             await asyncio.wait_for(worker.process.wait(), grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             worker.process.kill()
             await worker.process.wait()
         if worker.reader:

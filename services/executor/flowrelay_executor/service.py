@@ -39,7 +39,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from flowrelay_bus import topology
-from flowrelay_bus.events import RunEventLog
+from flowrelay_bus.events import RunEventLog, terminal_msg_id
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     DeadLetter,
@@ -154,12 +154,13 @@ class Executor:
     async def accept(self, msg: Msg) -> None:
         """Take one request from the consumer; returns once it has a slot and has started."""
         assert self._slots is not None
-        if self._draining.is_set():
-            await msg.nak()
-            return
-        await self._slots.acquire()
-        if self._draining.is_set():
-            self._slots.release()
+        try:
+            acquired = await self._wait_for_slot(msg)
+        except asyncio.CancelledError:  # the subscriber is stopping: give the request back now
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        if not acquired:
             await msg.nak()
             return
         try:
@@ -171,6 +172,26 @@ class Executor:
         task = asyncio.create_task(self._guarded_execute(msg, request), name=f"execute-{request.run_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _wait_for_slot(self, msg: Msg) -> bool:
+        """Wait for a free slot, heartbeating the message meanwhile; False when draining.
+
+        A request waiting here is fetched but not yet running: without heartbeats JetStream
+        would hand it to another executor after ``ack_wait`` and it could run twice.
+        """
+        assert self._slots is not None
+        while not self._draining.is_set():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.settings.heartbeat_interval_s)
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+                continue
+            if self._draining.is_set():
+                self._slots.release()
+                return False
+            return True
+        return False
 
     def cancel(self, run_id: str, reason: str) -> None:
         if run_id in self._active and self.pool is not None:
@@ -305,7 +326,9 @@ class Executor:
             "isolation": record.isolation.value if record.isolation else None,
             "model_provider": record.model_provider,
         }
-        terminal = await events.emit(_STATUS_EVENT[record.status.value], data)
+        # One terminal event per run even if two executors race to announce the same end:
+        # JetStream drops the second publish with this id inside the duplicate window.
+        terminal = await events.emit(_STATUS_EVENT[record.status.value], data, msg_id=terminal_msg_id(record.run_id))
         if record.status == RunStatus.FAILED and record.error is not None:
             started = record.started_at or record.created_at
             report = RunFailed(

@@ -70,7 +70,7 @@ class ThreadPool:
         done = asyncio.run_coroutine_threadsafe(self._runner.wait_idle(), self._loop)
         try:
             await asyncio.wait_for(asyncio.wrap_future(done), grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("thread runs still busy after %.0f s; leaving them", grace_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
 

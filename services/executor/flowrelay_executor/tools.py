@@ -35,7 +35,6 @@ from types import ModuleType
 from typing import Any, Final, Literal
 
 from flowrelay_contracts import McpServer
-
 from flowrelay_executor.errors import InvalidWorkflowError, is_secret_name
 
 __all__ = [

@@ -16,7 +16,6 @@ from itertools import pairwise
 
 from flowrelay_contracts import Pattern, RunRequested, Suggestion, WorkflowError, WorkflowPlan
 from flowrelay_contracts.workflow import DEFAULT_FRAMEWORK
-
 from flowrelay_suggester import analysis
 from flowrelay_suggester.analysis import Hints
 from flowrelay_suggester.rules import FRAMEWORK_EXTRAS

@@ -16,7 +16,6 @@ import re
 from typing import Any, ClassVar
 
 from flowrelay_contracts import McpServer, RunFailed, Suggestion
-
 from flowrelay_suggester.rules import redact
 from flowrelay_suggester.settings import SuggesterSettings
 

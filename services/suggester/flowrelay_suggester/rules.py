@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 
 from flowrelay_contracts import AgentSpec, ErrorCode, McpServer, RunError, RunFailed, Suggestion
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS, Workflow
-
 from flowrelay_suggester import analysis
 from flowrelay_suggester.analysis import Hints
 

@@ -35,6 +35,13 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 from faststream.nats.message import NatsMessage as NatsMessageType
+from nats.errors import NotJSMessageError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import BaseModel, ValidationError
+
 from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
 from flowrelay_bus.events import RunEventLog, last_event_seq
@@ -55,13 +62,6 @@ from flowrelay_contracts import (
     subjects,
 )
 from flowrelay_contracts.messages import utcnow
-from nats.errors import NotJSMessageError
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy as JsAckPolicy
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
-from pydantic import BaseModel, ValidationError
-
 from flowrelay_suggester import advice, rules
 from flowrelay_suggester.analysis import Hints
 from flowrelay_suggester.assist import Assistant

@@ -11,9 +11,10 @@ Besides the bus settings it reads two kinds of values:
 
 from __future__ import annotations
 
-from flowrelay_bus.settings import BusSettings
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
+
+from flowrelay_bus.settings import BusSettings
 
 #: Upper bound of the model call; rule-based guidance is already stored by then, so this
 #: only bounds how long a failure report stays unacknowledged.
