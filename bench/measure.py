@@ -125,6 +125,11 @@ def process_label(proc: psutil.Process) -> str:
     if not argv:
         return proc.name()
     args = argv[1:] if Path(argv[0]).name.startswith("python") else argv
+    if args is not argv:  # skip interpreter options (-B, -u, -X opt, ...) before -m/-c/script
+        while args and args[0].startswith("-") and args[0] not in ("-m", "-c"):
+            args = args[2:] if args[0] in ("-X", "-W") else args[1:]
+    if args[:1] == ["-c"]:  # a multiprocessing forkserver and the workers forked from it
+        return "workers (forkserver)" if "forkserver" in " ".join(args[1:2]) else "python -c"
     if args[:1] == ["-m"] and len(args) > 1:
         return args[1]
     return Path(args[0]).name if args else Path(argv[0]).name

@@ -43,7 +43,7 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
         children = _tree(up.pid)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         for part in ("nats-server", "flowrelay-api", "flowrelay-executor", "flowrelay-suggester", "flowrelay-scripted-model"):
-            assert part in names
+            assert part in names, f"{part} not among {names}"
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as api:
             result = (await api.post("/execute", json=run_body(one_agent(), "hello up"))).json()
         assert result["output"] == "echo: hello up"

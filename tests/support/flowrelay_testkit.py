@@ -160,6 +160,12 @@ class Bus:
             await sub.unsubscribe()
 
     async def terminal_events(self, run_id: str) -> list[TraceEvent]:
+        """The run's terminal events, once the first has been published.
+
+        A record turns terminal just before its terminal event is published, so wait for
+        that event before counting (a duplicate would have to follow it).
+        """
+        await self.events(run_id)
         return [e for e in await self.stored_events(run_id) if e.type.terminal]
 
     async def stream_events(self, run_id: str) -> AsyncIterator[TraceEvent]:

@@ -16,13 +16,18 @@ import contextlib
 import itertools
 import json
 import logging
-import sys
+import multiprocessing
+import os
+import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from flowrelay_contracts import ErrorCode, RunError
 from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.worker import PRELOAD, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +67,29 @@ class _Assignment:
 @dataclass
 class _Worker:
     number: int
-    process: asyncio.subprocess.Process
+    process: BaseProcess
+    writer: asyncio.StreamWriter
+    reader_stream: asyncio.StreamReader
     runs: dict[str, _Assignment] = field(default_factory=dict)
     ready: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     completed: int = 0
     retiring: bool = False
     killed_for: str | None = None
+    exited: bool = False
     reader: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
+        assert self.process.pid is not None
         return self.process.pid
 
     def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def kill(self) -> None:
+        if not self.exited:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 class ProcessPool:
@@ -107,6 +120,7 @@ class ProcessPool:
         self._closing = False
         self._stats_task: asyncio.Task[None] | None = None
         self._capacity = asyncio.Condition()
+        self._context: Any = None
         self.frameworks: list[str] = []
         self.tools: list[str] = []
         self.crashes = 0
@@ -117,10 +131,12 @@ class ProcessPool:
 
     @property
     def pids(self) -> list[int]:
-        return [w.pid for w in self._workers if w.process.returncode is None]
+        return [w.pid for w in self._workers if not w.exited]
 
     async def start(self) -> None:
         try:
+            self._context = multiprocessing.get_context("forkserver")
+            self._context.set_forkserver_preload(PRELOAD)
             workers = await asyncio.gather(*(self._spawn() for _ in range(self._size)))
         except Exception as exc:
             await self.close(grace_s=0)
@@ -166,23 +182,24 @@ class ProcessPool:
     # -- internals ---------------------------------------------------------------------
 
     async def _spawn(self) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "flowrelay_executor.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=None,
-            limit=MAX_LINE_BYTES,
-            env=self._env,
+        parent_end, child_end = socket.socketpair()
+        process = self._context.Process(
+            target=run_worker, args=(child_end,), name="flowrelay-worker", daemon=False
         )
-        worker = _Worker(number=next(self._numbers), process=process)
+        try:
+            # The first start launches the fork server, which imports the engine: seconds,
+            # so off the event loop. Later starts are a fork of that warm process.
+            await asyncio.to_thread(process.start)
+        finally:
+            child_end.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent_end, limit=MAX_LINE_BYTES)
+        worker = _Worker(number=next(self._numbers), process=process, writer=writer, reader_stream=reader)
         self._workers.append(worker)
         worker.reader = asyncio.create_task(self._read(worker), name=f"worker-{worker.number}-reader")
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), self._start_timeout_s)
         except BaseException:
-            process.kill()
+            worker.kill()
             raise
         log.info("worker %d ready (pid %d)", worker.number, worker.pid)
         return worker
@@ -193,7 +210,7 @@ class ProcessPool:
                 live = [
                     w
                     for w in self._workers
-                    if not w.retiring and w.killed_for is None and w.process.returncode is None and w.ready.done()
+                    if not w.retiring and w.killed_for is None and not w.exited and w.ready.done()
                 ]
                 if live:
                     best = min(live, key=lambda w: len(w.runs))
@@ -202,14 +219,19 @@ class ProcessPool:
                 await self._capacity.wait()
 
     async def _read(self, worker: _Worker) -> None:
-        assert worker.process.stdout is not None
-        stdout = worker.process.stdout
         try:
-            while line := await stdout.readline():
+            while line := await worker.reader_stream.readline():
                 self._dispatch(worker, json.loads(line))
-        except Exception:  # a broken pipe or bad line ends this worker like a crash
+        except Exception:  # a broken socket or bad line ends this worker like a crash
             log.exception("worker %d: protocol error", worker.number)
-        await worker.process.wait()
+            worker.kill()
+        worker.writer.close()
+        # EOF: the worker closed its end, which it does only by exiting. Collect its status.
+        await asyncio.to_thread(worker.process.join, 10)
+        if worker.process.exitcode is None:
+            worker.kill()
+            await asyncio.to_thread(worker.process.join)
+        worker.exited = True
         await self._on_exit(worker)
 
     def _dispatch(self, worker: _Worker, message: dict[str, Any]) -> None:
@@ -236,7 +258,7 @@ class ProcessPool:
     def _overrun(self, worker: _Worker, run_id: str) -> None:
         """A run outlived deadline + grace: its worker's loop is stuck, so kill the worker."""
         assignment = worker.runs.pop(run_id, None)
-        if assignment is None or worker.process.returncode is not None:
+        if assignment is None or worker.exited:
             return
         log.warning(
             "run %s ignored its deadline by %.1f s; killing worker %d (pid %d)",
@@ -255,7 +277,7 @@ class ProcessPool:
                     ),
                 )
             )
-        worker.process.kill()
+        worker.kill()
 
     def _retire(self, worker: _Worker, why: str) -> None:
         if worker.retiring or self._closing:
@@ -267,7 +289,7 @@ class ProcessPool:
         asyncio.get_running_loop().create_task(self._replace())
 
     async def _on_exit(self, worker: _Worker) -> None:
-        code = worker.process.returncode
+        code = worker.process.exitcode
         orphans = list(worker.runs.values())
         worker.runs.clear()
         if worker in self._workers:
@@ -310,7 +332,7 @@ class ProcessPool:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
             for worker in list(self._workers):
-                if worker.process.returncode is None and not worker.retiring:
+                if not worker.exited and not worker.retiring:
                     with contextlib.suppress(Exception):
                         worker.send({"op": "stats"})
 

@@ -1,16 +1,18 @@
 """A warm worker process: any-agent imported once, many runs at once on its own loop.
 
-The executor starts ``python -m flowrelay_executor.worker`` and talks to it over its
-stdin/stdout with one JSON document per line:
+Workers are forked from a fork server that imported the engine (and so any-agent) once
+(``multiprocessing`` "forkserver" with a preload): a new or replacement worker is ready in
+milliseconds instead of paying the multi-second import, and workers share those pages.
+
+The executor talks to a worker over a socket pair, one JSON document per line:
 
 * executor -> worker: ``{"op": "run", "job": {...}}``, ``{"op": "cancel", "run_id", "reason"}``,
-  ``{"op": "stop"}`` (finish what runs, then exit).
+  ``{"op": "stats"}``, ``{"op": "stop"}`` (finish what runs, then exit).
 * worker -> executor: ``{"op": "ready", "pid", "frameworks", "tools"}`` once warm,
-  ``{"op": "event", "run_id", "type", "data"}`` as steps happen,
-  ``{"op": "done", "run_id", "outcome"}``, ``{"op": "stats", "rss_mb", "completed"}``.
+  ``{"op": "event", "run_id", "type", "data", "at"}`` as steps happen,
+  ``{"op": "done", "run_id", "outcome"}``, ``{"op": "stats", "rss_mb", "completed", "active"}``.
 
-Nothing is shared with the executor or the web server but this pipe. The protocol channel
-is a private copy of stdout; fd 1 is pointed at stderr so a tool that prints cannot corrupt it.
+Nothing is shared with the executor or the web server but this socket.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import Any, BinaryIO
+from typing import Any
 
 from flowrelay_executor.jobs import Job
 
@@ -30,6 +33,9 @@ log = logging.getLogger("flowrelay.worker")
 #: Largest protocol line accepted from the executor (a job carries its workflow).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
+#: What the fork server imports once, before forking any worker.
+PRELOAD = ["flowrelay_executor.engine"]
+
 
 def _rss_mb() -> float:
     import psutil
@@ -37,31 +43,26 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
-async def _serve(channel: BinaryIO) -> None:
+async def _serve(channel: socket.socket) -> None:
     from flowrelay_executor.engine import Engine, ToolRegistry, available_frameworks
     from flowrelay_executor.runner import JobRunner
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-
+    reader, writer = await asyncio.open_unix_connection(sock=channel, limit=MAX_LINE_BYTES)
     completed = 0
 
     def send(message: dict[str, Any]) -> None:
         nonlocal completed
         if message["op"] == "done":
             completed += 1
-        # One write per message: the pipe is local, lines are small, and ordering is kept.
-        channel.write(json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n")
+        # One write per message: the socket is local, lines are small, and ordering is kept.
+        writer.write(json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n")
 
     tools = ToolRegistry.from_environment()
-    runner = JobRunner(Engine(tools=tools), send)
+    engine = Engine(tools=tools)
+    runner = JobRunner(engine, send)
     send({"op": "ready", "pid": os.getpid(), "frameworks": available_frameworks(), "tools": tools.names()})
 
-    while True:
-        line = await reader.readline()
-        if not line:  # the executor is gone: nobody to report to
-            break
+    while line := await reader.readline():  # EOF: the executor is gone, nobody to report to
         message = json.loads(line)
         op = message["op"]
         if op == "run":
@@ -73,40 +74,39 @@ async def _serve(channel: BinaryIO) -> None:
         elif op == "stop":
             await runner.wait_idle()
             break
+    await writer.drain()
+    writer.close()
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its executor dies, however it dies."""
+    """Ask Linux to SIGKILL this worker when its parent (the fork server) dies."""
     try:
         import ctypes
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except OSError:  # not Linux: the closed stdin still ends the worker
+    except OSError:  # not Linux: the closed socket still ends the worker
         pass
 
 
-def main() -> None:
+def run_worker(channel: socket.socket) -> None:
+    """Entry point of a forked worker process."""
     _die_with_parent()
     # Ctrl-C reaches the whole process group; the executor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    logging.basicConfig(level=os.environ.get("FLOWRELAY_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.stdout = sys.stderr  # a tool that prints must not end up anywhere surprising
+    logging.basicConfig(
+        level=os.environ.get("FLOWRELAY_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     try:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     except ImportError:  # plain asyncio is fine, only slower
         loop_factory = None
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve(channel))
-    except KeyboardInterrupt:
-        pass
-
-
-if __name__ == "__main__":
-    main()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(channel))
