@@ -54,6 +54,8 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
             max_age=settings.events_max_age_s,
             duplicate_window=dedup,
             discard=DiscardPolicy.OLD,
+            # Followers read history with direct gets (any replica answers, no consumer).
+            allow_direct=True,
             max_msg_size=MAX_MSG_BYTES,
         ),
         StreamConfig(

@@ -17,6 +17,9 @@ from flowrelay_executor.settings import ExecutorSettings
 #: Version stamped on the AsyncAPI document (the wire schema version is in each message).
 SPEC_VERSION = "1"
 
+#: Run requests fetched per pull request.
+FETCH_BATCH = 16
+
 #: How long one pull request waits for a run request before asking again.
 FETCH_TIMEOUT_S = 5.0
 
@@ -31,9 +34,10 @@ def create_app(settings: ExecutorSettings | None = None) -> tuple[FastStream, Ex
         stream=JStream(subjects.RUNS_STREAM, declare=False),
         durable=subjects.EXECUTORS_CONSUMER,
         config=consumer_config(settings),
-        # One message per fetch, concurrency from our own slots: a bigger batch would
-        # buffer messages that get no heartbeats and are redelivered (see FIELD_NOTES).
-        pull_sub=PullSub(batch_size=1, timeout=FETCH_TIMEOUT_S),
+        # FastStream hands every message of a batch to ``accept`` at once; each waits for a
+        # slot while heartbeating, so a batch saves fetch round trips without risking
+        # redelivery of buffered messages (the FIELD_NOTES pitfall of max_workers).
+        pull_sub=PullSub(batch_size=FETCH_BATCH, timeout=FETCH_TIMEOUT_S),
         ack_policy=AckPolicy.MANUAL,
         title="run requests",
         description="Competing consumers: each request is run by exactly one executor.",

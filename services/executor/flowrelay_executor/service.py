@@ -215,50 +215,42 @@ class Executor:
         run_id = request.run_id
         if run_id in self._active:  # redelivered while we still run it: our ack will cover it
             return
-        record = await self._store.get(run_id)
+        isolation = Isolation(self.pool.isolation)
+        defaults = self._model_defaults()
+        provider = "scripted" if defaults.scripted_url and _uses_scripted(request, defaults) else None
+
+        def to_running(r: RunRecord) -> RunRecord | None:
+            if r.terminal or r.cancel_requested:
+                return None
+            return r.model_copy(update={
+                "status": RunStatus.RUNNING, "started_at": r.started_at or utcnow(), "attempts": r.attempts + 1,
+                "executor_id": self.executor_id, "isolation": isolation, "model_provider": provider,
+            })
+
+        # One read-modify-write both checks the record and claims the run.
+        record, claimed = await self._store.change(run_id, to_running)
         if record is None:  # published straight to NATS, not through the API
             await self._store.create(RunRecord(run_id=run_id, input=request.input, created_at=request.created_at))
-            record = await self._store.get(run_id)
+            record, claimed = await self._store.change(run_id, to_running)
             assert record is not None
         if record.terminal:
             await self._republish_terminal(record)
             await msg.ack()
             return
-        if record.cancel_requested:
-            events = await RunEventLog.resume(self._js, run_id)
-            await self._finish(msg, request, events, Outcome(
+        if not claimed:  # cancel requested before it started
+            await self._finish(msg, request, await RunEventLog.resume(self._js, run_id), Outcome(
                 status="cancelled", error=RunError(code=ErrorCode.CANCELLED, message="cancelled before it started")
             ))
             return
 
-        events = (
-            RunEventLog(self._js, run_id)
-            if record.attempts == 0
-            else await RunEventLog.resume(self._js, run_id)
-        )
+        attempt = record.attempts
+        events = RunEventLog(self._js, run_id) if attempt == 1 else await RunEventLog.resume(self._js, run_id)
         run = _ActiveRun(msg=msg, request=request, events=events)
         self._active[run_id] = run
-        attempt = record.attempts + 1
-        isolation = Isolation(self.pool.isolation)
-        defaults = self._model_defaults()
-
-        def to_running(r: RunRecord) -> RunRecord | None:
-            if r.terminal:
-                return None
-            return r.model_copy(update={
-                "status": RunStatus.RUNNING, "started_at": r.started_at or utcnow(), "attempts": attempt,
-                "executor_id": self.executor_id, "isolation": isolation,
-                "model_provider": "scripted" if defaults.scripted_url and _uses_scripted(request, defaults) else None,
-            })
-
-        record = await self._store.update(run_id, to_running)
-        if record is None or record.terminal:
-            await msg.ack()
-            return
         run.pump = asyncio.create_task(self._pump(run))
         run.outbox.put_nowait((EventType.RUN_STARTED, {
             "attempt": attempt, "executor_id": self.executor_id, "isolation": isolation.value,
-            "model_provider": record.model_provider,
+            "model_provider": provider,
         }, None))
 
         try:
@@ -356,7 +348,8 @@ class Executor:
         """Publish a run's events in the order the worker reported them."""
         while (item := await run.outbox.get()) is not None:
             type_, data, at = item
-            await run.events.emit(type_, data, at=at)
+            await run.events.emit_nowait(type_, data, at=at)
+        await run.events.flush()
 
     async def _close_outbox(self, run: _ActiveRun) -> None:
         run.outbox.put_nowait(None)
