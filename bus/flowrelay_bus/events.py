@@ -112,12 +112,18 @@ def terminal_msg_id(run_id: str) -> str:
     return f"{run_id}:terminal"
 
 
-async def last_event_seq(js: JetStreamContext, run_id: str) -> int:
+async def last_event(js: JetStreamContext, run_id: str) -> TraceEvent | None:
+    """The run's latest stored event, if any."""
     try:
         raw = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(run_id))
     except NotFoundError:
-        return 0
-    return TraceEvent.model_validate_json(raw.data).seq
+        return None
+    return TraceEvent.model_validate_json(raw.data)
+
+
+async def last_event_seq(js: JetStreamContext, run_id: str) -> int:
+    last = await last_event(js, run_id)
+    return last.seq if last else 0
 
 
 async def follow(

@@ -33,48 +33,36 @@ MAX_MSG_BYTES = 4 * 1024 * 1024
 
 
 def stream_configs(settings: BusSettings) -> list[StreamConfig]:
-    replicas = settings.stream_replicas
-    dedup = settings.dedup_window_s
-    return [
-        StreamConfig(
-            name=subjects.RUNS_STREAM,
-            subjects=list(subjects.RUNS_STREAM_SUBJECTS),
-            retention=RetentionPolicy.WORK_QUEUE,
+    def stream(name: str, subjects_: tuple[str, ...], retention: RetentionPolicy, **extra: object) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=list(subjects_),
+            retention=retention,
             storage=StorageType.FILE,
-            num_replicas=replicas,
-            duplicate_window=dedup,
+            num_replicas=settings.stream_replicas,
+            duplicate_window=settings.dedup_window_s,
             max_msg_size=MAX_MSG_BYTES,
-        ),
-        StreamConfig(
-            name=subjects.EVENTS_STREAM,
-            subjects=list(subjects.EVENTS_STREAM_SUBJECTS),
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
+            **extra,
+        )
+
+    return [
+        # Work queues: a message leaves when its consumer acks (or terms) it.
+        stream(subjects.RUNS_STREAM, subjects.RUNS_STREAM_SUBJECTS, RetentionPolicy.WORK_QUEUE),
+        stream(subjects.SUGGESTER_STREAM, subjects.SUGGESTER_STREAM_SUBJECTS, RetentionPolicy.WORK_QUEUE),
+        stream(
+            subjects.EVENTS_STREAM,
+            subjects.EVENTS_STREAM_SUBJECTS,
+            RetentionPolicy.LIMITS,
             max_age=settings.events_max_age_s,
-            duplicate_window=dedup,
             discard=DiscardPolicy.OLD,
             # Followers read history with direct gets (any replica answers, no consumer).
             allow_direct=True,
-            max_msg_size=MAX_MSG_BYTES,
         ),
-        StreamConfig(
-            name=subjects.SUGGESTER_STREAM,
-            subjects=list(subjects.SUGGESTER_STREAM_SUBJECTS),
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            duplicate_window=dedup,
-            max_msg_size=MAX_MSG_BYTES,
-        ),
-        StreamConfig(
-            name=subjects.DEADLETTER_STREAM,
-            subjects=list(subjects.DEADLETTER_STREAM_SUBJECTS),
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
+        stream(
+            subjects.DEADLETTER_STREAM,
+            subjects.DEADLETTER_STREAM_SUBJECTS,
+            RetentionPolicy.LIMITS,
             max_age=settings.events_max_age_s * 7,
-            max_msg_size=MAX_MSG_BYTES,
         ),
     ]
 

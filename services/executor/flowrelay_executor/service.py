@@ -39,7 +39,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from flowrelay_bus import topology
-from flowrelay_bus.events import RunEventLog, terminal_msg_id
+from flowrelay_bus.events import RunEventLog, last_event, terminal_msg_id
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     DeadLetter,
@@ -54,7 +54,6 @@ from flowrelay_contracts import (
     RunRecord,
     RunRequested,
     RunStatus,
-    TraceEvent,
     plan,
     subjects,
 )
@@ -338,7 +337,7 @@ class Executor:
         """A run ended but maybe its holder died before announcing it: announce it once."""
         assert self._js is not None
         events = await RunEventLog.resume(self._js, record.run_id)
-        last = await _last_event(self._js, record.run_id)
+        last = await last_event(self._js, record.run_id)
         if last is None or not last.type.terminal and last.type != EventType.SUGGESTION:
             await self._publish_terminal(record, events, None)
 
@@ -481,16 +480,6 @@ def _uses_scripted(request: RunRequested, defaults: ModelDefaults) -> bool:
         if model is not None and model.startswith("scripted:"):
             return True
     return False
-
-
-async def _last_event(js: JetStreamContext, run_id: str) -> TraceEvent | None:
-    from nats.js.errors import NotFoundError
-
-    try:
-        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(run_id))
-    except NotFoundError:
-        return None
-    return TraceEvent.model_validate_json(raw.data)
 
 
 def _sniff_run_id(data: bytes) -> str | None:

@@ -39,12 +39,12 @@ from nats.errors import NotJSMessageError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError
 from pydantic import BaseModel, ValidationError
 
 from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
-from flowrelay_bus.events import RunEventLog, last_event_seq
+from flowrelay_bus.events import RunEventLog, last_event, last_event_seq
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     SCHEMA_VERSION,
@@ -58,7 +58,6 @@ from flowrelay_contracts import (
     RunRequested,
     RunStatus,
     Suggestion,
-    TraceEvent,
     subjects,
 )
 from flowrelay_contracts.messages import utcnow
@@ -438,7 +437,7 @@ async def _publish_suggestions(
     earlier delivery wrote it). Otherwise the event goes after whatever the log holds, so
     sequence numbers stay gapless and unique even if the report's ``last_seq`` is stale.
     """
-    last = await _last_event(js, run_id)
+    last = await last_event(js, run_id)
     if last is not None and last.type == EventType.SUGGESTION and last.seq > after_seq:
         return
     data: dict[str, Any] = {
@@ -449,14 +448,6 @@ async def _publish_suggestions(
         data["source"] = source
     events = RunEventLog(js, run_id, last_seq=max(after_seq, last.seq if last else 0))
     await events.emit(EventType.SUGGESTION, data)
-
-
-async def _last_event(js: JetStreamContext, run_id: str) -> TraceEvent | None:
-    try:
-        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(run_id))
-    except NotFoundError:
-        return None
-    return TraceEvent.model_validate_json(raw.data)
 
 
 def _with_suggestions(new: list[Suggestion]) -> Callable[[RunRecord], RunRecord | None]:
