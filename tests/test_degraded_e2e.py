@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, free_port, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, free_port, isolated_stack, one_agent, run_body
 
-from flowrelay import natsserver
 from flowrelay_contracts import RunStatus
 
 TOOLS = ["explode", "needs_key", "crash_worker"]
@@ -51,14 +50,8 @@ async def test_execute_answers_a_failure_in_degraded_mode(api: httpx.AsyncClient
 
 @pytest.fixture(scope="module")
 def own_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("degraded")
-    server = natsserver.start(root / "nats", log_file=root / "logs" / "nats.log")
-    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root)
-    stack.start_api()
-    stack.start_suggester()
-    yield stack
-    stack.stop()
-    server.stop()
+    with isolated_stack(tmp_path_factory.mktemp("degraded"), scripted_model) as (stack, _):
+        yield stack
 
 
 @pytest.fixture

@@ -13,22 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, isolated_stack, one_agent, run_body
 
-from flowrelay import natsserver
 from flowrelay_contracts import EventType, RunStatus, subjects
 
 
 @pytest.fixture(scope="module")
 def fault_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("faults")
-    server = natsserver.start(root / "nats", log_file=root / "logs" / "nats.log")
-    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root)
-    stack.start_api()
-    stack.start_suggester()
-    yield stack
-    stack.stop()
-    server.stop()
+    with isolated_stack(tmp_path_factory.mktemp("faults"), scripted_model) as (stack, _):
+        yield stack
 
 
 @pytest.fixture

@@ -9,16 +9,19 @@ model as the only stand-in (for the LLM provider).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.client import Client
 
+from flowrelay import natsserver
+from flowrelay.natsserver import NatsServer
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 from flowrelay_bus.events import follow, last_event_seq
 from flowrelay_bus.runs import RunStore
@@ -100,6 +103,20 @@ class Stack:
         for proc in [self.api, self.suggester, *self.executors]:
             if proc is not None:
                 proc.terminate(timeout=15)
+
+
+@contextlib.contextmanager
+def isolated_stack(root: Path, scripted_url: str, *, port: int = 0) -> Iterator[tuple[Stack, NatsServer]]:
+    """A stack with its own nats-server (API and suggester started; executors are the test's)."""
+    server = natsserver.start(root / "nats", port=port, log_file=root / "logs" / "nats.log")
+    stack = Stack(nats_url=server.url, scripted_url=scripted_url, root=root)
+    try:
+        stack.start_api()
+        stack.start_suggester()
+        yield stack, server
+    finally:
+        stack.stop()
+        server.stop()
 
 
 class Bus:
