@@ -74,7 +74,7 @@ class Plan:
 def plan(quick: bool, n: int | None) -> Plan:
     if quick:
         return Plan(
-            floor=floor.FloorSizes(sequential=100, batch=100, rounds=1),
+            floor=floor.FloorSizes(sequential=100, batch=100, rounds=1, concurrent=n or 100),
             original=original.OriginalSizes(
                 sequential=5, batch=5, rounds=1, concurrent=10, delay_s=1.0
             ),
@@ -89,7 +89,7 @@ def plan(quick: bool, n: int | None) -> Plan:
             model_probe_s=1.0,
         )
     return Plan(
-        floor=floor.FloorSizes(sequential=300, batch=200, rounds=3),
+        floor=floor.FloorSizes(sequential=300, batch=200, rounds=3, concurrent=n or 500),
         original=original.OriginalSizes(
             sequential=30, batch=10, rounds=1, concurrent=40, delay_s=1.0
         ),

@@ -1,7 +1,9 @@
 """The floor: the best one process can do with no bus, no HTTP front and no isolation.
 
 One tinyagent agent is created once and reused; runs are awaited on one event loop (uvloop,
-as the services use). This is the cost of any-agent itself plus one HTTP round trip to the
+as the services use). Besides latency and throughput it also runs the concurrent phase
+(N runs at once, each held in the model), as a reference for what one process can do with
+flowrelay's N on this machine; its RSS is sampled from outside. This is the cost of any-agent itself plus one HTTP round trip to the
 scripted model, so every other system is read as "floor + its own overhead".
 
 It runs in its own process (``python -m bench.floor``) so that importing any-agent (about
@@ -22,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.measure import Latency, MachineCpu, SystemFigures, median
+from bench.measure import Latency, MachineCpu, RssSampler, SystemFigures, median
 
 #: Instant runs before measuring (first runs pay connection setup and lazy imports).
 WARMUP_RUNS = 20
@@ -36,6 +38,8 @@ class FloorSizes:
     sequential: int
     batch: int
     rounds: int
+    concurrent: int = 0  # N runs at once with a model delay: a reference for flowrelay's N
+    delay_s: float = 1.0
 
 
 async def _measure(url: str, sizes: FloorSizes) -> dict[str, Any]:
@@ -71,7 +75,22 @@ async def _measure(url: str, sizes: FloorSizes) -> dict[str, Any]:
         wall = time.perf_counter() - start_all
         after = (await client.get(f"{root}/stats")).json()
     requests = after["requests_total"] - before["requests_total"]
+    concurrent: dict[str, Any] = {}
+    if sizes.concurrent:
+        cpu0, start = time.process_time(), time.perf_counter()
+        texts = [f"#delay={sizes.delay_s:g} floor concurrent {i}" for i in range(sizes.concurrent)]
+        traces = await asyncio.gather(*(agent.run_async(text) for text in texts))
+        concurrent = {
+            "n": sizes.concurrent,
+            "delay_s": sizes.delay_s,
+            "wall_s": round(time.perf_counter() - start, 3),
+            "completed": sum(
+                t.final_output == f"echo: {x}" for t, x in zip(traces, texts, strict=True)
+            ),
+            "cpu_per_run_ms": round((time.process_time() - cpu0) / sizes.concurrent * 1000, 2),
+        }
     return {
+        "concurrent": concurrent,
         "latency_s": latencies,
         "rounds_runs_s": rates,
         "model_req_s": round(requests / wall, 1),
@@ -86,16 +105,29 @@ def measure(url: str, sizes: FloorSizes) -> SystemFigures:
     args = [
         sys.executable, "-m", "bench.floor", "--url", url,
         "--sequential", str(sizes.sequential), "--batch", str(sizes.batch), "--rounds", str(sizes.rounds),
+        "--concurrent", str(sizes.concurrent), "--delay", str(sizes.delay_s),
     ]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=FLOOR_TIMEOUT_S)
-    if done.returncode != 0:
-        raise RuntimeError(f"floor process failed: {done.stderr.strip()[-2000:]}")
-    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with RssSampler(lambda: [proc.pid]) as sampler:  # its peak is during the concurrent phase
+        try:
+            stdout, stderr = proc.communicate(timeout=FLOOR_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"floor process failed: {stderr.strip()[-2000:]}")
+    raw = json.loads(stdout.strip().splitlines()[-1])
+    concurrent = (
+        raw["concurrent"] | {"rss_mb": sampler.peak_mb, "reference": True}
+        if raw["concurrent"]
+        else None
+    )
     return SystemFigures(
         name="floor",
         latency=Latency.of_seconds(raw["latency_s"]),
         throughput_runs_s=round(median(raw["rounds_runs_s"]), 1),
         throughput_batch=sizes.batch,
+        concurrent=concurrent,
         extra={
             "label": "floor (1 process, agent reused)",
             "rounds_runs_s": [round(r, 1) for r in raw["rounds_runs_s"]],
@@ -113,8 +145,10 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=200)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrent", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=1.0)
     args = parser.parse_args()
-    sizes = FloorSizes(args.sequential, args.batch, args.rounds)
+    sizes = FloorSizes(args.sequential, args.batch, args.rounds, args.concurrent, args.delay)
     try:
         import uvloop
 

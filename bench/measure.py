@@ -327,7 +327,10 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         lat = fig.get("latency") or {}
         tp = fig.get("throughput_runs_s")
         conc = fig.get("concurrent") or {}
-        conc_text = f"N={conc['n']}: {_fmt(conc.get('wall_s'), 2)}" if conc else "-"
+        capped = (
+            " (capped)" if conc.get("capped") else " (reference)" if conc.get("reference") else ""
+        )
+        conc_text = f"N={conc['n']}{capped}: {_fmt(conc.get('wall_s'), 2)}" if conc else "-"
         rows.append(
             [
                 label,
@@ -444,6 +447,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"event latency (SSE receive - event.at): p50 {ev['p50']:.2f} ms, p99 {ev['p99']:.2f} ms "
             f"over {ev.get('n', 0)} events (target p50 < 5 ms, p99 < 50 ms)"
         )
+        loaded = (ev.get("under_load") or {}).get("concurrent") or {}
+        if loaded.get("p50") is not None:
+            out.append(
+                f"event latency under the concurrent load: p50 {loaded['p50']:.1f} ms, "
+                f"p99 {loaded['p99']:.1f} ms over {loaded.get('n', 0)} events"
+            )
     conc = report.get("concurrent") or {}
     if conc.get("wall_s") is not None:
         out.append(
@@ -454,8 +463,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if model.get("capacity_req_s"):
         out.append(
             f"scripted model capacity on this machine: {model['capacity_req_s']:.0f} requests/s "
-            f"(peak rate it saw during a phase: {model.get('max_phase_req_s', 0):.0f} requests/s); "
-            f"its RSS {model.get('rss_mb', 0):.0f} MB is not counted above"
+            f"(peak rate it saw during a phase: {model.get('max_phase_req_s', 0):.0f} requests/s; its /stats: "
+            f"{model.get('requests_total', 0)} requests, {model.get('requests_per_second_since_start', 0):.0f}/s "
+            f"averaged since start); its RSS {model.get('rss_mb', 0):.0f} MB is not counted above"
         )
     budget = report.get("cpu_budget") or {}
     if budget.get("flowrelay_cpu_per_run_ms"):

@@ -195,3 +195,21 @@ async def test_soak_every_run_ends_exactly_once_while_an_executor_is_killed_and_
     assert all(r.output == f"echo: #delay=0.2 soak {i}" for i, r in enumerate(records))
     terminal_counts = await asyncio.gather(*(fbus.terminal_events(r) for r in run_ids))
     assert [len(t) for t in terminal_counts] == [1] * len(run_ids)
+
+
+async def test_thread_isolation_when_asked(client, fbus, executors) -> None:
+    executors.start_executor(FLOWRELAY_ISOLATION="thread")
+    run_id = await _submit(client, "in a thread")
+    record = await fbus.wait_record(run_id, timeout=60)
+    assert record.output == "echo: in a thread"
+    assert record.isolation == "thread"
+
+
+async def test_falls_back_to_a_thread_when_worker_processes_cannot_start(client, fbus, executors) -> None:
+    executor = executors.start_executor(FLOWRELAY_WORKER_START_TIMEOUT_S="0.001")
+    assert "falling back to thread isolation" in executor.output()
+    run_id = await _submit(client, "fallback")
+    record = await fbus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.SUCCEEDED and record.isolation == "thread"
+    started = (await fbus.stored_events(run_id))[0]
+    assert started.type == EventType.RUN_STARTED and started.data["isolation"] == "thread"
