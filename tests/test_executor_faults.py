@@ -213,3 +213,12 @@ async def test_falls_back_to_a_thread_when_worker_processes_cannot_start(client,
     assert record.status == RunStatus.SUCCEEDED and record.isolation == "thread"
     started = (await fbus.stored_events(run_id))[0]
     assert started.type == EventType.RUN_STARTED and started.data["isolation"] == "thread"
+
+
+async def test_workers_are_recycled_after_their_run_budget(client, fbus, executors) -> None:
+    executor = executors.start_executor(FLOWRELAY_RECYCLE_AFTER_RUNS="2")
+    for i in range(4):
+        run_id = await _submit(client, f"recycle {i}")
+        assert (await fbus.wait_record(run_id, timeout=60)).output == f"echo: recycle {i}"
+    assert "recycling worker 1" in executor.output()
+    assert "recycling worker 2" in executor.output()
