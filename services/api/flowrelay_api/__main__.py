@@ -12,6 +12,10 @@ from flowrelay_api.settings import ApiSettings
 APP_FACTORY = "flowrelay_api.app:create_app"
 
 
+#: Seconds uvicorn keeps an idle HTTP connection open.
+KEEP_ALIVE_S = 75
+
+
 def main() -> None:
     settings = ApiSettings()
     logging.basicConfig(
@@ -25,6 +29,9 @@ def main() -> None:
         "access_log": settings.api_access_log,
         "log_level": settings.log_level.lower(),
         "log_config": None,  # keep the logging configured above
+        # Longer than common client pool expiries (httpx: 5 s), so an idle kept-alive
+        # connection is never closed by the server while a client reuses it.
+        "timeout_keep_alive": KEEP_ALIVE_S,
     }
     if settings.api_workers > 1:  # each worker process builds its app from the environment
         uvicorn.run(APP_FACTORY, factory=True, workers=settings.api_workers, **options)  # type: ignore[arg-type]

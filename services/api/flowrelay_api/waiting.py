@@ -39,6 +39,9 @@ from flowrelay_contracts import RunRecord, RunStatus, TraceEvent, subjects
 #: reconnect must not leave a finished run unnoticed.
 RECHECK_S = 1.0
 
+#: First re-read delay when a notification said "ended" but the store did not yet.
+STALE_RECHECK_FIRST_S = 0.002
+
 
 def record_subject(run_id: str) -> str:
     """Subject on which NATS publishes every write of ``run_id``'s record.
@@ -56,6 +59,7 @@ class RunWaiter:
         self.run_id: str | None = None
         self._subscriptions: list[Subscription] = []
         self._record_changed = asyncio.Event()
+        self._hinted_terminal = False
         self._terminal_arrived = asyncio.Event()
         self._events: dict[int, tuple[bytes, TraceEvent]] = {}
         self._inconsistent = False  # two different events with one seq: trust the stream only
@@ -96,10 +100,20 @@ class RunWaiter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         grace_ends: float | None = None
+        stale_wait = STALE_RECHECK_FIRST_S
         while True:
             self._record_changed.clear()  # before reading: a change during the read re-wakes us
+            hinted_terminal, self._hinted_terminal = self._hinted_terminal, False
             record = await self._ctx.runs.get(self.run_id)
             now = loop.time()
+            stale = hinted_terminal and (record is None or not record.terminal)
+            if stale and stale_wait < RECHECK_S and now < deadline:
+                # The notification can overtake the store (or be a refused write): read
+                # again soon, backing off, instead of sleeping a whole recheck period.
+                self._hinted_terminal = True
+                await asyncio.sleep(stale_wait)
+                stale_wait *= 2
+                continue
             if record is not None and record.terminal:
                 if record.status != RunStatus.FAILED or record.suggestions:
                     return record
@@ -134,6 +148,7 @@ class RunWaiter:
             try:
                 if not RunRecord.model_validate_json(msg.data).terminal:
                     return
+                self._hinted_terminal = True
             except ValidationError:
                 pass
         self._record_changed.set()

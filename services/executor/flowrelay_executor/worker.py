@@ -33,6 +33,9 @@ log = logging.getLogger("flowrelay.worker")
 #: Largest protocol line accepted from the executor (a job carries its workflow).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
+#: Libraries that log every HTTP request at INFO.
+NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
+
 #: What the fork server imports once, before forking any worker.
 PRELOAD = ["flowrelay_executor.engine"]
 
@@ -102,6 +105,8 @@ def run_worker(channel: socket.socket) -> None:
         format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    for chatty in NOISY_LOGGERS:  # one INFO line per model call costs CPU on the hot path
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         import uvloop
 
