@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from flowrelay import natsserver
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
@@ -113,18 +112,21 @@ def _start(name: str, env: dict[str, str], logs: Path, echo, children: list[Serv
 
 def _summary(console: Console, options: UpOptions, nats_url: str, *, embedded: bool, scripted_url: str | None,
              model: str, data_dir: Path, ready_s: float) -> None:
+    """Where everything is, one fact per line (never wrapped, so URLs stay copyable)."""
     api = f"http://{options.api_host}:{options.api_port}"
-    table = Table(title=f"flowrelay is up (ready in {ready_s:.1f} s)", show_header=False, title_justify="left")
-    table.add_row("API", api)
-    table.add_row("API docs", f"{api}/docs")
-    table.add_row("NATS", nats_url + (" (embedded, JetStream store in " + str(data_dir / "nats") + ")" if embedded else ""))
-    table.add_row("Executors", str(options.executors))
+    store = f" (embedded, JetStream store in {data_dir / 'nats'})" if embedded else ""
     if scripted_url:
-        table.add_row("Model", f"[yellow]{model} -- SCRIPTED stand-in model at {scripted_url} (no provider key set; "
-                      "answers 'echo: <input>', not a real LLM)[/]")
-    else:
-        table.add_row("Model", model)
-    table.add_row("Logs", str(data_dir / "logs"))
-    table.add_row("Try", f"curl -s {api}/runs -H 'content-type: application/json' -d @examples/simple.json")
-    console.print(table)
-    console.print("Press Ctrl-C to stop.")
+        model = (f"[yellow]{model} -- SCRIPTED stand-in model at {scripted_url} (no provider key set; "
+                 "it answers 'echo: <input>', it is not a real LLM)[/]")
+    lines = [
+        f"[bold green]flowrelay is up[/] (ready in {ready_s:.1f} s)",
+        f"  API        {api}   (docs: {api}/docs)",
+        f"  NATS       {nats_url}{store}",
+        f"  executors  {options.executors}",
+        f"  model      {model}",
+        f"  logs       {data_dir / 'logs'}",
+        f"  try        curl -s {api}/runs -H 'content-type: application/json' -d @examples/simple.json",
+        "Press Ctrl-C to stop.",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)

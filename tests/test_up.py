@@ -36,7 +36,7 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
     api_port, nats_port = free_port(), free_port()
     up = _up(tmp_path / "data", api_port, nats_port, clean_env)
     try:
-        up.wait_for("flowrelay is up", timeout=180)
+        up.wait_for("Press Ctrl-C to stop", timeout=180)  # the last line of the summary
         console = up.output()
         assert "SCRIPTED" in console and f"http://127.0.0.1:{api_port}" in console
         assert f"nats://127.0.0.1:{nats_port}" in console
@@ -56,7 +56,7 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
 
     again = _up(tmp_path / "data", api_port, nats_port, clean_env)
     try:
-        again.wait_for("flowrelay is up", timeout=180)
+        again.wait_for("Press Ctrl-C to stop", timeout=180)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as api:
             record = (await api.get(f"/runs/{run_id}")).json()
         assert record["status"] == "succeeded", "the run record survived the restart"
