@@ -33,9 +33,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from flowrelay_bus import topology
@@ -71,6 +74,15 @@ CAPABILITIES_INTERVAL_S = 5.0
 
 #: Delay before a request handed back for an infrastructure error is delivered again.
 NAK_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+#: Most run requests asked for in one fetch (fewer when fewer slots are free).
+FETCH_BATCH = 16
+
+#: How long one fetch waits for run requests; also how long a drain waits for the loop.
+FETCH_TIMEOUT_S = 1.0
+
+#: Pause before fetching again after the connection dropped.
+RETRY_FETCH_S = 0.5
 
 #: Upper bound on ack-pending messages of the shared consumer (all executors together).
 MAX_ACK_PENDING = 20_000
@@ -108,6 +120,7 @@ class Executor:
         self._draining = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._advertiser: asyncio.Task[None] | None = None
+        self._consumer: asyncio.Task[None] | None = None
         self._heartbeater: asyncio.Task[None] | None = None
 
     # -- 1. start -----------------------------------------------------------------------
@@ -145,10 +158,43 @@ class Executor:
         await topology.declare(js, self.settings)
         self._store = RunStore(await js.key_value(subjects.RUNS_BUCKET))
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
+        self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._advertiser = asyncio.create_task(self._advertise())
         self._heartbeater = asyncio.create_task(self._heartbeat())
 
-    # -- 2. accept ----------------------------------------------------------------------
+    # -- 2. consume and accept -----------------------------------------------------------
+
+    async def consume(self) -> None:
+        """The fetch loop: ask for as many run requests as there are free slots, no more.
+
+        Nothing is fetched that cannot start at once, so no request waits in this process
+        unheard by JetStream, and an idle executor next to a busy one gets the work.
+        """
+        assert self._js is not None and self._slots is not None
+        subscription = await self._js.pull_subscribe_bind(subjects.EXECUTORS_CONSUMER, stream=subjects.RUNS_STREAM)
+        try:
+            while not self._draining.is_set():
+                await self._slots.acquire()  # wait for one free slot before asking for work
+                free = 1 + self._slots_free()
+                self._slots.release()
+                try:
+                    messages = await subscription.fetch(min(free, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
+                except NatsTimeoutError:
+                    continue
+                except (ConnectionClosedError, NoServersError, ServiceUnavailableError) as exc:
+                    log.warning("fetching run requests failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(RETRY_FETCH_S)  # the connection is being re-established
+                    continue
+                for msg in messages:
+                    await self.accept(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    def _slots_free(self) -> int:
+        assert self._slots is not None
+        return self._slots._value  # noqa: SLF001 - asyncio.Semaphore exposes no public count
+
 
     async def accept(self, msg: Msg) -> None:
         """Take one request from the consumer; returns once it has a slot and has started."""
@@ -412,6 +458,9 @@ class Executor:
     async def drain(self) -> None:
         """Stop taking work, let in-flight runs finish for a while, hand back the rest."""
         self._draining.set()
+        if self._consumer is not None:  # ends after its current fetch (FETCH_TIMEOUT_S at most)
+            with contextlib.suppress(Exception):
+                await self._consumer
         running = [t for t in self._background if not t.done()]
         if running:
             log.info("draining: %d runs in flight, up to %.0f s", len(running), self.settings.drain_grace_s)
