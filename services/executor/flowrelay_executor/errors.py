@@ -14,6 +14,7 @@ working when the agent library behind ``engine.py`` is swapped.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -123,12 +124,18 @@ class Redactor:
     def from_environment(cls, *, extra: Iterable[str | None] = ()) -> Redactor:
         """Redact the values of secret-named variables of ``os.environ`` and ``extra``."""
         found = [value for name, value in os.environ.items() if is_secret_name(name)]
-        return cls([*found, *(s for s in extra if s)])
+        return _redactor_for(frozenset([*found, *(s for s in extra if s)]))
 
     def redact(self, text: str) -> str:
         if self._values_re is not None:
             text = self._values_re.sub(REDACTED, text)
         return _KEY_SHAPE_RE.sub(REDACTED, text)
+
+
+@functools.lru_cache(maxsize=64)
+def _redactor_for(secrets: frozenset[str]) -> Redactor:
+    """Compiling the pattern is the costly part; the same secrets give the same redactor."""
+    return Redactor(secrets)
 
 
 def redact(text: str) -> str:
