@@ -33,12 +33,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoServersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from flowrelay_bus import topology
@@ -159,6 +156,7 @@ class Executor:
         self._store = RunStore(await js.key_value(subjects.RUNS_BUCKET))
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
+        self._consumer.add_done_callback(_report_stopped_consumer)
         self._advertiser = asyncio.create_task(self._advertise())
         self._heartbeater = asyncio.create_task(self._heartbeat())
 
@@ -179,11 +177,11 @@ class Executor:
                 self._slots.release()
                 try:
                     messages = await subscription.fetch(min(free, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
-                except NatsTimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass or asyncio's: no work now
                     continue
-                except (ConnectionClosedError, NoServersError, ServiceUnavailableError) as exc:
+                except Exception as exc:  # noqa: BLE001 - this loop must outlive any fetch error
                     log.warning("fetching run requests failed (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(RETRY_FETCH_S)  # the connection is being re-established
+                    await asyncio.sleep(RETRY_FETCH_S)  # e.g. the connection is being re-established
                     continue
                 for msg in messages:
                     await self.accept(msg)
@@ -497,6 +495,11 @@ class Executor:
             model_id=s.default_model, api_base=s.default_api_base, api_key=s.default_api_key,
             scripted_url=s.scripted_model_url,
         )
+
+
+def _report_stopped_consumer(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the run-request loop stopped: %r; this executor takes no more work", task.exception())
 
 
 def consumer_config(settings: ExecutorSettings) -> ConsumerConfig:
