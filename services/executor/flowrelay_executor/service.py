@@ -456,9 +456,12 @@ class Executor:
     async def drain(self) -> None:
         """Stop taking work, let in-flight runs finish for a while, hand back the rest."""
         self._draining.set()
-        if self._consumer is not None:  # ends after its current fetch (FETCH_TIMEOUT_S at most)
-            with contextlib.suppress(Exception):
-                await self._consumer
+        if self._consumer is not None:
+            # It ends after its current fetch; if it waits for a slot instead, stop it there.
+            _, waiting = await asyncio.wait({self._consumer}, timeout=2 * FETCH_TIMEOUT_S)
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
         running = [t for t in self._background if not t.done()]
         if running:
             log.info("draining: %d runs in flight, up to %.0f s", len(running), self.settings.drain_grace_s)
