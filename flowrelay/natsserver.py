@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from flowrelay.stack import terminate
+
 #: How long to wait for the server to write its ports file.
 START_TIMEOUT_S = 10.0
 
@@ -49,13 +51,7 @@ class NatsServer:
     store_dir: Path
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
 
     def kill(self) -> None:
         if self.process.poll() is None:

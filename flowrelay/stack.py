@@ -43,6 +43,18 @@ def resolve(command: Sequence[str]) -> list[str]:
     return [str(script) if script.exists() else command[0], *command[1:]]
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``process``, wait up to ``timeout`` seconds, then SIGKILL; its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def _die_with_parent() -> None:
     try:
         import ctypes
@@ -125,15 +137,9 @@ class ServiceProcess:
         """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = terminate(self.process, timeout)
         self._join()
-        return self.process.returncode
+        return code
 
     def kill(self) -> None:
         """SIGKILL the whole session (the service and its worker processes)."""
