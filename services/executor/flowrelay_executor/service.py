@@ -2,11 +2,11 @@
 
 Read it top to bottom like arq's worker:
 
-1. ``start``: warm the worker pool (any-agent imported once per worker), connect, declare
+1. ``start``: warm the worker pool (any-agent imported once, in the fork server), connect, declare
    the topology and the durable consumer shared by all executors, advertise capabilities.
-2. ``accept``: the pull subscriber hands over one request at a time; it waits for a free
-   slot (back-pressure: nothing is fetched that cannot start), decodes it (poison goes to
-   the dead-letter stream with a failure event) and starts ``_execute`` as a task.
+2. ``consume``: fetch as many requests as there are free slots (back-pressure: nothing is
+   fetched that cannot start); ``accept`` decodes each (poison goes to the dead-letter
+   stream with a failure event) and starts ``_execute`` as a task.
 3. ``_execute``: mark the record running, stream the worker's events to the run's subject,
    heartbeat the message while it runs, then ``_finish``: store the terminal record, publish
    the terminal event (and the failure report for the suggester), and only then ack.
@@ -173,8 +173,8 @@ class Executor:
         try:
             while not self._draining.is_set():
                 await self._slots.acquire()  # wait for one free slot before asking for work
-                free = 1 + self._slots_free()
                 self._slots.release()
+                free = max(1, self.pool.slots - len(self._background)) if self.pool else 1
                 try:
                     messages = await subscription.fetch(min(free, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
                 except TimeoutError:  # nats-py raises its own subclass or asyncio's: no work now
@@ -188,11 +188,6 @@ class Executor:
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-
-    def _slots_free(self) -> int:
-        assert self._slots is not None
-        return self._slots._value  # noqa: SLF001 - asyncio.Semaphore exposes no public count
-
 
     async def accept(self, msg: Msg) -> None:
         """Take one request from the consumer; returns once it has a slot and has started."""
