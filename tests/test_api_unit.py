@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats.errors
 import pytest
 from fastapi import FastAPI
 from nats.js.api import ConsumerConfig
@@ -599,7 +598,7 @@ async def fake_executor(api: Api, *, fail: bool = False) -> AsyncIterator[None]:
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=1)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or plain asyncio.TimeoutError
                 continue
             for msg in msgs:
                 request = RunRequested.model_validate_json(msg.data)
