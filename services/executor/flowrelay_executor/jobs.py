@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from flowrelay_contracts import AgentUsage, RunError, Usage, Workflow
+from flowrelay_contracts import AgentUsage, ErrorCode, RunError, Usage, Workflow
 
 
 class ModelDefaults(BaseModel):
@@ -45,3 +45,14 @@ class Outcome(BaseModel):
     agents: list[AgentUsage] = Field(default_factory=list)
     cost_usd: float | None = None
     cost_note: str | None = None
+
+
+def timed_out(job: Job, how: str) -> Outcome:
+    """The outcome of a run stopped at its deadline; ``how`` says what stopping took."""
+    return Outcome(
+        status="failed",
+        error=RunError(
+            code=ErrorCode.TIMEOUT,
+            message=f"the run did not finish within its {job.timeout_s:g} s deadline {how}",
+        ),
+    )

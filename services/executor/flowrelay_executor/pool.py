@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from flowrelay_contracts import ErrorCode, RunError
-from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.jobs import Job, Outcome, timed_out
 from flowrelay_executor.worker import PRELOAD, run_worker
 
 log = logging.getLogger(__name__)
@@ -267,14 +266,10 @@ class ProcessPool:
         worker.killed_for = run_id
         if not assignment.future.done():
             assignment.future.set_result(
-                Outcome(
-                    status="failed",
-                    error=RunError(
-                        code=ErrorCode.TIMEOUT,
-                        message=f"the run did not finish within its {assignment.job.timeout_s:g} s deadline "
-                        "and did not stop when cancelled (a blocking or CPU-bound tool?): its worker "
-                        "process was killed",
-                    ),
+                timed_out(
+                    assignment.job,
+                    "and did not stop when cancelled (a blocking or CPU-bound tool?): its worker "
+                    "process was killed",
                 )
             )
         worker.kill()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowrelay_contracts import ErrorCode, EventType, RunError
-from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.jobs import Job, Outcome, timed_out
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,7 @@ class JobRunner:
                 async with asyncio.timeout(job.timeout_s):
                     outcome = await self._engine.run(job, emit)
             except TimeoutError:
-                outcome = Outcome(
-                    status="failed",
-                    error=RunError(
-                        code=ErrorCode.TIMEOUT,
-                        message=f"the run did not finish within its {job.timeout_s:g} s deadline "
-                        f"(stopped after {time.monotonic() - started:.1f} s)",
-                    ),
-                )
+                outcome = timed_out(job, f"(stopped after {time.monotonic() - started:.1f} s)")
             except asyncio.CancelledError:
                 reason = self._cancel_reasons.pop(run_id, "cancelled")
                 outcome = Outcome(

@@ -190,17 +190,15 @@ class Executor:
                 await subscription.unsubscribe()
 
     async def accept(self, msg: Msg) -> None:
-        """Take one request from the consumer; returns once it has a slot and has started."""
+        """Take one fetched request: decode it and start running it.
+
+        ``consume`` fetched no more requests than there are free slots, so the slot is there.
+        """
         assert self._slots is not None
-        try:
-            acquired = await self._wait_for_slot(msg)
-        except asyncio.CancelledError:  # the subscriber is stopping: give the request back now
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
-        if not acquired:
+        if self._draining.is_set():  # stopping: give it back at once for another executor
             await msg.nak()
             return
+        await self._slots.acquire()
         try:
             request = RunRequested.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -210,26 +208,6 @@ class Executor:
         task = asyncio.create_task(self._guarded_execute(msg, request), name=f"execute-{request.run_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _wait_for_slot(self, msg: Msg) -> bool:
-        """Wait for a free slot, heartbeating the message meanwhile; False when draining.
-
-        A request waiting here is fetched but not yet running: without heartbeats JetStream
-        would hand it to another executor after ``ack_wait`` and it could run twice.
-        """
-        assert self._slots is not None
-        while not self._draining.is_set():
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.settings.heartbeat_interval_s)
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-                continue
-            if self._draining.is_set():
-                self._slots.release()
-                return False
-            return True
-        return False
 
     def cancel(self, run_id: str, reason: str) -> None:
         if run_id in self._active and self.pool is not None:

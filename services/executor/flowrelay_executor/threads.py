@@ -13,8 +13,7 @@ import logging
 import threading
 from typing import Any
 
-from flowrelay_contracts import ErrorCode, RunError
-from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.jobs import Job, Outcome, timed_out
 from flowrelay_executor.pool import EventSink
 
 log = logging.getLogger(__name__)
@@ -114,12 +113,7 @@ class ThreadPool:
             return
         log.warning("run %s ignored its deadline; the agent thread may stay busy (thread isolation)", job.run_id)
         entry[1].set_result(
-            Outcome(
-                status="failed",
-                error=RunError(
-                    code=ErrorCode.TIMEOUT,
-                    message=f"the run did not finish within its {job.timeout_s:g} s deadline and did not "
-                    "stop when cancelled; with thread isolation its thread could not be killed",
-                ),
+            timed_out(
+                job, "and did not stop when cancelled; with thread isolation its thread could not be killed"
             )
         )
