@@ -353,9 +353,9 @@ class Executor:
     async def _republish_terminal(self, record: RunRecord) -> None:
         """A run ended but maybe its holder died before announcing it: announce it once."""
         assert self._js is not None
-        events = await RunEventLog.resume(self._js, record.run_id)
-        last = await last_event(self._js, record.run_id)
+        last = await last_event(self._js, record.run_id)  # one read: what exists, and its seq
         if last is None or not last.type.terminal and last.type != EventType.SUGGESTION:
+            events = RunEventLog(self._js, record.run_id, last_seq=last.seq if last else 0)
             await self._publish_terminal(record, events, None)
 
     # -- events and heartbeats ----------------------------------------------------------
