@@ -74,8 +74,9 @@ def describe(event: dict[str, Any]) -> str:
     return "  ".join(p for p in parts if p)
 
 
-def run(api_url: str, body: dict[str, Any], *, follow: bool, console: Console) -> int:
-    with httpx.Client(base_url=api_url, timeout=httpx.Timeout(30, read=None)) as client:
+def run(api_url: str, body: dict[str, Any], *, follow: bool, console: Console, key: str) -> int:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=api_url, timeout=httpx.Timeout(30, read=None), headers=headers) as client:
         response = client.post("/runs", json=body)
         if response.status_code != 202:
             console.print(f"[red]rejected ({response.status_code}):[/] {response.text}")

@@ -3,6 +3,9 @@
 Used by ``flowrelay up`` (embedded default) and by the test fixtures. The server binds to
 loopback only (its default is 0.0.0.0), picks a free port when asked for port 0 and writes
 it to a ports file, which is how readiness is detected without polling a socket.
+
+:func:`start_secure` is how flowrelay runs it: a generated config with one user per service
+(see :mod:`flowrelay.natsconfig`), optionally TLS, and no anonymous access.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -18,7 +22,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from flowrelay.credentials import Secrets
+from flowrelay.natsconfig import TlsFiles, authorization, server_config
 from flowrelay.stack import terminate
+
+#: Names of the files nats-server gets in its directory.
+CONFIG_FILE = "nats.conf"
+PID_FILE = "nats.pid"
 
 #: How long to wait for the server to write its ports file.
 START_TIMEOUT_S = 10.0
@@ -59,6 +69,57 @@ class NatsServer:
             self.process.wait()
 
 
+def start_secure(
+    root: Path,
+    secrets: Secrets,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: TlsFiles | None = None,
+    sync_interval: str | None = None,
+    log_file: Path | None = None,
+) -> NatsServer:
+    """Start nats-server in ``root`` with the users of ``secrets`` (re-read on reload)."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = write_config(root, secrets, host=host, port=port, tls=tls, sync_interval=sync_interval)
+    return start(root, host=host, port=port, log_file=log_file, config=config)
+
+
+def write_config(
+    root: Path, secrets: Secrets, *, host: str, port: int, tls: TlsFiles | None = None,
+    sync_interval: str | None = None,
+) -> Path:
+    """(Re)write ``root/nats.conf`` (mode 0600: it holds password hashes) from ``secrets``."""
+    text = server_config(
+        users=secrets.users(), host=host, port=port or -1, store_dir=root, tls=tls, sync_interval=sync_interval,
+        pid_file=root / PID_FILE,
+    )
+    path = root / CONFIG_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    return path
+
+
+def reload(root: Path) -> int:
+    """Ask the nats-server running in ``root`` to re-read its config (SIGHUP); its pid."""
+    pid = int((root / PID_FILE).read_text().strip())
+    os.kill(pid, signal.SIGHUP)
+    return pid
+
+
+def refresh_users(root: Path, secrets: Secrets) -> int:
+    """Give the running server in ``root`` the current users of ``secrets`` (a new tenant
+    user, say) without a restart: rewrite the config's users, then reload. Returns its pid."""
+    path = root / CONFIG_FILE
+    config = json.loads(path.read_text())
+    config["authorization"] = authorization(secrets.users())
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps(config, indent=2) + "\n")
+    return reload(root)
+
+
 def start(
     store_dir: Path,
     *,
@@ -66,6 +127,7 @@ def start(
     port: int = 0,
     monitor_port: int | None = None,
     log_file: Path | None = None,
+    config: Path | None = None,
 ) -> NatsServer:
     """Start nats-server with JetStream storing in ``store_dir``; return once it listens."""
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -73,18 +135,11 @@ def start(
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):
         stale.unlink()
-    args = [
-        str(find_binary()),
-        "-js",
-        "-a",
-        host,
-        "-p",
-        str(port or -1),
-        "-sd",
-        str(store_dir),
-        "--ports_file_dir",
-        str(ports_dir),
-    ]
+    if config is not None:  # it names the address, the store and everything else
+        args = [str(find_binary()), "-c", str(config), "--ports_file_dir", str(ports_dir)]
+    else:
+        args = [str(find_binary()), "-js", "-a", host, "-p", str(port or -1), "-sd", str(store_dir),
+                "--ports_file_dir", str(ports_dir)]
     if monitor_port is not None:
         args += ["-m", str(monitor_port)]
     if log_file:

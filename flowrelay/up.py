@@ -4,6 +4,10 @@ Starts an embedded nats-server (JetStream, loopback only, store kept in the data
 unless ``FLOWRELAY_NATS_URL`` names one, the scripted stand-in model when no provider key
 is configured, then the API, the executor(s) and the suggester as child processes. Ctrl-C
 or SIGTERM stops them in reverse order (executors drain first) and leaves nothing behind.
+
+Secure from the first start: it generates an admin API key and one NATS user per service
+into ``<data dir>/secrets`` (mode 0600), runs nats-server with those users only, and each
+service connects as its own user. The CLI picks the admin key up from there.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 from rich.console import Console
 
 from flowrelay import natsserver
+from flowrelay.credentials import Secrets
+from flowrelay.natsconfig import Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 #: Provider keys whose presence means "a real model is configured".
@@ -55,10 +61,12 @@ def up(options: UpOptions, console: Console | None = None) -> int:
     env = dict(os.environ)
     children: list[ServiceProcess] = []
     server: natsserver.NatsServer | None = None
+    secrets = Secrets.ensure(data_dir / "secrets")
     try:
         nats_url = env.get("FLOWRELAY_NATS_URL")
         if not nats_url:
-            server = natsserver.start(data_dir / "nats", port=options.nats_port, log_file=logs / "nats.log")
+            server = natsserver.start_secure(data_dir / "nats", secrets, port=options.nats_port,
+                                             log_file=logs / "nats.log")
             nats_url = server.url
         env["FLOWRELAY_NATS_URL"] = nats_url
 
@@ -76,15 +84,22 @@ def up(options: UpOptions, console: Console | None = None) -> int:
         if options.workers:
             env["FLOWRELAY_WORKERS"] = str(options.workers)
 
-        executors = [_start("executor", env, logs, echo, children, label=f"executor-{i + 1}") for i in range(options.executors)]
-        suggester = _start("suggester", env, logs, echo, children)
-        api = _start("api", env, logs, echo, children)
+        def service_env(role: Role) -> dict[str, str]:
+            if server is not None:
+                return env | secrets.service_env(role)
+            # an external NATS (FLOWRELAY_NATS_URL) comes with its users in the environment
+            return env | ({"FLOWRELAY_BOOTSTRAP_KEY_FILE": str(secrets.admin_key_file)} if role == Role.API else {})
+
+        executors = [_start("executor", service_env(Role.EXECUTOR), logs, echo, children, label=f"executor-{i + 1}")
+                     for i in range(options.executors)]
+        suggester = _start("suggester", service_env(Role.SUGGESTER), logs, echo, children)
+        api = _start("api", service_env(Role.API), logs, echo, children)
         for proc in [*executors, suggester, api]:
             proc.wait_ready(timeout=180)
 
         _summary(console, options, nats_url, embedded=server is not None, scripted_url=scripted_url,
                  model=env.get("FLOWRELAY_DEFAULT_MODEL", "openai:gpt-4o-mini"), data_dir=data_dir,
-                 ready_s=time.monotonic() - started)
+                 ready_s=time.monotonic() - started, secrets=secrets)
         while not stop.wait(0.5):
             dead = [c for c in children if c.process is not None and c.process.poll() is not None]
             if dead:
@@ -111,10 +126,11 @@ def _start(name: str, env: dict[str, str], logs: Path, echo, children: list[Serv
 
 
 def _summary(console: Console, options: UpOptions, nats_url: str, *, embedded: bool, scripted_url: str | None,
-             model: str, data_dir: Path, ready_s: float) -> None:
+             model: str, data_dir: Path, ready_s: float, secrets: Secrets) -> None:
     """Where everything is, one fact per line (never wrapped, so URLs stay copyable)."""
     api = f"http://{options.api_host}:{options.api_port}"
-    store = f" (embedded, JetStream store in {data_dir / 'nats'})" if embedded else ""
+    store = (f" (embedded, JetStream store in {data_dir / 'nats'}; users only, passwords in "
+             f"{secrets.root / 'nats'})") if embedded else ""
     if scripted_url:
         model = (f"[yellow]{model} -- SCRIPTED stand-in model at {scripted_url} (no provider key set; "
                  "it answers 'echo: <input>', it is not a real LLM)[/]")
@@ -124,8 +140,10 @@ def _summary(console: Console, options: UpOptions, nats_url: str, *, embedded: b
         f"  NATS       {nats_url}{store}",
         f"  executors  {options.executors}",
         f"  model      {model}",
+        f"  API key    {secrets.admin_key_file}   (admin, tenant 'default'; the CLI reads it from there)",
         f"  logs       {data_dir / 'logs'}",
-        f"  try        curl -s {api}/runs -H 'content-type: application/json' -d @examples/simple.json",
+        f"  try        curl -s {api}/runs -H \"Authorization: Bearer $(cat {secrets.admin_key_file})\" "
+        "-H 'content-type: application/json' -d @examples/simple.json",
         "Press Ctrl-C to stop.",
     ]
     for line in lines:

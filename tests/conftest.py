@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 from flowrelay_testkit import Bus, Stack
 
 from flowrelay import natsserver
+from flowrelay.credentials import Secrets
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 
@@ -23,8 +24,15 @@ def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def nats_server(session_root: Path) -> Iterator[natsserver.NatsServer]:
-    server = natsserver.start(session_root / "nats", log_file=session_root / "logs" / "nats.log")
+def secrets(session_root: Path) -> Secrets:
+    """The session deployment's secrets: admin API key, one NATS user per service."""
+    return Secrets.ensure(session_root / "secrets")
+
+
+@pytest.fixture(scope="session")
+def nats_server(session_root: Path, secrets: Secrets) -> Iterator[natsserver.NatsServer]:
+    """nats-server as flowrelay runs it: users with least privilege, no anonymous access."""
+    server = natsserver.start_secure(session_root / "nats", secrets, log_file=session_root / "logs" / "nats.log")
     yield server
     server.stop()
 
@@ -44,9 +52,11 @@ def scripted_model(session_root: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(nats_server: natsserver.NatsServer, scripted_model: str, session_root: Path) -> Iterator[Stack]:
+def stack(
+    nats_server: natsserver.NatsServer, scripted_model: str, session_root: Path, secrets: Secrets
+) -> Iterator[Stack]:
     """API + one executor + suggester, shared by the tests that do not break things."""
-    stack = Stack(nats_url=nats_server.url, scripted_url=scripted_model, root=session_root / "stack")
+    stack = Stack(nats_url=nats_server.url, scripted_url=scripted_model, root=session_root / "stack", secrets=secrets)
     stack.start_api()
     stack.start_executor()
     stack.start_suggester()
@@ -56,12 +66,13 @@ def stack(nats_server: natsserver.NatsServer, scripted_model: str, session_root:
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as client:
+    """An HTTP client of the shared stack with its admin key (tenant "default")."""
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as client:
         yield client
 
 
 @pytest.fixture
-async def bus(nats_server: natsserver.NatsServer) -> AsyncIterator[Bus]:
-    connection = await Bus.connect(nats_server.url)
+async def bus(nats_server: natsserver.NatsServer, secrets: Secrets) -> AsyncIterator[Bus]:
+    connection = await Bus.connect(nats_server.url, secrets)
     yield connection
     await connection.close()

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from flowrelay_testkit import Bus, Stack, free_port, isolated_stack, one_agent, run_body
 
+from flowrelay.natsconfig import Role
 from flowrelay_contracts import RunStatus
 
 TOOLS = ["explode", "needs_key", "crash_worker"]
@@ -56,8 +57,8 @@ def own_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture
 async def own(own_stack: Stack) -> AsyncIterator[tuple[Stack, httpx.AsyncClient, Bus]]:
-    bus = await Bus.connect(own_stack.nats_url)
-    async with httpx.AsyncClient(base_url=own_stack.api_url, timeout=60) as client:
+    bus = await own_stack.bus()
+    async with httpx.AsyncClient(base_url=own_stack.api_url, timeout=60, headers=own_stack.auth_headers) as client:
         yield own_stack, client, bus
     await bus.close()
     for executor in own_stack.executors:
@@ -104,13 +105,14 @@ async def test_suggestion_only_mode_answers_without_calling_a_model(own, scripte
 
     api = ServiceProcess(
         "api", resolve(SERVICE_COMMANDS["api"]),
-        env=stack.env | {"FLOWRELAY_EXECUTION": "suggest", "FLOWRELAY_API_PORT": str(port)},
+        env=stack.env | stack.secrets.service_env(Role.API)
+        | {"FLOWRELAY_EXECUTION": "suggest", "FLOWRELAY_API_PORT": str(port)},
         log_path=stack.root / "logs" / "api-suggest.log",
     ).start()
     try:
         api.wait_ready()
         stats_url = scripted_model.removesuffix("/v1") + "/stats"
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=stack.auth_headers) as http:
             calls_before = (await http.get(stats_url)).json()["requests_total"]
             body = (await http.post(f"http://127.0.0.1:{port}/execute", json=run_body(one_agent(), "plan only"))).json()
             calls_after = (await http.get(stats_url)).json()["requests_total"]

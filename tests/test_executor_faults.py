@@ -26,13 +26,13 @@ def fault_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 async def client(fault_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fault_stack.api_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=fault_stack.api_url, timeout=60, headers=fault_stack.auth_headers) as http:
         yield http
 
 
 @pytest.fixture
 async def fbus(fault_stack: Stack) -> AsyncIterator[Bus]:
-    connection = await Bus.connect(fault_stack.nats_url)
+    connection = await fault_stack.bus()
     yield connection
     await connection.close()
 
@@ -116,8 +116,8 @@ async def test_sigterm_drains_in_flight_runs_before_exiting(client, fbus, execut
 
 async def test_poison_message_gets_a_failure_event_and_the_consumer_keeps_going(client, fbus, executors) -> None:
     executors.start_executor()
-    await fbus.js.publish(subjects.RUN_REQUESTED, json.dumps({"run_id": "poison-1", "schema_version": 99}).encode())
-    await fbus.js.publish(subjects.RUN_REQUESTED, b"not json at all")
+    await fbus.js.publish(subjects.run_requested(fbus.tenant), json.dumps({"run_id": "poison-1", "schema_version": 99}).encode())
+    await fbus.js.publish(subjects.run_requested(fbus.tenant), b"not json at all")
     events = await fbus.events("poison-1", timeout=30)
     assert events[-1].type == EventType.RUN_FAILED
     assert "schema_version" in events[-1].data["error"]["message"]

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import httpx
+import nats
+import nats.errors
 import psutil
 import pytest
 from flowrelay_testkit import free_port, one_agent, run_body
@@ -44,10 +46,20 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
         names = " ".join(" ".join(c.cmdline()) for c in children)
         for part in ("nats-server", "flowrelay-api", "flowrelay-executor", "flowrelay-suggester", "flowrelay-scripted-model"):
             assert part in names, f"{part} not among {names}"
+        secrets = tmp_path / "data" / "secrets"
+        key = (secrets / "admin.key").read_text().strip()
+        assert str(secrets / "admin.key") in console and key not in console
+        for file in [secrets / "admin.key", *sorted((secrets / "nats").iterdir())]:
+            assert file.stat().st_mode & 0o777 == 0o600, file
+        assert secrets.stat().st_mode & 0o777 == 0o700
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as api:
-            result = (await api.post("/execute", json=run_body(one_agent(), "hello up"))).json()
+            assert (await api.post("/execute", json=run_body(one_agent(), "anonymous"))).status_code == 401
+            result = (await api.post("/execute", json=run_body(one_agent(), "hello up"),
+                                     headers={"Authorization": f"Bearer {key}"})).json()
         assert result["output"] == "echo: hello up"
         run_id = result["run_id"]
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(f"nats://127.0.0.1:{nats_port}", allow_reconnect=False, max_reconnect_attempts=0)
     finally:
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(60) == 0
@@ -57,7 +69,8 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
     again = _up(tmp_path / "data", api_port, nats_port, clean_env)
     try:
         again.wait_for("Press Ctrl-C to stop", timeout=180)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as api:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30,
+                                     headers={"Authorization": f"Bearer {key}"}) as api:
             record = (await api.get(f"/runs/{run_id}")).json()
         assert record["status"] == "succeeded", "the run record survived the restart"
     finally:

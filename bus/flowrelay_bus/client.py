@@ -1,29 +1,33 @@
 """A client for backends that talk to flowrelay over NATS alone (no HTTP API in between).
 
-    async with await FlowrelayClient.connect("nats://127.0.0.1:4222") as client:
+    async with await FlowrelayClient.connect(
+        "nats://127.0.0.1:4222", tenant="acme", user="tenant-acme", password="...",
+    ) as client:
         run_id = await client.submit(workflow, "ping")
         async for event in client.events(run_id):
             print(event.seq, event.type, event.data)
         record = await client.result(run_id)
 
-It speaks the same contract as the API: it stores the queued run record, publishes a
-``RunRequested`` (de-duplicated by run id), and reads events and records from JetStream.
+It acts for one tenant, with that tenant's NATS user (``flowrelay nats-user --tenant T
+--submit`` prints one): it publishes ``RunRequested`` on ``flowrelay.runs.requested.<tenant>``
+(de-duplicated by run id; the executor that takes it creates the run record), replays and
+follows events through consumers confined to the tenant's subjects, and reads records with
+direct gets of the tenant's own keys. Nothing here needs more than those permissions.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
+from flowrelay_bus.cancel import broadcast_cancel
 from flowrelay_bus.events import follow
-from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
-    CancelRequest,
     RunOptions,
     RunRecord,
     RunRequested,
@@ -33,28 +37,28 @@ from flowrelay_contracts import (
     subjects,
 )
 from flowrelay_contracts.ids import new_run_id
+from flowrelay_contracts.tenants import DEFAULT_TENANT, check_tenant
 
 
 class FlowrelayClient:
-    """Submit runs, follow their events and read their results over NATS."""
+    """Submit runs, follow their events and read their results over NATS, for one tenant."""
 
-    def __init__(self, nc: Client, store: RunStore, *, owns_connection: bool = False) -> None:
+    def __init__(self, nc: Client, *, tenant: str = DEFAULT_TENANT, owns_connection: bool = False) -> None:
         self._nc = nc
         self._js = nc.jetstream()
-        self._store = store
+        self.tenant = check_tenant(tenant)
         self._owns_connection = owns_connection
 
     @classmethod
-    async def connect(cls, servers: str | list[str] = "nats://127.0.0.1:4222", **options: Any) -> FlowrelayClient:
+    async def connect(
+        cls, servers: str | list[str] = "nats://127.0.0.1:4222", *, tenant: str = DEFAULT_TENANT, **options: Any
+    ) -> FlowrelayClient:
+        """Connect as the tenant's NATS user (``user=``/``password=``, ``tls=`` ...)."""
         options.setdefault("max_reconnect_attempts", -1)
+        # A tenant's user may read replies only under its own inbox prefix.
+        options.setdefault("inbox_prefix", subjects.tenant_inbox_prefix(check_tenant(tenant)).encode())
         nc = await nats.connect(servers, **options)
-        return await cls.from_connection(nc, owns_connection=True)
-
-    @classmethod
-    async def from_connection(cls, nc: Client, *, owns_connection: bool = False) -> FlowrelayClient:
-        """Use a connection the backend already has."""
-        store = RunStore(await nc.jetstream().key_value(subjects.RUNS_BUCKET))
-        return cls(nc, store, owns_connection=owns_connection)
+        return cls(nc, tenant=tenant, owns_connection=True)
 
     async def submit(
         self,
@@ -69,45 +73,47 @@ class FlowrelayClient:
         plan(graph)
         run_options = options if isinstance(options, RunOptions) else RunOptions.model_validate(options or {})
         run_id = run_id or new_run_id()
-        request = RunRequested(run_id=run_id, workflow=graph, input=input, options=run_options)
-        await self._store.create(RunRecord(run_id=run_id, input=input, created_at=request.created_at))
+        request = RunRequested(run_id=run_id, tenant=self.tenant, workflow=graph, input=input, options=run_options)
         await self._js.publish(
-            subjects.RUN_REQUESTED,
-            request.model_dump_json().encode(),
+            subjects.run_requested(self.tenant),
+            request.__pydantic_serializer__.to_json(request),
             headers={subjects.MSG_ID_HEADER: run_id},
         )
         return run_id
 
     async def events(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[TraceEvent]:
         """The run's events from ``after_seq`` on, live, ending with the terminal event."""
-        async for event in follow(self._nc, run_id, after_seq=after_seq):
+        async for event in follow(self._nc, self.tenant, run_id, after_seq=after_seq, history="consumer"):
             if event is not None:
                 yield event
 
     async def get(self, run_id: str) -> RunRecord | None:
-        return await self._store.get(run_id)
+        """The run's record now (None until an executor has taken a NATS-submitted run)."""
+        try:
+            raw = await self._js.get_last_msg(
+                f"KV_{subjects.RUNS_BUCKET}", subjects.run_record_subject(self.tenant, run_id), direct=True
+            )
+        except NotFoundError:
+            return None
+        return RunRecord.model_validate_json(raw.data) if raw.data else None
 
-    async def result(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
-        """Wait until the run has ended and return its record."""
+    async def result(self, run_id: str) -> RunRecord:
+        """Wait until the run has ended and return its record.
 
-        async def wait() -> RunRecord:
-            async for record in self._store.watch(run_id):
-                if record.terminal:
-                    return record
+        The record turns terminal before the terminal event is published, so once that
+        event is seen the record has the outcome.
+        """
+        async for event in self.events(run_id):
+            if event.type.terminal:
+                break
+        record = await self.get(run_id)
+        if record is None:
             raise LookupError(f"run {run_id} not found")
-
-        return await asyncio.wait_for(wait(), timeout)
+        return record
 
     async def cancel(self, run_id: str, reason: str = "cancelled by client") -> None:
         """Stop the run: a queued run never starts, a running one is stopped by its executor."""
-
-        def flag(record: RunRecord) -> RunRecord | None:
-            return None if record.terminal else record.model_copy(update={"cancel_requested": True})
-
-        await self._store.update(run_id, flag)
-        await self._nc.publish(
-            subjects.run_cancel(run_id), CancelRequest(run_id=run_id, reason=reason).model_dump_json().encode()
-        )
+        await broadcast_cancel(self._nc, self.tenant, run_id, reason, recorded=False)
 
     async def close(self) -> None:
         if self._owns_connection:

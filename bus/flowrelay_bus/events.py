@@ -1,11 +1,16 @@
-"""Writing and reading a run's trace events on ``flowrelay.events.<run_id>``.
+"""Writing and reading a run's trace events on ``flowrelay.events.<tenant>.<run_id>``.
 
 The writer numbers events 1, 2, 3... per run without gaps. A run taken over after a crash
 continues the sequence from the last event stored, and every publish carries a message id
 (``<run_id>:<seq>``) so a retried publish is dropped by JetStream instead of duplicated.
 
-The reader replays a run from the start with an ordered consumer, so a subscriber that
-arrives late or reconnects misses nothing.
+The reader replays a run from the start and then follows it live, so a subscriber that
+arrives late or reconnects misses nothing. History is read in one of two ways:
+
+* ``direct`` (the services): direct gets by stream sequence, no consumer at all, which
+  matters with one follower per SSE client;
+* ``consumer`` (tenant users of NATS): a short-lived consumer whose filter is named in its
+  create subject, the only way NATS permissions can confine JetStream reads to a tenant.
 """
 
 from __future__ import annotations
@@ -14,33 +19,44 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from nats.nuid import NUID
 
 from flowrelay_contracts import EventType, TraceEvent, subjects
 
 #: How long a publisher waits for JetStream to acknowledge stored events.
 PUBLISH_ACK_TIMEOUT_S = 10.0
 
+#: A replay consumer left behind (its reader vanished) is removed by the server after this.
+REPLAY_INACTIVE_S = 10.0
+
+#: Longest wait for the next replayed message before the replay is abandoned.
+REPLAY_MESSAGE_TIMEOUT_S = 10.0
+
+History = Literal["direct", "consumer"]
+
 
 class RunEventLog:
     """Appends trace events for one run, in order, with gapless sequence numbers."""
 
-    def __init__(self, js: JetStreamContext, run_id: str, *, last_seq: int = 0) -> None:
+    def __init__(self, js: JetStreamContext, tenant: str, run_id: str, *, last_seq: int = 0) -> None:
         self._js = js
+        self.tenant = tenant
         self.run_id = run_id
         self.last_seq = last_seq
-        self._subject = subjects.run_events(run_id)
+        self._subject = subjects.run_events(tenant, run_id)
         self._lock = asyncio.Lock()
         self._pending: list[asyncio.Future[Any]] = []
 
     @classmethod
-    async def resume(cls, js: JetStreamContext, run_id: str) -> RunEventLog:
+    async def resume(cls, js: JetStreamContext, tenant: str, run_id: str) -> RunEventLog:
         """A writer that continues after the last event already stored for ``run_id``."""
-        return cls(js, run_id, last_seq=await last_event_seq(js, run_id))
+        return cls(js, tenant, run_id, last_seq=await last_event_seq(js, tenant, run_id))
 
     async def emit(
         self,
@@ -61,7 +77,7 @@ class RunEventLog:
             event = self._next(type, data, at)
             ack = await self._js.publish(
                 self._subject,
-                event.model_dump_json().encode(),
+                event.__pydantic_serializer__.to_json(event),
                 headers={subjects.MSG_ID_HEADER: msg_id or f"{self.run_id}:{event.seq}"},
             )
             if ack.duplicate and msg_id is not None:
@@ -83,7 +99,7 @@ class RunEventLog:
             self._pending.append(
                 await self._js.publish_async(
                     self._subject,
-                    event.model_dump_json().encode(),
+                    event.__pydantic_serializer__.to_json(event),
                     headers={subjects.MSG_ID_HEADER: f"{self.run_id}:{event.seq}"},
                 )
             )
@@ -112,47 +128,49 @@ def terminal_msg_id(run_id: str) -> str:
     return f"{run_id}:terminal"
 
 
-async def last_event(js: JetStreamContext, run_id: str) -> TraceEvent | None:
+async def last_event(js: JetStreamContext, tenant: str, run_id: str) -> TraceEvent | None:
     """The run's latest stored event, if any."""
     try:
-        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(run_id))
+        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(tenant, run_id))
     except NotFoundError:
         return None
     return TraceEvent.model_validate_json(raw.data)
 
 
-async def last_event_seq(js: JetStreamContext, run_id: str) -> int:
-    last = await last_event(js, run_id)
+async def last_event_seq(js: JetStreamContext, tenant: str, run_id: str) -> int:
+    last = await last_event(js, tenant, run_id)
     return last.seq if last else 0
 
 
 async def follow(
     nc: Client,
+    tenant: str,
     run_id: str,
     *,
     after_seq: int = 0,
     idle_timeout_s: float | None = None,
     until_terminal: bool = True,
+    history: History = "direct",
 ) -> AsyncIterator[TraceEvent | None]:
     """Yield the run's events with ``seq > after_seq``, live, in order, without gaps.
 
     A plain subscription on the run's subject carries live events; what was stored before
-    it started (or what it missed) is read from the stream with direct gets. This costs the
-    server no consumer per follower, which matters with one follower per SSE client.
+    it started (or what it missed) is read from the stream (see the module docstring for
+    the two ``history`` readers).
 
     Stops after the terminal event when ``until_terminal``. With ``idle_timeout_s`` it
     yields ``None`` whenever nothing arrived for that long, so a caller can send keep-alives.
     """
-    js = nc.jetstream()
     live: asyncio.Queue[bytes] = asyncio.Queue()
+    stored = _stored_direct if history == "direct" else _stored_by_consumer
 
     async def on_message(msg: Any) -> None:
         live.put_nowait(msg.data)
 
-    sub = await nc.subscribe(subjects.run_events(run_id), cb=on_message)
+    sub = await nc.subscribe(subjects.run_events(tenant, run_id), cb=on_message)
     try:
         next_seq = after_seq + 1
-        async for event in _stored(js, run_id, after_seq):
+        async for event in stored(nc, tenant, run_id, after_seq):
             next_seq = event.seq + 1
             yield event
             if until_terminal and event.type.terminal:
@@ -167,7 +185,7 @@ async def follow(
             if event.seq < next_seq:
                 continue  # already read from the stream
             if event.seq > next_seq:  # a live message was missed: read the gap from the stream
-                async for missed in _stored(js, run_id, next_seq - 1, before_seq=event.seq):
+                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=event.seq):
                     next_seq = missed.seq + 1
                     yield missed
             next_seq = event.seq + 1
@@ -179,11 +197,12 @@ async def follow(
             await sub.unsubscribe()
 
 
-async def _stored(
-    js: JetStreamContext, run_id: str, after_seq: int, *, before_seq: int | None = None
+async def _stored_direct(
+    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None
 ) -> AsyncIterator[TraceEvent]:
     """Events of the run stored in the stream with ``after_seq < seq < before_seq``."""
-    subject = subjects.run_events(run_id)
+    js = nc.jetstream()
+    subject = subjects.run_events(tenant, run_id)
     stream_seq = 1
     while True:
         try:
@@ -196,3 +215,46 @@ async def _stored(
         if event.seq > after_seq:
             yield event
         stream_seq = raw.seq + 1
+
+
+async def _stored_by_consumer(
+    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None
+) -> AsyncIterator[TraceEvent]:
+    """The same, through a consumer created as ``CONSUMER.CREATE.<stream>.<name>.<subject>``.
+
+    The server refuses a create whose body filter differs from the subject's, so a user
+    permitted ``$JS.API.CONSUMER.CREATE.FLOWRELAY_EVENTS.*.flowrelay.events.<tenant>.>``
+    can replay its own runs and nothing else. It holds exactly the messages stored when it
+    was created (``num_pending``); the server removes it once it goes idle.
+    """
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        arrived.put_nowait(msg.data)
+
+    sub = await nc.subscribe(inbox, cb=on_message)
+    try:
+        info = await js.add_consumer(
+            subjects.EVENTS_STREAM,
+            ConsumerConfig(
+                name=f"replay_{NUID().next().decode()}",
+                filter_subject=subjects.run_events(tenant, run_id),
+                deliver_subject=inbox,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=REPLAY_INACTIVE_S,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        for _ in range(info.num_pending or 0):
+            event = TraceEvent.model_validate_json(await asyncio.wait_for(arrived.get(), REPLAY_MESSAGE_TIMEOUT_S))
+            if before_seq is not None and event.seq >= before_seq:
+                return
+            if event.seq > after_seq:
+                yield event
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

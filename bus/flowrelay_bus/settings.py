@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ssl
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where a locally started nats-server listens (``flowrelay up`` and the README examples).
@@ -10,7 +14,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 class BusSettings(BaseSettings):
-    """How to reach NATS and how long the bus keeps things."""
+    """How to reach NATS (who to be, over what) and how long the bus keeps things."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWRELAY_", extra="ignore")
 
@@ -18,6 +22,20 @@ class BusSettings(BaseSettings):
         default=DEFAULT_NATS_URL,
         description="NATS server(s), comma-separated for a cluster.",
     )
+    nats_user: str | None = Field(
+        default=None, description="NATS user of this service (its own: api, executor or suggester)."
+    )
+    nats_password: SecretStr | None = Field(default=None, description="Password of FLOWRELAY_NATS_USER.")
+    nats_password_file: Path | None = Field(
+        default=None, description="File holding the NATS password (instead of FLOWRELAY_NATS_PASSWORD)."
+    )
+    nats_tls_ca: Path | None = Field(
+        default=None, description="CA bundle that signed the NATS servers' certificates (turns TLS on)."
+    )
+    nats_tls_cert: Path | None = Field(
+        default=None, description="Client certificate for NATS servers that require mTLS."
+    )
+    nats_tls_key: Path | None = Field(default=None, description="Private key of FLOWRELAY_NATS_TLS_CERT.")
     stream_replicas: int = Field(
         default=1, ge=1, le=5, description="JetStream replicas of every stream and bucket (3 in a cluster)."
     )
@@ -30,6 +48,47 @@ class BusSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Python log level of the services.")
 
+    @model_validator(mode="after")
+    def _read_password_file(self) -> BusSettings:
+        if self.nats_password is None and self.nats_password_file is not None:
+            self.nats_password = SecretStr(read_secret_file(self.nats_password_file, "FLOWRELAY_NATS_PASSWORD_FILE"))
+        if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
+            raise ValueError("FLOWRELAY_NATS_TLS_CERT and FLOWRELAY_NATS_TLS_KEY go together: set both or neither")
+        return self
+
     @property
     def nats_servers(self) -> list[str]:
         return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+    def nats_tls_context(self) -> ssl.SSLContext | None:
+        """A client TLS context when TLS is configured (a CA, a URL with ``tls://``, or a cert)."""
+        wants_tls = self.nats_tls_ca is not None or self.nats_tls_cert is not None or any(
+            s.startswith("tls://") for s in self.nats_servers
+        )
+        if not wants_tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.nats_tls_ca) if self.nats_tls_ca else None)
+        if self.nats_tls_cert is not None and self.nats_tls_key is not None:
+            context.load_cert_chain(str(self.nats_tls_cert), str(self.nats_tls_key))
+        return context
+
+    def nats_connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` that say who this service is and how to talk."""
+        options: dict[str, Any] = {}
+        if self.nats_user:
+            options["user"] = self.nats_user
+            options["password"] = self.nats_password.get_secret_value() if self.nats_password else ""
+        if (tls := self.nats_tls_context()) is not None:
+            options["tls"] = tls
+        return options
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """The secret in ``path`` without surrounding whitespace; errors name the setting, never the value."""
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{setting}: {path} is empty")
+    return value

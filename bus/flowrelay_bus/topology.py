@@ -59,6 +59,15 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
             allow_direct=True,
         ),
         stream(
+            subjects.INDEX_STREAM,
+            subjects.INDEX_STREAM_SUBJECTS,
+            RetentionPolicy.LIMITS,
+            max_age=settings.runs_ttl_s,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,  # GET /runs pages through it with direct gets only
+        ),
+        stream(
             subjects.DEADLETTER_STREAM,
             subjects.DEADLETTER_STREAM_SUBJECTS,
             RetentionPolicy.LIMITS,
@@ -68,20 +77,25 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
 
 
 def bucket_configs(settings: BusSettings) -> list[KeyValueConfig]:
-    replicas = settings.stream_replicas
+    # Direct gets (any replica answers, and the key is in the request subject, which is what
+    # lets NATS permissions confine a tenant's user to ``$KV.flowrelay_runs.<tenant>.>``).
+    def bucket(name: str, ttl: float) -> KeyValueConfig:
+        return KeyValueConfig(bucket=name, history=1, ttl=ttl, replicas=settings.stream_replicas, direct=True)
+
     return [
-        KeyValueConfig(bucket=subjects.RUNS_BUCKET, history=1, ttl=settings.runs_ttl_s, replicas=replicas),
-        KeyValueConfig(
-            bucket=subjects.IDEMPOTENCY_BUCKET, history=1, ttl=settings.runs_ttl_s, replicas=replicas
-        ),
-        KeyValueConfig(
-            bucket=subjects.EXECUTORS_BUCKET, history=1, ttl=EXECUTOR_LIVENESS_TTL_S, replicas=replicas
-        ),
+        bucket(subjects.RUNS_BUCKET, settings.runs_ttl_s),
+        bucket(subjects.IDEMPOTENCY_BUCKET, settings.runs_ttl_s),
+        bucket(subjects.EXECUTORS_BUCKET, EXECUTOR_LIVENESS_TTL_S),
     ]
 
 
+def api_keys_bucket_config(settings: BusSettings) -> KeyValueConfig:
+    """Only the API's NATS user may read or write it, so only the API declares it."""
+    return KeyValueConfig(bucket=subjects.API_KEYS_BUCKET, history=1, replicas=settings.stream_replicas, direct=True)
+
+
 async def declare(js: JetStreamContext, settings: BusSettings) -> None:
-    """Create or update every stream and bucket flowrelay needs."""
+    """Create or update every stream and bucket flowrelay's services share."""
     for config in stream_configs(settings):
         try:
             await js.stream_info(config.name)
@@ -94,13 +108,25 @@ async def declare(js: JetStreamContext, settings: BusSettings) -> None:
             except BadRequestError as exc:  # e.g. retention cannot change in place
                 log.warning("stream %s keeps its old settings: %s", config.name, exc)
     for config in bucket_configs(settings):
-        try:
-            await js.key_value(config.bucket)
-        except (NotFoundError, Exception) as exc:  # BucketNotFoundError subclasses vary by version
-            if not _is_missing_bucket(exc):
-                raise
-            await js.create_key_value(config)
-            log.info("created bucket %s", config.bucket)
+        await declare_bucket(js, config)
+
+
+async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+    """Create the bucket if missing; turn on direct gets for buckets made before they were used."""
+    try:
+        await js.key_value(config.bucket)
+    except (NotFoundError, Exception) as exc:  # BucketNotFoundError subclasses vary by version
+        if not _is_missing_bucket(exc):
+            raise
+        await js.create_key_value(config)
+        log.info("created bucket %s", config.bucket)
+        return
+    stream = f"KV_{config.bucket}"
+    info = await js.stream_info(stream)
+    if config.direct and not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+        log.info("bucket %s now answers direct gets", config.bucket)
 
 
 def _is_missing_bucket(exc: Exception) -> bool:

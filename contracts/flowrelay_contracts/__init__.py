@@ -1,6 +1,6 @@
 """flowrelay's wire contract: message models and the names of subjects, streams and buckets."""
 
-from flowrelay_contracts import subjects
+from flowrelay_contracts import subjects, tenants
 from flowrelay_contracts.messages import (
     SCHEMA_VERSION,
     AgentUsage,
@@ -12,6 +12,7 @@ from flowrelay_contracts.messages import (
     Isolation,
     RunError,
     RunFailed,
+    RunIndexEntry,
     RunMode,
     RunOptions,
     RunRecord,
@@ -46,6 +47,7 @@ __all__ = [
     "Pattern",
     "RunError",
     "RunFailed",
+    "RunIndexEntry",
     "RunMode",
     "RunOptions",
     "RunRecord",
@@ -60,4 +62,5 @@ __all__ = [
     "WorkflowProblem",
     "plan",
     "subjects",
+    "tenants",
 ]

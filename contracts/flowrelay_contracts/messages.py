@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowrelay_contracts.tenants import DEFAULT_TENANT, TENANT_PATTERN
 from flowrelay_contracts.workflow import Workflow
 
 #: Version of the wire format described by this module.
@@ -165,6 +166,9 @@ class Suggestion(BaseModel):
 
 # -- bus messages -----------------------------------------------------------------------
 
+#: A tenant id, by the rules of :mod:`flowrelay_contracts.tenants`.
+TenantId = Annotated[str, Field(pattern=f"^{TENANT_PATTERN.pattern}$", description="Who the run belongs to.")]
+
 
 class RunRequested(_Message):
     """Published on ``RUN_REQUESTED`` (or ``RUN_ADVISE``) once a request is accepted."""
@@ -174,6 +178,9 @@ class RunRequested(_Message):
     input: str
     options: RunOptions = Field(default_factory=RunOptions)
     created_at: datetime = Field(default_factory=utcnow)
+    #: Executors take the tenant from the subject the request arrived on (which the
+    #: publisher's NATS permissions vouch for), never from this field alone.
+    tenant: TenantId = DEFAULT_TENANT
 
 
 class TraceEvent(_Message):
@@ -194,6 +201,7 @@ class RunFailed(_Message):
     """Published on ``RUN_FAILED`` when a run fails; the suggester turns it into guidance."""
 
     run_id: str
+    tenant: TenantId = DEFAULT_TENANT
     error: RunError
     workflow: Workflow | None = None
     input: str | None = None
@@ -207,6 +215,7 @@ class RunFailed(_Message):
 
 class CancelRequest(_Message):
     run_id: str
+    tenant: TenantId = DEFAULT_TENANT
     reason: str = "cancelled by client"
     requested_at: datetime = Field(default_factory=utcnow)
 
@@ -218,6 +227,7 @@ class DeadLetter(_Message):
     reason: str
     payload: str
     run_id: str | None = None
+    tenant: str | None = None
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -233,6 +243,15 @@ class ExecutorCapabilities(_Message):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class RunIndexEntry(_Message):
+    """One run in ``INDEX_STREAM``: written once, when its record is created, so the stream
+    lists runs in creation order without a consumer (``GET /runs`` pages through it)."""
+
+    run_id: str
+    tenant: TenantId = DEFAULT_TENANT
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 # -- run record -------------------------------------------------------------------------
 
 
@@ -240,8 +259,11 @@ class RunRecord(_Message):
     """The state of one run, stored in ``RUNS_BUCKET`` and served by ``GET /runs/{id}``."""
 
     run_id: str
+    tenant: TenantId = DEFAULT_TENANT
     status: RunStatus = RunStatus.QUEUED
     input: str = ""
+    #: The workflow as submitted (what the console draws); absent for records made before.
+    workflow: Workflow | None = None
     output: Any = None
     error: RunError | None = None
     suggestions: list[Suggestion] = Field(default_factory=list)

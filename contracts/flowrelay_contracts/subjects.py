@@ -3,18 +3,23 @@
 Every publisher and subscriber imports its names from here, so ``grep`` on a constant
 shows where a subject is produced and consumed. Nothing else in the code spells a subject.
 
+Subjects carry the tenant as a token, so NATS permissions can confine a user to one tenant
+(``flowrelay.events.<tenant>.>``) and the executor learns a run's tenant from the subject it
+was published on, which the publisher's permissions vouch for.
+
 Subject map (who publishes -> who consumes):
 
-=====================================  ======================  ==========================
-subject                                published by            consumed by
-=====================================  ======================  ==========================
-``flowrelay.runs.requested``           api, client             executor (durable, queue)
-``flowrelay.runs.cancel.<run_id>``     api, client             executor (core broadcast)
-``flowrelay.events.<run_id>``          executor, suggester     api (SSE), client, you
-``flowrelay.runs.failed``              executor                suggester (durable)
-``flowrelay.runs.advise``              api (suggest mode)      suggester (durable)
-``flowrelay.deadletter``               executor                operators
-=====================================  ======================  ==========================
+==============================================  ======================  ==========================
+subject                                         published by            consumed by
+==============================================  ======================  ==========================
+``flowrelay.runs.requested.<tenant>``           api, client             executor (durable, queue)
+``flowrelay.runs.cancel.<tenant>.<run_id>``     api, client             executor (core broadcast)
+``flowrelay.events.<tenant>.<run_id>``          executor, suggester     api (SSE), client, you
+``flowrelay.index.<tenant>.<run_id>``           api, executor           api (GET /runs)
+``flowrelay.runs.failed``                       executor                suggester (durable)
+``flowrelay.runs.advise``                       api (suggest mode)      suggester (durable)
+``flowrelay.deadletter``                        executor, suggester     operators
+==============================================  ======================  ==========================
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ ROOT = "flowrelay"
 
 # -- subjects ---------------------------------------------------------------------------
 
-#: A client asks for a run (payload: :class:`~flowrelay_contracts.messages.RunRequested`).
-RUN_REQUESTED = f"{ROOT}.runs.requested"
+#: A client asks for a run (payload: :class:`~flowrelay_contracts.messages.RunRequested`);
+#: ``flowrelay.runs.requested.<tenant>``.
+RUN_REQUESTED_PREFIX = f"{ROOT}.runs.requested"
+RUN_REQUESTED_ALL = f"{RUN_REQUESTED_PREFIX}.*"
 
-#: Ask the executor holding a run to stop it (payload: ``CancelRequest``); core NATS.
+#: Ask the executor holding a run to stop it (payload: ``CancelRequest``); core NATS;
+#: ``flowrelay.runs.cancel.<tenant>.<run_id>``.
 RUN_CANCEL_PREFIX = f"{ROOT}.runs.cancel"
-RUN_CANCEL_ALL = f"{RUN_CANCEL_PREFIX}.*"
+RUN_CANCEL_ALL = f"{RUN_CANCEL_PREFIX}.*.*"
 
 #: Failure reports for the suggester (payload: ``RunFailed``).
 RUN_FAILED = f"{ROOT}.runs.failed"
@@ -38,33 +46,67 @@ RUN_FAILED = f"{ROOT}.runs.failed"
 #: Suggestion-only requests (``FLOWRELAY_EXECUTION=suggest``; payload: ``RunRequested``).
 RUN_ADVISE = f"{ROOT}.runs.advise"
 
-#: Trace events of one run (payload: ``TraceEvent``); ``flowrelay.events.<run_id>``.
+#: Trace events of one run (payload: ``TraceEvent``); ``flowrelay.events.<tenant>.<run_id>``.
 EVENTS_PREFIX = f"{ROOT}.events"
-EVENTS_ALL = f"{EVENTS_PREFIX}.*"
+EVENTS_ALL = f"{EVENTS_PREFIX}.*.*"
+
+#: One small entry per run, written once when its record is created, in creation order:
+#: what ``GET /runs`` pages through (payload: ``RunIndexEntry``);
+#: ``flowrelay.index.<tenant>.<run_id>``.
+INDEX_PREFIX = f"{ROOT}.index"
+INDEX_ALL = f"{INDEX_PREFIX}.*.*"
 
 #: Messages no executor can process (payload: ``DeadLetter``).
 DEADLETTER = f"{ROOT}.deadletter"
 
 
-def run_events(run_id: str) -> str:
+def run_requested(tenant: str) -> str:
+    """Subject a run request of ``tenant`` is published on."""
+    return f"{RUN_REQUESTED_PREFIX}.{tenant}"
+
+
+def tenant_of_request_subject(subject: str) -> str:
+    """The tenant token of a ``flowrelay.runs.requested.<tenant>`` subject."""
+    return subject[len(RUN_REQUESTED_PREFIX) + 1 :]
+
+
+def run_events(tenant: str, run_id: str) -> str:
     """Subject carrying the trace events of ``run_id``."""
-    return f"{EVENTS_PREFIX}.{run_id}"
+    return f"{EVENTS_PREFIX}.{tenant}.{run_id}"
 
 
-def run_cancel(run_id: str) -> str:
+def tenant_events(tenant: str) -> str:
+    """Every event subject of ``tenant`` (what its read-only NATS user may read)."""
+    return f"{EVENTS_PREFIX}.{tenant}.>"
+
+
+def run_cancel(tenant: str, run_id: str) -> str:
     """Subject on which a cancel request for ``run_id`` is broadcast to executors."""
-    return f"{RUN_CANCEL_PREFIX}.{run_id}"
+    return f"{RUN_CANCEL_PREFIX}.{tenant}.{run_id}"
+
+
+def run_index(tenant: str, run_id: str) -> str:
+    return f"{INDEX_PREFIX}.{tenant}.{run_id}"
+
+
+def tenant_index(tenant: str | None) -> str:
+    """Index entries of ``tenant``, or of every tenant for ``None``."""
+    return f"{INDEX_PREFIX}.{tenant}.*" if tenant else INDEX_ALL
 
 
 # -- streams ----------------------------------------------------------------------------
 
 #: Work queue of run requests; a message leaves it when an executor acks or terms it.
 RUNS_STREAM = "FLOWRELAY_RUNS"
-RUNS_STREAM_SUBJECTS = (RUN_REQUESTED,)
+RUNS_STREAM_SUBJECTS = (RUN_REQUESTED_ALL,)
 
 #: Trace events of every run, kept for ``events_max_age_s`` so late subscribers replay them.
 EVENTS_STREAM = "FLOWRELAY_EVENTS"
 EVENTS_STREAM_SUBJECTS = (EVENTS_ALL,)
+
+#: The run index (see ``INDEX_PREFIX``), kept as long as run records.
+INDEX_STREAM = "FLOWRELAY_RUN_INDEX"
+INDEX_STREAM_SUBJECTS = (INDEX_ALL,)
 
 #: Work for the suggester: failure reports and suggestion-only requests.
 SUGGESTER_STREAM = "FLOWRELAY_SUGGESTER"
@@ -83,18 +125,45 @@ EXECUTORS_CONSUMER = "executors"
 SUGGESTER_FAILURES_CONSUMER = "suggester-failures"
 SUGGESTER_ADVISE_CONSUMER = "suggester-advise"
 
+#: Queue group of executors applying cancel requests to records (one of them per request).
+CANCEL_QUEUE = "flowrelay-cancel"
+
 # -- key-value buckets ------------------------------------------------------------------
 
-#: Run records (``RunRecord``), keyed by run id; entries expire after ``runs_ttl_s``.
+#: Run records (``RunRecord``), keyed ``<tenant>.<run_id>``; entries expire after ``runs_ttl_s``.
 RUNS_BUCKET = "flowrelay_runs"
 
-#: ``Idempotency-Key`` header -> run id, so a retried ``POST /runs`` returns the same run.
+#: ``Idempotency-Key`` header (hashed with the tenant) -> run id, so a retried ``POST /runs``
+#: returns the same run.
 IDEMPOTENCY_BUCKET = "flowrelay_idempotency"
 
 #: Live executors and what they can run (``ExecutorCapabilities``); short TTL = liveness.
 EXECUTORS_BUCKET = "flowrelay_executors"
 
-# -- headers ----------------------------------------------------------------------------
+#: The API's keys (hashes only), keyed by key id. Only the API's NATS user may touch it.
+API_KEYS_BUCKET = "flowrelay_api_keys"
+
+
+def run_key(tenant: str, run_id: str) -> str:
+    """Key of a run's record in ``RUNS_BUCKET``."""
+    return f"{tenant}.{run_id}"
+
+
+def run_record_subject(tenant: str, run_id: str) -> str:
+    """The KV subject behind a run's record (what NATS permissions match)."""
+    return f"$KV.{RUNS_BUCKET}.{run_key(tenant, run_id)}"
+
+
+# -- headers and inboxes ----------------------------------------------------------------
 
 #: JetStream de-duplicates publishes with the same id inside the stream's window.
 MSG_ID_HEADER = "Nats-Msg-Id"
+
+#: Set by the API on cancel broadcasts whose record change it has already made.
+CANCEL_RECORDED_HEADER = "Flowrelay-Cancel-Recorded"
+
+
+def tenant_inbox_prefix(tenant: str) -> str:
+    """Reply-subject prefix of a tenant's NATS users: they may not read ``_INBOX.>``, where
+    every other client's replies (records of other tenants among them) arrive."""
+    return f"_FR_INBOX.{tenant}"

@@ -21,11 +21,14 @@ import nats
 from nats.aio.client import Client
 
 from flowrelay import natsserver
+from flowrelay.credentials import Secrets
+from flowrelay.natsconfig import Role
 from flowrelay.natsserver import NatsServer
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 from flowrelay_bus.events import follow, last_event_seq
-from flowrelay_bus.runs import RunStore
+from flowrelay_bus.runs import Mutation, RunStore
 from flowrelay_contracts import RunRecord, TraceEvent, subjects
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent
@@ -43,13 +46,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Stack:
-    """The three services (API, executors, suggester) as processes against one NATS."""
+#: The NATS user each service process connects as.
+_SERVICE_ROLES = {"api": Role.API, "executor": Role.EXECUTOR, "suggester": Role.SUGGESTER}
 
-    def __init__(self, *, nats_url: str, scripted_url: str, root: Path, **env: str) -> None:
+
+class Stack:
+    """The three services (API, executors, suggester) as processes against one NATS, each
+    with its own NATS user; ``auth_headers`` carry the deployment's admin key."""
+
+    def __init__(self, *, nats_url: str, scripted_url: str, root: Path, secrets: Secrets, **env: str) -> None:
         self.nats_url = nats_url
         self.scripted_url = scripted_url
         self.root = root
+        self.secrets = secrets
+        self.admin_key = secrets.admin_key()
+        self.auth_headers = {"Authorization": f"Bearer {self.admin_key}"}
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         base = {k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS and not k.startswith("FLOWRELAY_")}
@@ -78,7 +89,7 @@ class Stack:
         return ServiceProcess(
             service,
             resolve(SERVICE_COMMANDS[service]),
-            env=self.env | env,
+            env=self.env | self.secrets.service_env(_SERVICE_ROLES[service]) | env,
             log_path=self.root / "logs" / f"{label}.log",
         ).start()
 
@@ -104,12 +115,16 @@ class Stack:
             if proc is not None:
                 proc.terminate(timeout=15)
 
+    async def bus(self) -> Bus:
+        return await Bus.connect(self.nats_url, self.secrets)
+
 
 @contextlib.contextmanager
 def isolated_stack(root: Path, scripted_url: str, *, port: int = 0) -> Iterator[tuple[Stack, NatsServer]]:
     """A stack with its own nats-server (API and suggester started; executors are the test's)."""
-    server = natsserver.start(root / "nats", port=port, log_file=root / "logs" / "nats.log")
-    stack = Stack(nats_url=server.url, scripted_url=scripted_url, root=root)
+    secrets = Secrets.ensure(root / "secrets")
+    server = natsserver.start_secure(root / "nats", secrets, port=port, log_file=root / "logs" / "nats.log")
+    stack = Stack(nats_url=server.url, scripted_url=scripted_url, root=root, secrets=secrets)
     try:
         stack.start_api()
         stack.start_suggester()
@@ -119,19 +134,47 @@ def isolated_stack(root: Path, scripted_url: str, *, port: int = 0) -> Iterator[
         server.stop()
 
 
-class Bus:
-    """A test's own NATS connection, for watching records and events independently of the API."""
+class TenantRuns:
+    """A tenant's view of the run store, so tests name runs by id alone."""
 
-    def __init__(self, nc: Client, store: RunStore) -> None:
+    def __init__(self, store: RunStore, tenant: str) -> None:
+        self._store = store
+        self.tenant = tenant
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        return await self._store.get(self.tenant, run_id)
+
+    async def create(self, record: RunRecord) -> bool:
+        return await self._store.create(record.model_copy(update={"tenant": self.tenant}))
+
+    async def update(self, run_id: str, mutate: Mutation) -> RunRecord | None:
+        return await self._store.update(self.tenant, run_id, mutate)
+
+    async def change(self, run_id: str, mutate: Mutation) -> tuple[RunRecord | None, bool]:
+        return await self._store.change(self.tenant, run_id, mutate)
+
+    def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
+        return self._store.watch(self.tenant, run_id)
+
+
+class Bus:
+    """A test's own NATS connection (the operator user), for watching records and events of
+    one tenant's runs independently of the API."""
+
+    def __init__(self, nc: Client, store: RunStore, tenant: str = DEFAULT_TENANT) -> None:
         self.nc = nc
         self.js = nc.jetstream()
-        self.store = store
+        self.tenant = tenant
+        self.runs = store
+        self.store = TenantRuns(store, tenant)
 
     @classmethod
-    async def connect(cls, url: str) -> Bus:
-        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-        store = RunStore(await nc.jetstream().key_value(subjects.RUNS_BUCKET))
-        return cls(nc, store)
+    async def connect(cls, url: str, secrets: Secrets, *, tenant: str = DEFAULT_TENANT) -> Bus:
+        nc = await nats.connect(
+            url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+            user=Role.OPERATOR.value, password=secrets.password(Role.OPERATOR.value),
+        )
+        return cls(nc, await RunStore.open(nc.jetstream()), tenant)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -155,7 +198,7 @@ class Bus:
 
         async def collect() -> list[TraceEvent]:
             out: list[TraceEvent] = []
-            async for event in follow(self.nc, run_id, until_terminal=until_terminal):
+            async for event in follow(self.nc, self.tenant, run_id, until_terminal=until_terminal):
                 assert event is not None
                 out.append(event)
             return out
@@ -167,10 +210,12 @@ class Bus:
 
         Events are numbered without gaps, so the last one's ``seq`` is how many to read.
         """
-        count = await last_event_seq(self.js, run_id)
+        count = await last_event_seq(self.js, self.tenant, run_id)
         if not count:
             return []
-        sub = await self.js.subscribe(subjects.run_events(run_id), ordered_consumer=True, stream=subjects.EVENTS_STREAM)
+        sub = await self.js.subscribe(
+            subjects.run_events(self.tenant, run_id), ordered_consumer=True, stream=subjects.EVENTS_STREAM
+        )
         try:
             return [TraceEvent.model_validate_json((await sub.next_msg(timeout=10)).data) for _ in range(count)]
         finally:
@@ -186,7 +231,7 @@ class Bus:
         return [e for e in await self.stored_events(run_id) if e.type.terminal]
 
     async def stream_events(self, run_id: str) -> AsyncIterator[TraceEvent]:
-        async for event in follow(self.nc, run_id):
+        async for event in follow(self.nc, self.tenant, run_id):
             if event is not None:
                 yield event
 

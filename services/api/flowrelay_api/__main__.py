@@ -21,6 +21,9 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if (refusal := settings.unsafe_binding()) is not None:
+        logging.getLogger("flowrelay.api").error("refusing to start: %s", refusal)
+        raise SystemExit(2)
     options = {
         "host": settings.api_host,
         "port": settings.api_port,
@@ -33,6 +36,8 @@ def main() -> None:
         # connection is never closed by the server while a client reuses it.
         "timeout_keep_alive": KEEP_ALIVE_S,
     }
+    if settings.api_tls_cert is not None and settings.api_tls_key is not None:
+        options |= {"ssl_certfile": str(settings.api_tls_cert), "ssl_keyfile": str(settings.api_tls_key)}
     if settings.api_workers > 1:  # each worker process builds its app from the environment
         uvicorn.run(APP_FACTORY, factory=True, workers=settings.api_workers, **options)  # type: ignore[arg-type]
     else:

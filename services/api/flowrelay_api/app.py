@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.types import Scope
 
-from flowrelay_api import routes_execute, routes_ops, routes_runs
+from flowrelay_api import routes_execute, routes_keys, routes_ops, routes_runs
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import install_error_handlers
 from flowrelay_api.limits import BodyLimitMiddleware
@@ -30,6 +30,9 @@ Runs any-agent workflows on a pool of executors over NATS JetStream.
   `GET /runs/{run_id}/events` (Server-Sent Events) or `GET /runs/{run_id}`.
 * `POST /execute` does the same and waits for the result.
 * A failed run comes back with the suggester's guidance (`suggestions`, `mode: degraded`).
+
+Every route but `/healthz` and these docs needs `Authorization: Bearer <api key>`; a key acts
+for one tenant and sees only that tenant's runs.
 """
 
 
@@ -69,6 +72,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_runs.router)
     app.include_router(routes_execute.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_keys.router)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, on_refused=count_too_large
     )

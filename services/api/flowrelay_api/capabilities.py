@@ -1,8 +1,9 @@
 """Which frameworks and tools the running executors offer, and checking workflows against it.
 
 Executors advertise an ``ExecutorCapabilities`` entry in ``EXECUTORS_BUCKET`` and refresh
-it while they live; the bucket's TTL removes the entry of an executor that died. Reading
-the bucket costs a consumer and a round trip per entry, too much for every request, so:
+it while they live; the bucket's TTL removes the entry of an executor that died. The bucket
+is read with one batched direct get (:func:`flowrelay_bus.kvscan.scan`: no consumer left
+behind), still too much for every request, so:
 
 * a background task re-reads it every :data:`POLL_INTERVAL_S` into a snapshot that
   accepting requests and ``/healthz`` use for free;
@@ -20,11 +21,12 @@ import asyncio
 import contextlib
 import logging
 
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.aio.client import Client
 from pydantic import ValidationError
 
 from flowrelay_api.errors import BUS_ERRORS, Loc
-from flowrelay_contracts import ExecutorCapabilities, Workflow
+from flowrelay_bus.kvscan import scan
+from flowrelay_contracts import ExecutorCapabilities, Workflow, subjects
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,8 @@ Problem = tuple[Loc, str, str]
 class ExecutorDirectory:
     """A snapshot of the live executors' capabilities, kept fresh in the background."""
 
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
         self._snapshot: list[ExecutorCapabilities] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -63,21 +65,12 @@ class ExecutorDirectory:
 
     async def refresh(self) -> list[ExecutorCapabilities]:
         """Read every entry of the bucket now; entries present are live (the TTL expires the rest)."""
-        watcher = await self._kv.watchall()
         found: list[ExecutorCapabilities] = []
-        try:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                async for entry in watcher:
-                    if entry is None:  # end of the current values
-                        break
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        continue
-                    try:
-                        found.append(ExecutorCapabilities.model_validate_json(entry.value))
-                    except ValidationError:
-                        log.warning("ignoring unreadable capabilities entry %r", entry.key)
-        finally:
-            await watcher.stop()
+        for entry in await scan(self._nc, subjects.EXECUTORS_BUCKET, timeout=READ_TIMEOUT_S):
+            try:
+                found.append(ExecutorCapabilities.model_validate_json(entry.value))
+            except ValidationError:
+                log.warning("ignoring unreadable capabilities entry %r", entry.key)
         self._snapshot = found
         return found
 
@@ -99,7 +92,7 @@ class ExecutorDirectory:
             await asyncio.sleep(POLL_INTERVAL_S)
             try:
                 await self.refresh()
-            except (*BUS_ERRORS, ValidationError) as exc:  # keep the last snapshot; retry later
+            except (*BUS_ERRORS, ValidationError, RuntimeError) as exc:  # keep the last snapshot; retry later
                 log.debug("reading executor capabilities failed: %s", type(exc).__name__)
 
 

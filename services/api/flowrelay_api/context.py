@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 from faststream.nats import NatsBroker
@@ -16,14 +17,18 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from flowrelay_api.auth import Authenticator, KeyStore, Scope
+from flowrelay_api.auth.jwt import JwtVerifier
 from flowrelay_api.capabilities import ExecutorDirectory
 from flowrelay_api.metrics import Metrics
 from flowrelay_api.settings import ApiSettings
 from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
+from flowrelay_bus.index import RunIndex
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import subjects
 from flowrelay_contracts.ids import RunIdGenerator
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +46,11 @@ class ApiContext:
     nc: Client
     js: JetStreamContext
     runs: RunStore
+    index: RunIndex
     idempotency: KeyValue
     executors: ExecutorDirectory
+    keys: KeyStore
+    auth: Authenticator
     ids: RunIdGenerator = field(default_factory=RunIdGenerator)
 
     @classmethod
@@ -53,23 +61,28 @@ class ApiContext:
         try:
             js = nc.jetstream(timeout=settings.nats_timeout_s)
             await topology.declare(js, settings)
-            runs_kv = await js.key_value(subjects.RUNS_BUCKET)
+            await topology.declare_bucket(js, topology.api_keys_bucket_config(settings))
             idempotency = await js.key_value(subjects.IDEMPOTENCY_BUCKET)
-            executors = ExecutorDirectory(await js.key_value(subjects.EXECUTORS_BUCKET))
+            executors = ExecutorDirectory(nc)
             await executors.start()
+            keys = KeyStore(await js.key_value(subjects.API_KEYS_BUCKET), nc, cache_s=settings.key_cache_s)
+            await _bootstrap(settings, keys)
         except BaseException:
             await broker.stop()
             raise
-        log.info("connected to NATS; %d executor(s) live", len(executors.live))
+        log.info("connected to NATS; %d executor(s) live; auth: %s", len(executors.live), settings.auth)
         return cls(
             settings=settings,
             metrics=metrics,
             broker=broker,
             nc=nc,
             js=js,
-            runs=RunStore(runs_kv),
+            runs=await RunStore.open(js),
+            index=RunIndex(js),
             idempotency=idempotency,
             executors=executors,
+            keys=keys,
+            auth=Authenticator(keys=keys, jwt=_jwt_verifier(settings), enabled=settings.auth == "keys"),
         )
 
     async def close(self) -> None:
@@ -79,6 +92,30 @@ class ApiContext:
     @property
     def connected(self) -> bool:
         return self.nc.is_connected
+
+
+async def _bootstrap(settings: ApiSettings, keys: KeyStore) -> None:
+    key = settings.bootstrap_key()
+    if key is None:
+        return
+    created = await keys.bootstrap(key, tenant=DEFAULT_TENANT, scopes=[Scope.ADMIN], name="bootstrap admin")
+    if created:
+        log.info("bootstrap admin key from %s stored (tenant %s)", settings.bootstrap_key_file, DEFAULT_TENANT)
+
+
+def _jwt_verifier(settings: ApiSettings) -> JwtVerifier | None:
+    if settings.jwt_issuer is None:
+        return None
+    public_key = Path(settings.jwt_public_key_file).read_text() if settings.jwt_public_key_file else None
+    return JwtVerifier(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        algorithms=[a.strip() for a in settings.jwt_algorithms.split(",") if a.strip()],
+        jwks_url=settings.jwt_jwks_url,
+        public_key=public_key,
+        tenant_claim=settings.jwt_tenant_claim,
+        scopes_claim=settings.jwt_scopes_claim,
+    )
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -35,14 +35,35 @@ BUS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSEr
 
 
 class ApiError(Exception):
-    """An answer other than success, raised anywhere below a route."""
+    """An answer other than success, raised anywhere below a route.
+
+    ``code`` (when a class sets one) is a stable machine-readable word next to ``detail``.
+    """
 
     status_code = 500
+    code: str | None = None
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers
+
+
+class Unauthenticated(ApiError):
+    """401: no credential, or one that is unknown, revoked or malformed."""
+
+    status_code = 401
+    code = "unauthenticated"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="flowrelay"'})
+
+
+class Forbidden(ApiError):
+    """403: a valid credential without the scope the operation needs."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class RunNotFound(ApiError):
@@ -137,7 +158,10 @@ async def _on_invalid_request(request: Request, exc: Exception) -> Response:
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    body: dict[str, str] = {"detail": exc.detail}
+    if exc.code is not None:
+        body["code"] = exc.code
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

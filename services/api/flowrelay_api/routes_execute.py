@@ -14,9 +14,11 @@ from fastapi import APIRouter, Depends, Header
 from starlette.responses import Response
 
 from flowrelay_api import runs
+from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
 from flowrelay_api.errors import ApiError, GatewayTimeout
 from flowrelay_api.schemas import (
+    AUTH_ERRORS,
     ErrorResponse,
     ExecuteResult,
     RunSubmission,
@@ -27,7 +29,7 @@ from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
 from flowrelay_api.waiting import RunWaiter
 from flowrelay_contracts import RunMode, RunRecord, RunStatus, TraceEvent
 
-router = APIRouter(tags=["execute"])
+router = APIRouter(tags=["execute"], responses=AUTH_ERRORS)
 
 
 @router.post(
@@ -54,12 +56,13 @@ router = APIRouter(tags=["execute"])
 async def execute(
     body: RunSubmission,
     ctx: Annotated[ApiContext, Depends(get_context)],
+    caller: Annotated[Principal, Depends(require(Scope.SUBMIT))],
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     ] = None,
 ) -> Response:
-    async with RunWaiter(ctx) as waiter:
-        submitted = await submit(ctx, body, idempotency_key, before_publish=waiter.start)
+    async with RunWaiter(ctx, caller.tenant) as waiter:
+        submitted = await submit(ctx, caller, body, idempotency_key, before_publish=waiter.start)
         run_id = submitted.record.run_id
         await waiter.start(run_id)  # no-op unless the submission was a replay
         settings = ctx.settings
@@ -68,7 +71,7 @@ async def execute(
         ) + settings.execute_margin_s
         record = await waiter.finished(wait_s, settings.sse_suggestion_grace_s)
         if record is None:
-            record = await _give_up(ctx, run_id, wait_s)
+            record = await _give_up(ctx, caller, run_id, wait_s)
         trace = await waiter.trace()
     return json_response(_result(record, trace))
 
@@ -88,18 +91,18 @@ def _result(record: RunRecord, trace: list[TraceEvent]) -> ExecuteResult:
     )
 
 
-async def _give_up(ctx: ApiContext, run_id: str, wait_s: float) -> RunRecord:
+async def _give_up(ctx: ApiContext, caller: Principal, run_id: str, wait_s: float) -> RunRecord:
     """The wait expired: the run if it ended just now; else cancel it if it never started,
     and raise 504."""
     status = "unknown"
     try:
-        record = await runs.get_run(ctx, run_id)
+        record = await runs.get_run(ctx, caller, run_id)
         if record.terminal:
             return record
         status = record.status.value
         if record.status == RunStatus.QUEUED:
             record = await runs.cancel_run(
-                ctx, run_id, reason=f"cancelled by POST /execute after waiting {wait_s:g} s"
+                ctx, caller, run_id, reason=f"cancelled by POST /execute after waiting {wait_s:g} s"
             )
             status = record.status.value
     except ApiError:

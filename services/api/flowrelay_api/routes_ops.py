@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
-from flowrelay_api.schemas import Health, json_response
+from flowrelay_api.schemas import AUTH_ERRORS, Health, json_response
 
 router = APIRouter(tags=["operations"])
 
@@ -34,9 +35,16 @@ async def healthz(ctx: Annotated[ApiContext, Depends(get_context)]) -> Response:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    description="Needs a key with the `metrics` scope (or `admin`): give the scraper its own.",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        **AUTH_ERRORS,
+    },
 )
-async def metrics(ctx: Annotated[ApiContext, Depends(get_context)]) -> Response:
+async def metrics(
+    ctx: Annotated[ApiContext, Depends(get_context)],
+    caller: Annotated[Principal, Depends(require(Scope.METRICS))],
+) -> Response:
     body, content_type = ctx.metrics.render()
     return Response(body, media_type=content_type)

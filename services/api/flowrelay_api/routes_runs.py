@@ -9,8 +9,10 @@ from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
 from flowrelay_api import runs, sse
+from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
 from flowrelay_api.schemas import (
+    AUTH_ERRORS,
     CancelAccepted,
     ErrorResponse,
     RunAccepted,
@@ -30,12 +32,17 @@ MAX_PAGE_SIZE = 100
 #: Page size of ``GET /runs`` without ``limit``.
 DEFAULT_PAGE_SIZE = 20
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], responses=AUTH_ERRORS)
 
 Context = Annotated[ApiContext, Depends(get_context)]
 RunId = Annotated[str, Path(description="The run's id, as returned by POST /runs.")]
+Submitter = Annotated[Principal, Depends(require(Scope.SUBMIT))]
+Reader = Annotated[Principal, Depends(require(Scope.READ))]
+Canceller = Annotated[Principal, Depends(require(Scope.CANCEL))]
 
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such run."}}
+_NOT_FOUND = {
+    404: {"model": ErrorResponse, "description": "No such run (or it belongs to another tenant)."}
+}
 _INVALID = {
     422: {
         "model": ValidationErrorResponse,
@@ -69,6 +76,7 @@ async def create_run(
     request: Request,
     body: RunSubmission,
     ctx: Context,
+    caller: Submitter,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -78,7 +86,7 @@ async def create_run(
         ),
     ] = None,
 ) -> Response:
-    submitted = await submit(ctx, body, idempotency_key)
+    submitted = await submit(ctx, caller, body, idempotency_key)
     record = submitted.record
     links = RunLinks.for_run(record.run_id, request.scope.get("root_path", ""))
     headers = {"Location": links.self}
@@ -94,20 +102,27 @@ async def create_run(
     "/runs",
     response_model=RunList,
     summary="List runs, newest first",
-    description="Cursor pagination: pass the `next_cursor` of a page as `cursor` to get the next one; "
-    "it is null on the last page.",
+    description="The runs of the key's tenant (an admin key: of every tenant, or of `tenant`). "
+    "Cursor pagination: pass the `next_cursor` of a page as `cursor` to get the next one; it is null "
+    "on the last page. With `status`, a page may hold fewer runs than `limit` and still have a cursor.",
     responses=_INVALID,
 )
 async def list_runs(
     request: Request,
     ctx: Context,
+    caller: Reader,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+    tenant: Annotated[
+        str | None, Query(description="Admin keys: only this tenant's runs.", max_length=63)
+    ] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description="Runs per page.")
     ] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> Response:
-    page = await runs.list_runs(ctx, status=status, limit=limit, cursor=cursor)
+    page = await runs.list_runs(
+        ctx, caller, tenant=tenant, status=status, limit=limit, cursor=cursor
+    )
     root = request.scope.get("root_path", "")
     return json_response(
         RunList(runs=[RunView.of(r, root) for r in page.runs], next_cursor=page.next_cursor)
@@ -121,9 +136,10 @@ async def list_runs(
     description="Status, output or error, the suggester's guidance, token usage and cost.",
     responses=_NOT_FOUND,
 )
-async def get_run(request: Request, ctx: Context, run_id: RunId) -> Response:
-    record = await runs.get_run(ctx, run_id)
-    return json_response(RunView.of(record, request.scope.get("root_path", "")))
+async def get_run(request: Request, ctx: Context, caller: Reader, run_id: RunId) -> Response:
+    record = await runs.get_run(ctx, caller, run_id)
+    root = request.scope.get("root_path", "")
+    return json_response(RunView.of(record, root, with_workflow=True))
 
 
 @router.get(
@@ -141,6 +157,7 @@ async def get_run(request: Request, ctx: Context, run_id: RunId) -> Response:
 )
 async def run_events(
     ctx: Context,
+    caller: Reader,
     run_id: RunId,
     after: Annotated[int, Query(ge=0, description="Send only events with a greater seq.")] = 0,
     last_event_id: Annotated[
@@ -148,7 +165,7 @@ async def run_events(
         Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect."),
     ] = None,
 ) -> EventSourceResponse:
-    record = await runs.get_run(ctx, run_id)
+    record = await runs.get_run(ctx, caller, run_id)
     return sse.event_stream(ctx, record, max(after, last_event_id or 0))
 
 
@@ -165,6 +182,6 @@ async def run_events(
         **_NOT_FOUND,
     },
 )
-async def cancel_run(ctx: Context, run_id: RunId) -> Response:
-    record = await runs.cancel_run(ctx, run_id)
+async def cancel_run(ctx: Context, caller: Canceller, run_id: RunId) -> Response:
+    record = await runs.cancel_run(ctx, caller, run_id)
     return json_response(CancelAccepted(run_id=record.run_id, status=record.status), 202)

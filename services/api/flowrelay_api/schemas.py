@@ -9,7 +9,7 @@ against ``response_model`` again (the models are still declared on the routes fo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -88,9 +88,13 @@ class RunAccepted(BaseModel):
 
 
 class RunView(BaseModel):
-    """A run as ``GET /runs/{run_id}`` shows it (the stored record, without its input)."""
+    """A run as ``GET /runs/{run_id}`` shows it (the stored record, without its input).
+
+    ``workflow`` (the graph as submitted) is in ``GET /runs/{run_id}`` only, not in lists.
+    """
 
     run_id: str
+    tenant: str
     status: RunStatus
     output: Any = None
     error: RunError | None = None
@@ -107,17 +111,19 @@ class RunView(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    workflow: Workflow | None = None
     links: RunLinks
 
     @classmethod
-    def of(cls, record: RunRecord, root_path: str = "") -> RunView:
+    def of(cls, record: RunRecord, root_path: str = "", *, with_workflow: bool = False) -> RunView:
         return cls.model_construct(  # the record is already valid: copy, do not re-validate
             **{name: getattr(record, name) for name in _VIEW_FIELDS},
+            workflow=record.workflow if with_workflow else None,
             links=RunLinks.for_run(record.run_id, root_path),
         )
 
 
-_VIEW_FIELDS = tuple(name for name in RunView.model_fields if name != "links")
+_VIEW_FIELDS = tuple(name for name in RunView.model_fields if name not in ("links", "workflow"))
 
 
 class RunList(BaseModel):
@@ -156,6 +162,53 @@ class ExecuteResult(BaseModel):
     trace: list[TraceEvent] = Field(default_factory=list)
 
 
+class Identity(BaseModel):
+    """Answer of ``GET /auth/me``: who the credential says you are."""
+
+    key_id: str | None = Field(description="Id of the API key (null for a JWT or with auth off).")
+    tenant: str
+    scopes: list[str]
+    name: str = ""
+    via: str = Field(description="'key', 'jwt', or 'none' when FLOWRELAY_AUTH=none.")
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Tenant the key acts for: its runs are the only ones it sees.",
+    )
+    scopes: list[Literal["submit", "read", "cancel", "metrics", "admin"]] = Field(
+        default_factory=lambda: ["submit", "read", "cancel"], min_length=1, max_length=5
+    )
+    name: str = Field(default="", max_length=200, description="What the key is for (shown in lists).")
+
+
+class KeyView(BaseModel):
+    """A key as listed: everything but the secret, which is shown once, at creation."""
+
+    key_id: str
+    tenant: str
+    scopes: list[str]
+    name: str
+    created_at: datetime
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyView):
+    """Answer of ``POST /keys``. ``key`` is shown this once and stored nowhere: keep it."""
+
+    key: str
+
+
+class KeyList(BaseModel):
+    keys: list[KeyView]
+
+
 class Health(BaseModel):
     status: str = Field(description="'ok', or 'unavailable' when NATS is not connected.")
     nats: str = Field(description="'connected' or 'disconnected'.")
@@ -166,6 +219,16 @@ class ErrorResponse(BaseModel):
     """Every error that is not a validation error: what went wrong and who is at fault."""
 
     detail: str
+    code: str | None = Field(
+        default=None, description="'unauthenticated' (401) or 'forbidden' (403) where set."
+    )
+
+
+#: What every authenticated route may answer: no or a bad key, a key without the scope.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No credential, or an unknown or revoked one."},
+    403: {"model": ErrorResponse, "description": "The key lacks the scope this route needs."},
+}
 
 
 class ValidationProblem(BaseModel):

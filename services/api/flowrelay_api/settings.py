@@ -7,12 +7,16 @@ so a client that hits one learns which variable raises it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from flowrelay_bus.settings import BusSettings
+from flowrelay_bus.settings import BusSettings, read_secret_file
+
+#: Addresses ``FLOWRELAY_AUTH=none`` may bind to: nothing but this machine can reach them.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class ApiSettings(BusSettings):
@@ -31,6 +35,43 @@ class ApiSettings(BusSettings):
     )
     api_access_log: bool = Field(
         default=False, description="Log one line per HTTP request (costs latency)."
+    )
+    api_tls_cert: Path | None = Field(
+        default=None, description="Certificate (PEM chain) to serve HTTPS with."
+    )
+    api_tls_key: Path | None = Field(default=None, description="Private key of FLOWRELAY_API_TLS_CERT.")
+
+    # -- who may call ---------------------------------------------------------------------
+    auth: Literal["keys", "none"] = Field(
+        default="keys",
+        description="'keys': every route but /healthz and the docs needs a bearer API key (or JWT). "
+        "'none': no authentication, for experiments on loopback only (the API refuses other addresses).",
+    )
+    bootstrap_key_file: Path | None = Field(
+        default=None,
+        description="File with an API key (as flowrelay up and 'flowrelay secrets init' write) that becomes "
+        "an admin key of tenant 'default' at start, unless it exists or was revoked.",
+    )
+    key_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds a verified API key is trusted before it is read again: revocations reach every "
+        "API process within this.",
+    )
+    jwt_issuer: str | None = Field(
+        default=None, description="Also accept JWTs from this issuer ('iss'); unset: API keys only."
+    )
+    jwt_audience: str | None = Field(default=None, description="Required 'aud' of accepted JWTs.")
+    jwt_jwks_url: str | None = Field(default=None, description="JWKS URL of the issuer's signing keys.")
+    jwt_public_key_file: Path | None = Field(
+        default=None, description="PEM public key of the issuer (instead of FLOWRELAY_JWT_JWKS_URL)."
+    )
+    jwt_algorithms: str = Field(
+        default="RS256,ES256,EdDSA", description="Comma-separated JWT signature algorithms accepted."
+    )
+    jwt_tenant_claim: str = Field(default="tenant", description="JWT claim holding the tenant id.")
+    jwt_scopes_claim: str = Field(
+        default="scope", description="JWT claim holding the scopes (space-separated or a list)."
     )
 
     # -- what a request may ask for -----------------------------------------------------
@@ -74,3 +115,24 @@ class ApiSettings(BusSettings):
         ge=0,
         description="After run.failed, how long SSE streams and POST /execute wait for the suggester's guidance.",
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.api_tls_cert is None) != (self.api_tls_key is None):
+            raise ValueError("FLOWRELAY_API_TLS_CERT and FLOWRELAY_API_TLS_KEY go together: set both or neither")
+        return self
+
+    def bootstrap_key(self) -> str | None:
+        if self.bootstrap_key_file is None:
+            return None
+        return read_secret_file(self.bootstrap_key_file, "FLOWRELAY_BOOTSTRAP_KEY_FILE")
+
+    def unsafe_binding(self) -> str | None:
+        """Why this configuration must not start, if it must not."""
+        if self.auth == "none" and self.api_host not in LOOPBACK_HOSTS:
+            return (
+                f"FLOWRELAY_AUTH=none serves every run to anyone who can reach {self.api_host}:{self.api_port}; "
+                "with auth off the API only binds to loopback (FLOWRELAY_API_HOST=127.0.0.1). "
+                "Use API keys (FLOWRELAY_AUTH=keys, the default) to listen on other addresses."
+            )
+        return None

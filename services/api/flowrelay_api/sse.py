@@ -25,13 +25,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from enum import Enum
 
-from nats.js.errors import NotFoundError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from flowrelay_api.context import ApiContext
 from flowrelay_api.runs import TERMINAL_EVENT_WAIT_S
-from flowrelay_bus.events import follow
-from flowrelay_contracts import EventType, RunRecord, TraceEvent, subjects
+from flowrelay_bus.events import follow, last_event
+from flowrelay_contracts import EventType, RunRecord, TraceEvent
 from flowrelay_contracts.messages import utcnow
 
 log = logging.getLogger(__name__)
@@ -68,12 +67,12 @@ async def _counted(
 async def _events(
     ctx: ApiContext, record: RunRecord, after_seq: int
 ) -> AsyncIterator[ServerSentEvent]:
-    run_id = record.run_id
+    run_id, tenant = record.run_id, record.tenant
     sent = after_seq
     failure: TraceEvent | None = None
     stop_at: int | None = None  # last event of a run that ended without announcing it
     if record.terminal:  # maybe nothing is left to send (a client resuming after the end)
-        last = await _last_event(ctx, run_id)
+        last = await last_event(ctx.js, tenant, run_id)
         step = _next_step(record, last, sent)
         if step == _Step.CLOSE:
             return
@@ -84,13 +83,18 @@ async def _events(
     if failure is None:
         async with contextlib.aclosing(
             follow(
-                ctx.nc, run_id, after_seq=sent, idle_timeout_s=IDLE_RECHECK_S, until_terminal=False
+                ctx.nc,
+                tenant,
+                run_id,
+                after_seq=sent,
+                idle_timeout_s=IDLE_RECHECK_S,
+                until_terminal=False,
             )
         ) as live:
             async for event in live:
                 if event is None:
-                    last = await _last_event(ctx, run_id)
-                    step = _next_step(await ctx.runs.get(run_id), last, sent)
+                    last = await last_event(ctx.js, tenant, run_id)
+                    step = _next_step(await ctx.runs.get(tenant, run_id), last, sent)
                     if step == _Step.CLOSE:
                         return
                     if step == _Step.AWAIT_SUGGESTION:
@@ -105,11 +109,13 @@ async def _events(
                 if event.type.terminal or (stop_at is not None and sent >= stop_at):
                     return
     if failure is not None:
-        async for event in _suggestion_after(ctx, failure):
+        async for event in _suggestion_after(ctx, tenant, failure):
             yield event
 
 
-async def _suggestion_after(ctx: ApiContext, failure: TraceEvent) -> AsyncIterator[ServerSentEvent]:
+async def _suggestion_after(
+    ctx: ApiContext, tenant: str, failure: TraceEvent
+) -> AsyncIterator[ServerSentEvent]:
     """Events after a failure until a ``suggestion`` one, within the grace period."""
     grace = ctx.settings.sse_suggestion_grace_s
     waited = (utcnow() - failure.at).total_seconds()
@@ -120,6 +126,7 @@ async def _suggestion_after(ctx: ApiContext, failure: TraceEvent) -> AsyncIterat
     async with contextlib.aclosing(
         follow(
             ctx.nc,
+            tenant,
             failure.run_id,
             after_seq=failure.seq,
             idle_timeout_s=remaining,
@@ -161,14 +168,6 @@ def _announced(last: TraceEvent | None) -> bool:
 
 def _recent(moment: datetime | None) -> bool:
     return moment is not None and (utcnow() - moment).total_seconds() < TERMINAL_EVENT_WAIT_S
-
-
-async def _last_event(ctx: ApiContext, run_id: str) -> TraceEvent | None:
-    try:
-        raw = await ctx.js.get_last_msg(subjects.EVENTS_STREAM, subjects.run_events(run_id))
-    except NotFoundError:
-        return None
-    return TraceEvent.model_validate_json(raw.data)
 
 
 def _to_sse(event: TraceEvent) -> ServerSentEvent:

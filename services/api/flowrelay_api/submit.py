@@ -6,7 +6,9 @@ The order is what makes a run never vanish:
    executors' capabilities), so a bad request costs nothing downstream;
 2. reserve the ``Idempotency-Key`` (``kv.create``, atomic) when the client sent one;
 3. store the ``RunRecord`` (``queued``), so the run is visible from now on;
-4. publish ``RunRequested`` with ``Nats-Msg-Id: <run_id>`` and wait for the PubAck. If
+   and its entry in the run index (what ``GET /runs`` pages through);
+4. publish ``RunRequested`` on ``flowrelay.runs.requested.<tenant>`` with
+   ``Nats-Msg-Id: <run_id>`` and wait for the PubAck. If
    that fails the record is marked ``failed`` (``internal_error``), the key is released so
    a retry starts afresh, and the client gets a 503.
 
@@ -26,6 +28,7 @@ from datetime import timedelta
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel
 
+from flowrelay_api.auth import Principal
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, ServiceUnavailable
 from flowrelay_api.metrics import SubmitOutcome
@@ -34,6 +37,7 @@ from flowrelay_api.settings import ApiSettings
 from flowrelay_contracts import (
     ErrorCode,
     RunError,
+    RunIndexEntry,
     RunOptions,
     RunRecord,
     RunRequested,
@@ -84,6 +88,7 @@ BeforePublish = Callable[[str], Awaitable[None]]
 
 async def submit(
     ctx: ApiContext,
+    caller: Principal,
     body: RunSubmission,
     idempotency_key: str | None = None,
     before_publish: BeforePublish | None = None,
@@ -97,7 +102,9 @@ async def submit(
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
         raise ServiceUnavailable(_UNAVAILABLE)
     options = await _check(ctx, body)
-    request = RunRequested(run_id="", workflow=body.workflow, input=body.input, options=options)
+    request = RunRequested(
+        run_id="", tenant=caller.tenant, workflow=body.workflow, input=body.input, options=options
+    )
     if idempotency_key is None:
         request.run_id = ctx.ids.new()
         return await _store_and_queue(ctx, request, None, before_publish)
@@ -161,7 +168,9 @@ async def _submit_once(
             ("header", "Idempotency-Key"),
             f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long",
         )
-    slot = hashlib.sha256(key.encode()).hexdigest()  # any header value becomes a valid KV key
+    # Any header value becomes a valid KV key; the tenant makes keys per tenant, so two
+    # tenants choosing the same key get two runs and learn nothing of each other.
+    slot = hashlib.sha256(f"{request.tenant}\n{key}".encode()).hexdigest()
     fingerprint = hashlib.sha256(body.__pydantic_serializer__.to_json(body)).hexdigest()
     for _ in range(_KEY_ATTEMPTS):
         request.run_id = ctx.ids.new()
@@ -196,7 +205,7 @@ async def _replay(
     request.run_id = run_id
     if before_publish is not None:
         await before_publish(run_id)
-    record = await ctx.runs.get(run_id)
+    record = await ctx.runs.get(request.tenant, run_id)
     if record is None:  # the first request is in flight or died before storing: do it here
         submitted = await _store_and_queue(ctx, request, None, None)
         return Submitted(submitted.record, request.options, replayed=True)
@@ -218,11 +227,27 @@ async def _store_and_queue(
 ) -> Submitted:
     if before_publish is not None:
         await before_publish(request.run_id)
-    record = RunRecord(run_id=request.run_id, input=request.input, created_at=request.created_at)
+    record = RunRecord(
+        run_id=request.run_id,
+        tenant=request.tenant,
+        input=request.input,
+        workflow=request.workflow,
+        created_at=request.created_at,
+    )
     if not await ctx.runs.create(record):  # a concurrent repeat stored it first and queues it
-        existing = await ctx.runs.get(request.run_id)
+        existing = await ctx.runs.get(request.tenant, request.run_id)
         ctx.metrics.submitted(SubmitOutcome.REPLAYED)
         return Submitted(existing or record, request.options, replayed=True)
+    entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
+    try:
+        await ctx.index.add(entry)
+    except Exception as exc:  # noqa: BLE001 - same as a failed publish: the run must not stay queued
+        log.warning("run %s: indexing failed (%s); marking it failed", record.run_id, type(exc).__name__)
+        await _mark_unqueued(ctx, record, key_slot)
+        ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
+        raise ServiceUnavailable(
+            f"run {record.run_id} could not be queued: NATS did not acknowledge it; retry the request"
+        ) from None
     await _publish(ctx, request, record, key_slot)
     ctx.metrics.submitted(SubmitOutcome.ACCEPTED)
     return Submitted(record, request.options)
@@ -234,7 +259,7 @@ async def _publish(
     if ctx.settings.execution == "suggest":
         subject, stream = subjects.RUN_ADVISE, subjects.SUGGESTER_STREAM
     else:
-        subject, stream = subjects.RUN_REQUESTED, subjects.RUNS_STREAM
+        subject, stream = subjects.run_requested(request.tenant), subjects.RUNS_STREAM
     try:
         await ctx.js.publish(
             subject,
@@ -246,7 +271,7 @@ async def _publish(
         log.warning(
             "run %s: queueing failed (%s); marking it failed", request.run_id, type(exc).__name__
         )
-        await _mark_unqueued(ctx, record.run_id, key_slot)
+        await _mark_unqueued(ctx, record, key_slot)
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
         raise ServiceUnavailable(
             f"run {request.run_id} could not be queued: NATS did not acknowledge the request; "
@@ -254,14 +279,14 @@ async def _publish(
         ) from None
 
 
-async def _mark_unqueued(ctx: ApiContext, run_id: str, key_slot: str | None) -> None:
+async def _mark_unqueued(ctx: ApiContext, record: RunRecord, key_slot: str | None) -> None:
     """Best effort: the record says why the run never started; a retry may reuse the key."""
 
-    def to_failed(record: RunRecord) -> RunRecord | None:
-        if record.status != RunStatus.QUEUED:
+    def to_failed(current: RunRecord) -> RunRecord | None:
+        if current.status != RunStatus.QUEUED:
             return None
         now = utcnow()
-        return record.model_copy(
+        return current.model_copy(
             update={
                 "status": RunStatus.FAILED,
                 "error": RunError(
@@ -273,8 +298,9 @@ async def _mark_unqueued(ctx: ApiContext, run_id: str, key_slot: str | None) -> 
             }
         )
 
+    run_id = record.run_id
     try:
-        await ctx.runs.update(run_id, to_failed)
+        await ctx.runs.update(record.tenant, run_id, to_failed)
     except (*BUS_ERRORS, RuntimeError) as exc:  # RuntimeError: CAS kept conflicting
         log.error(
             "run %s: could not mark it failed (%s); it stays queued", run_id, type(exc).__name__

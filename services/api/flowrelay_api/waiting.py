@@ -43,19 +43,12 @@ RECHECK_S = 1.0
 STALE_RECHECK_FIRST_S = 0.002
 
 
-def record_subject(run_id: str) -> str:
-    """Subject on which NATS publishes every write of ``run_id``'s record.
-
-    ``$KV.<bucket>.<key>`` is the NATS key-value convention (ADR-8), not a flowrelay subject.
-    """
-    return f"$KV.{subjects.RUNS_BUCKET}.{run_id}"
-
-
 class RunWaiter:
     """Follows one run's record and events over core NATS while a caller waits for the end."""
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, tenant: str) -> None:
         self._ctx = ctx
+        self.tenant = tenant
         self.run_id: str | None = None
         self._subscriptions: list[Subscription] = []
         self._record_changed = asyncio.Event()
@@ -71,8 +64,9 @@ class RunWaiter:
         self.run_id = run_id
         nc = self._ctx.nc
         self._subscriptions = [
-            await nc.subscribe(record_subject(run_id), cb=self._on_record),
-            await nc.subscribe(subjects.run_events(run_id), cb=self._on_event),
+            # ``$KV.<bucket>.<key>`` carries every write of the record (NATS KV convention)
+            await nc.subscribe(subjects.run_record_subject(self.tenant, run_id), cb=self._on_record),
+            await nc.subscribe(subjects.run_events(self.tenant, run_id), cb=self._on_event),
         ]
 
     async def stop(self) -> None:
@@ -104,7 +98,7 @@ class RunWaiter:
         while True:
             self._record_changed.clear()  # before reading: a change during the read re-wakes us
             hinted_terminal, self._hinted_terminal = self._hinted_terminal, False
-            record = await self._ctx.runs.get(self.run_id)
+            record = await self._ctx.runs.get(self.tenant, self.run_id)
             now = loop.time()
             stale = hinted_terminal and (record is None or not record.terminal)
             if stale and stale_wait < RECHECK_S and now < deadline:
@@ -138,7 +132,9 @@ class RunWaiter:
             except TimeoutError:
                 pass
         collected = self._clean_sequence()
-        return collected if collected is not None else await read_trace(self._ctx, self.run_id)
+        if collected is not None:
+            return collected
+        return await read_trace(self._ctx, self.tenant, self.run_id)
 
     async def _on_record(self, msg: Msg) -> None:
         # Only a write that may end the wait is worth a read; a deletion or an unreadable

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from faststream import AsyncAPI, FastStream
 from faststream.nats import JStream, PullSub
+from faststream.nats.annotations import NatsMessage
 
 from flowrelay_bus.connection import make_broker
 from flowrelay_contracts import (
@@ -38,7 +39,7 @@ def create_app(
         # skips a per-message dependency-injection layer on the hot path. Declared here so the
         # AsyncAPI document shows the channel.
         @broker.subscriber(
-            subjects.RUN_REQUESTED,
+            subjects.RUN_REQUESTED_ALL,
             stream=JStream(subjects.RUNS_STREAM, declare=False),
             durable=subjects.EXECUTORS_CONSUMER,
             pull_sub=PullSub(batch_size=FETCH_BATCH),
@@ -51,16 +52,31 @@ def create_app(
     @broker.subscriber(
         subjects.RUN_CANCEL_ALL,
         title="cancel requests",
-        description="Broadcast to every executor; the one holding the run cancels it.",
+        description="flowrelay.runs.cancel.<tenant>.<run_id>: broadcast to every executor; the one "
+        "holding the run stops it.",
     )
-    async def on_cancel(request: CancelRequest) -> None:
-        executor.cancel(request.run_id, request.reason)
+    async def on_cancel(request: CancelRequest, message: NatsMessage) -> None:
+        tenant, run_id = _cancel_target(message.raw_message.subject)
+        executor.cancel(tenant, run_id, request.reason)
+
+    @broker.subscriber(
+        subjects.RUN_CANCEL_ALL,
+        queue=subjects.CANCEL_QUEUE,
+        title="cancel requests (record)",
+        description="One executor of the queue group applies a cancel a NATS client only broadcast "
+        "to the run's record (queued runs end at once); the API records its own cancels.",
+    )
+    async def on_cancel_record(request: CancelRequest, message: NatsMessage) -> None:
+        if message.headers.get(subjects.CANCEL_RECORDED_HEADER):
+            return
+        tenant, run_id = _cancel_target(message.raw_message.subject)
+        await executor.record_cancel(tenant, run_id, request.reason)
 
     # What the executor publishes. service.py sends these through JetStream directly (it
     # needs message-id headers and publish acks); declaring them documents the channels.
     broker.publisher(
         subjects.EVENTS_ALL, schema=TraceEvent, title="trace events",
-        description="flowrelay.events.<run_id>: every step of a run, seq 1, 2, 3... without gaps.",
+        description="flowrelay.events.<tenant>.<run_id>: every step of a run, seq 1, 2, 3... without gaps.",
     )
     broker.publisher(
         subjects.RUN_FAILED, schema=RunFailed, title="failure reports",
@@ -84,6 +100,13 @@ def create_app(
         specification=AsyncAPI(title="flowrelay executor", version=SPEC_VERSION),
     )
     return app, executor
+
+
+def _cancel_target(subject: str) -> tuple[str, str]:
+    """``(tenant, run_id)`` of a cancel subject: the subject, which NATS permissions vouch
+    for, decides which run is meant, not the payload."""
+    tenant, _, run_id = subject[len(subjects.RUN_CANCEL_PREFIX) + 1 :].partition(".")
+    return tenant, run_id
 
 
 def asyncapi_app() -> FastStream:

@@ -45,7 +45,10 @@ _SECRET_NAME_RE = re.compile(r"(_API_KEY|_TOKEN|_SECRET)$|PASSWORD", re.IGNORECA
 
 #: Key shapes redacted wherever they appear, even when no variable holds them: OpenAI-style
 #: ``sk-...`` keys and ``Bearer`` credentials.
-_KEY_SHAPE_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{6,}")
+#: Provider keys (``sk-...``), bearer tokens, and flowrelay's own API keys (``frk_<id>_<secret>``).
+_KEY_SHAPE_RE = re.compile(
+    r"\bsk-[A-Za-z0-9_\-]{6,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{6,}|\bfrk_[a-z2-7]{12}_[A-Za-z0-9_\-]{43}"
+)
 
 #: Values shorter than this are not redacted by value: replacing "1" or "true" everywhere
 #: would mangle output while protecting nothing.

@@ -39,7 +39,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from flowrelay_bus import topology
+from flowrelay_bus.cancel import record_cancel
 from flowrelay_bus.events import RunEventLog, last_event, terminal_msg_id
+from flowrelay_bus.index import RunIndex
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     DeadLetter,
@@ -49,6 +51,7 @@ from flowrelay_contracts import (
     Isolation,
     RunError,
     RunFailed,
+    RunIndexEntry,
     RunMode,
     RunOptions,
     RunRecord,
@@ -57,7 +60,9 @@ from flowrelay_contracts import (
     plan,
     subjects,
 )
+from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.messages import utcnow
+from flowrelay_contracts.tenants import is_valid_tenant
 from flowrelay_contracts.workflow import WorkflowError
 from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
 from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
@@ -112,6 +117,7 @@ class Executor:
         self.pool: ProcessPool | ThreadPool | None = None
         self._js: JetStreamContext | None = None
         self._store: RunStore | None = None
+        self._index: RunIndex | None = None
         self._active: dict[str, _ActiveRun] = {}
         self._slots: asyncio.Semaphore | None = None
         self._draining = asyncio.Event()
@@ -153,7 +159,8 @@ class Executor:
         """Declare what the executor needs on the bus (before its subscriber binds)."""
         self._js = js
         await topology.declare(js, self.settings)
-        self._store = RunStore(await js.key_value(subjects.RUNS_BUCKET))
+        self._store = await RunStore.open(js)
+        self._index = RunIndex(js)
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._consumer.add_done_callback(_report_stopped_consumer)
@@ -200,8 +207,8 @@ class Executor:
             return
         await self._slots.acquire()
         try:
-            request = RunRequested.model_validate_json(msg.data)
-        except ValidationError as exc:
+            request = _decode(msg)
+        except (ValidationError, ValueError) as exc:
             self._slots.release()
             await self._reject_poison(msg, exc)
             return
@@ -209,9 +216,20 @@ class Executor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def cancel(self, run_id: str, reason: str) -> None:
-        if run_id in self._active and self.pool is not None:
+    def cancel(self, tenant: str, run_id: str, reason: str) -> None:
+        """Stop a run this executor holds (every executor hears every cancel broadcast)."""
+        run = self._active.get(run_id)
+        if run is not None and run.request.tenant == tenant and self.pool is not None:
             self.pool.cancel(run_id, reason)
+
+    async def record_cancel(self, tenant: str, run_id: str, reason: str) -> None:
+        """Apply a cancel that a NATS client only broadcast to the run's record (one executor
+        of the queue group does this; the API records its cancels itself)."""
+        assert self._store is not None and self._js is not None
+        if not (is_valid_tenant(tenant) and is_valid_run_id(run_id)):
+            return
+        _, outcome = await record_cancel(self._store, self._js, tenant, run_id, reason, by="executor")
+        log.info("run %s: cancel requested over NATS: %s", run_id, outcome.value)
 
     # -- 3. execute -----------------------------------------------------------------------
 
@@ -244,29 +262,31 @@ class Executor:
             })
 
         # One read-modify-write both checks the record and claims the run.
-        record, claimed = await self._store.change(run_id, to_running)
+        tenant = request.tenant
+        record, claimed = await self._store.change(tenant, run_id, to_running)
         if record is None:  # published straight to NATS, not through the API
-            await self._store.create(RunRecord(run_id=run_id, input=request.input, created_at=request.created_at))
-            record, claimed = await self._store.change(run_id, to_running)
+            if not await self._adopt(msg, request):
+                return
+            record, claimed = await self._store.change(tenant, run_id, to_running)
             assert record is not None
         if record.terminal:
             await self._republish_terminal(record)
             await msg.ack()
             return
         if not claimed:  # cancel requested before it started
-            await self._finish(msg, request, await RunEventLog.resume(self._js, run_id), Outcome(
+            await self._finish(msg, request, await RunEventLog.resume(self._js, tenant, run_id), Outcome(
                 status="cancelled", error=RunError(code=ErrorCode.CANCELLED, message="cancelled before it started")
             ))
             return
 
         attempt = record.attempts
-        events = RunEventLog(self._js, run_id) if attempt == 1 else await RunEventLog.resume(self._js, run_id)
+        events = RunEventLog(self._js, tenant, run_id) if attempt == 1 else await RunEventLog.resume(self._js, tenant, run_id)
         run = _ActiveRun(msg=msg, request=request, events=events)
         self._active[run_id] = run
         run.pump = asyncio.create_task(self._pump(run))
         run.outbox.put_nowait((EventType.RUN_STARTED, {
             "attempt": attempt, "executor_id": self.executor_id, "isolation": isolation.value,
-            "model_provider": provider,
+            "model_provider": provider, "tenant": tenant,
         }, None))
 
         try:
@@ -319,7 +339,7 @@ class Executor:
                 "mode": RunMode.DEGRADED if status == RunStatus.FAILED else r.mode,
             })
 
-        stored, changed = await self._store.change(request.run_id, to_terminal)
+        stored, changed = await self._store.change(request.tenant, request.run_id, to_terminal)
         if stored is not None and changed:
             await self._publish_terminal(stored, events, request)
         await msg.ack()
@@ -340,7 +360,7 @@ class Executor:
         if record.status == RunStatus.FAILED and record.error is not None:
             started = record.started_at or record.created_at
             report = RunFailed(
-                run_id=record.run_id, error=record.error, attempt=record.attempts, last_seq=terminal.seq,
+                run_id=record.run_id, tenant=record.tenant, error=record.error, attempt=record.attempts, last_seq=terminal.seq,
                 workflow=request.workflow if request else None, input=request.input if request else record.input,
                 options=self._limits(request.options if request else RunOptions()),
                 elapsed_s=((record.finished_at or utcnow()) - started).total_seconds(),
@@ -353,9 +373,9 @@ class Executor:
     async def _republish_terminal(self, record: RunRecord) -> None:
         """A run ended but maybe its holder died before announcing it: announce it once."""
         assert self._js is not None
-        last = await last_event(self._js, record.run_id)  # one read: what exists, and its seq
+        last = await last_event(self._js, record.tenant, record.run_id)  # one read: what exists, and its seq
         if last is None or not last.type.terminal and last.type != EventType.SUGGESTION:
-            events = RunEventLog(self._js, record.run_id, last_seq=last.seq if last else 0)
+            events = RunEventLog(self._js, record.tenant, record.run_id, last_seq=last.seq if last else 0)
             await self._publish_terminal(record, events, None)
 
     # -- events and heartbeats ----------------------------------------------------------
@@ -397,17 +417,38 @@ class Executor:
 
     # -- failures of the message itself ------------------------------------------------------
 
-    async def _reject_poison(self, msg: Msg, exc: ValidationError) -> None:
+    async def _adopt(self, msg: Msg, request: RunRequested) -> bool:
+        """Create the record (and index entry) of a run published straight to NATS.
+
+        Run ids chosen by NATS clients must be unique across tenants (the API's are ULIDs):
+        a request reusing another tenant's run id is refused rather than mixed up with it.
+        """
+        assert self._store is not None and self._index is not None
+        existing = await self._store.find(request.run_id)
+        if existing is not None and existing.tenant != request.tenant:
+            await self._reject_poison(msg, ValueError(f"run id {request.run_id!r} is already used; choose another"),
+                                      fail_record=False)
+            return False
+        record = RunRecord(run_id=request.run_id, tenant=request.tenant, input=request.input,
+                           workflow=request.workflow, created_at=request.created_at)
+        if await self._store.create(record):
+            await self._index.add(RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at))
+        return True
+
+    async def _reject_poison(self, msg: Msg, exc: ValidationError | ValueError, *, fail_record: bool = True) -> None:
         """A request that can never run: dead-letter it and fail its run with the reason."""
-        assert self._js is not None and self._store is not None
+        assert self._js is not None and self._store is not None and self._index is not None
         reason = _poison_reason(msg.data, exc)
         run_id = _sniff_run_id(msg.data)
+        tenant = subjects.tenant_of_request_subject(msg.subject)
         log.error("poison message on %s (run %s): %s", msg.subject, run_id, reason)
-        letter = DeadLetter(subject=msg.subject, reason=reason, payload=msg.data[:4096].decode(errors="replace"), run_id=run_id)
+        letter = DeadLetter(subject=msg.subject, reason=reason, payload=msg.data[:4096].decode(errors="replace"),
+                            run_id=run_id, tenant=tenant if is_valid_tenant(tenant) else None)
         await self._js.publish(subjects.DEADLETTER, letter.model_dump_json().encode())
-        if run_id:
+        if run_id and fail_record and is_valid_tenant(tenant):
             error = RunError(code=ErrorCode.INVALID_REQUEST, message=reason)
-            await self._store.create(RunRecord(run_id=run_id))
+            if await self._store.create(RunRecord(run_id=run_id, tenant=tenant)):
+                await self._index.add(RunIndexEntry(run_id=run_id, tenant=tenant))
 
             def to_failed(r: RunRecord) -> RunRecord | None:
                 if r.terminal:
@@ -415,9 +456,9 @@ class Executor:
                 return r.model_copy(update={"status": RunStatus.FAILED, "error": error, "finished_at": utcnow(),
                                             "mode": RunMode.DEGRADED})
 
-            stored, changed = await self._store.change(run_id, to_failed)
+            stored, changed = await self._store.change(tenant, run_id, to_failed)
             if stored is not None and changed:
-                await self._publish_terminal(stored, await RunEventLog.resume(self._js, run_id), None)
+                await self._publish_terminal(stored, await RunEventLog.resume(self._js, tenant, run_id), None)
         await msg.term()
 
     async def _hand_back(self, msg: Msg) -> None:
@@ -482,13 +523,26 @@ def consumer_config(settings: ExecutorSettings) -> ConsumerConfig:
     """The durable consumer every executor shares (competing consumers)."""
     return ConsumerConfig(
         durable_name=subjects.EXECUTORS_CONSUMER,
-        filter_subject=subjects.RUN_REQUESTED,
+        filter_subject=subjects.RUN_REQUESTED_ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
         max_ack_pending=MAX_ACK_PENDING,
     )
+
+
+def _decode(msg: Msg) -> RunRequested:
+    """The request, with its tenant taken from the subject: the publisher's NATS permissions
+    vouch for the subject, not for what the payload claims."""
+    request = RunRequested.model_validate_json(msg.data)
+    tenant = subjects.tenant_of_request_subject(msg.subject)
+    if not is_valid_tenant(tenant):
+        raise ValueError(f"invalid tenant in subject {msg.subject!r}")
+    if not is_valid_run_id(request.run_id):
+        raise ValueError(f"invalid run id {request.run_id[:140]!r}: use 1-128 letters, digits, '-' or '_'")
+    request.tenant = tenant
+    return request
 
 
 def _deliveries(msg: Msg) -> int:
@@ -521,9 +575,11 @@ def _sniff_run_id(data: bytes) -> str | None:
     return run_id if isinstance(run_id, str) and 0 < len(run_id) <= 128 and run_id.replace("-", "").replace("_", "").isalnum() else None
 
 
-def _poison_reason(data: bytes, exc: ValidationError) -> str:
+def _poison_reason(data: bytes, exc: ValidationError | ValueError) -> str:
     import json
 
+    if not isinstance(exc, ValidationError):
+        return str(exc)
     try:
         value = json.loads(data)
     except ValueError:

@@ -201,8 +201,8 @@ class Suggester:
         if not suggestions:
             log.info("run %s: %s gets no guidance", failure.run_id, failure.error.code.value)
             return
-        await _publish_suggestions(js, failure.run_id, suggestions, after_seq=failure.last_seq)
-        record = await store.update(failure.run_id, _with_suggestions(suggestions))
+        await _publish_suggestions(js, failure.tenant, failure.run_id, suggestions, after_seq=failure.last_seq)
+        record = await store.update(failure.tenant, failure.run_id, _with_suggestions(suggestions))
         if record is None:
             log.warning(
                 "run %s has no record (expired?): guidance sent as an event only", failure.run_id
@@ -222,12 +222,13 @@ class Suggester:
             return
         await _publish_suggestions(
             js,
+            failure.tenant,
             failure.run_id,
             [explanation],
             after_seq=failure.last_seq + 1,
             source=Assistant.SOURCE,
         )
-        await store.update(failure.run_id, _with_suggestions([explanation]))
+        await store.update(failure.tenant, failure.run_id, _with_suggestions([explanation]))
 
     # -- suggestion-only runs -----------------------------------------------------------
 
@@ -247,12 +248,14 @@ class Suggester:
     async def advise(self, request: RunRequested) -> None:
         """Run ``request`` in suggestion-only mode; safe to repeat (resumes where it stopped)."""
         js, store = self._bound()
-        run_id = request.run_id
-        if await store.get(run_id) is None:  # normally the API created it; be robust anyway
+        run_id, tenant = request.run_id, request.tenant
+        if await store.get(tenant, run_id) is None:  # the API created it; be robust anyway
             await store.create(
-                RunRecord(run_id=run_id, input=request.input, created_at=request.created_at)
+                RunRecord(
+                    run_id=run_id, tenant=tenant, input=request.input, created_at=request.created_at
+                )
             )
-        record = await store.update(run_id, _mark_running)
+        record = await store.update(tenant, run_id, _mark_running)
         if record is None or record.terminal:
             log.info(
                 "run %s is already %s: nothing to do",
@@ -270,11 +273,12 @@ class Suggester:
                 {"output": None, "mode": RunMode.DEGRADED.value, "suggestions": payload},
             ),
         ]
-        written = await last_event_seq(js, run_id)  # > 0 only if an earlier delivery got this far
-        events = RunEventLog(js, run_id, last_seq=written)
+        # > 0 only if an earlier delivery got this far
+        written = await last_event_seq(js, tenant, run_id)
+        events = RunEventLog(js, tenant, run_id, last_seq=written)
         for event_type, data in steps[written:]:
             await events.emit(event_type, data)
-        await store.update(run_id, _completed_with(suggestions))
+        await store.update(tenant, run_id, _completed_with(suggestions))
         log.info("run %s: advised with %d suggestion(s)", run_id, len(suggestions))
 
     # -- delivery ------------------------------------------------------------------------
@@ -317,9 +321,9 @@ class Suggester:
             message=f"the suggester could not answer this run ({type(exc).__name__})",
         )
         try:
-            _, changed = await store.change(request.run_id, _failed_with(error))
+            _, changed = await store.change(request.tenant, request.run_id, _failed_with(error))
             if changed:  # only the writer that ended the run announces it
-                events = await RunEventLog.resume(js, request.run_id)
+                events = await RunEventLog.resume(js, request.tenant, request.run_id)
                 await events.emit(
                     EventType.RUN_FAILED,
                     {"error": error.model_dump(mode="json"), "mode": RunMode.DEGRADED.value},
@@ -377,7 +381,7 @@ def create_app(settings: SuggesterSettings | None = None) -> FastStream:
         js = connection.jetstream()
         await topology.declare(js, settings)
         await declare_consumers(js)
-        suggester.bind(js=js, store=RunStore(await topology.bucket(js, subjects.RUNS_BUCKET)))
+        suggester.bind(js=js, store=await RunStore.open(js))
         if assistant is not None:
             assistant.start()
 
@@ -425,6 +429,7 @@ def _subscribe(broker: NatsBroker, suggester: Suggester) -> None:
 
 async def _publish_suggestions(
     js: JetStreamContext,
+    tenant: str,
     run_id: str,
     suggestions: list[Suggestion],
     *,
@@ -437,7 +442,7 @@ async def _publish_suggestions(
     earlier delivery wrote it). Otherwise the event goes after whatever the log holds, so
     sequence numbers stay gapless and unique even if the report's ``last_seq`` is stale.
     """
-    last = await last_event(js, run_id)
+    last = await last_event(js, tenant, run_id)
     if last is not None and last.type == EventType.SUGGESTION and last.seq > after_seq:
         return
     data: dict[str, Any] = {
@@ -446,7 +451,7 @@ async def _publish_suggestions(
     }
     if source is not None:
         data["source"] = source
-    events = RunEventLog(js, run_id, last_seq=max(after_seq, last.seq if last else 0))
+    events = RunEventLog(js, tenant, run_id, last_seq=max(after_seq, last.seq if last else 0))
     await events.emit(EventType.SUGGESTION, data)
 
 

@@ -1,0 +1,196 @@
+"""nats-server configuration: least-privilege users per role, TLS, JetStream durability.
+
+Each flowrelay service connects as its own user and may publish and subscribe only where
+its work is (the tables below are the whole of what each one does on NATS). Tenants get
+read-only users confined to ``flowrelay.events.<tenant>.>``: live by subscription, history
+only through consumers whose create subject names that filter (``$JS.API`` requests would
+otherwise read any stream regardless of subscribe permissions), records by direct gets of
+their own keys, and replies under their own inbox prefix (``_INBOX.>`` carries everyone's
+replies). Anonymous connections are refused: the config has users and no
+``no_auth_user``.
+
+The file is JSON, which nats-server's configuration parser reads as is, so no value needs
+quoting rules of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+
+from flowrelay_contracts import subjects
+
+#: bcrypt cost of stored password hashes (nats-server checks one per connection, ~60 ms).
+BCRYPT_ROUNDS = 10
+
+
+class Role(StrEnum):
+    API = "api"
+    EXECUTOR = "executor"
+    SUGGESTER = "suggester"
+    OPERATOR = "operator"  # people and the test suite: everything; never give it to a service
+    TENANT = "tenant"  # read-only subscriber of one tenant
+    CLIENT = "client"  # a tenant's backend over NATS: the reader's rights plus submit and cancel
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    name: str
+    password: str
+    role: Role
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify_clients: bool = False  # mTLS: clients must present a certificate signed by ``ca``
+
+
+_SHARED_STREAMS = (
+    subjects.RUNS_STREAM,
+    subjects.EVENTS_STREAM,
+    subjects.INDEX_STREAM,
+    subjects.SUGGESTER_STREAM,
+    subjects.DEADLETTER_STREAM,
+    f"KV_{subjects.RUNS_BUCKET}",
+    f"KV_{subjects.IDEMPOTENCY_BUCKET}",
+    f"KV_{subjects.EXECUTORS_BUCKET}",
+)
+_API = "$JS.API"
+
+
+def _declare(streams: Iterable[str]) -> list[str]:
+    """What declaring the topology takes (every service does it at start): info, create,
+    update. Delete and purge are nobody's but the operator's."""
+    return [f"{_API}.INFO"] + [f"{_API}.STREAM.{verb}.{s}" for s in streams for verb in ("INFO", "CREATE", "UPDATE")]
+
+
+def _direct(stream: str, *, body: bool = True, subject: str = ">") -> list[str]:
+    gets = [f"{_API}.DIRECT.GET.{stream}.{subject}"]
+    return gets + [f"{_API}.DIRECT.GET.{stream}"] if body else gets
+
+
+def _kv(bucket: str) -> str:
+    return f"$KV.{bucket}.>"
+
+
+def _durable(stream: str, consumer: str) -> list[str]:
+    return [
+        f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+        f"{_API}.CONSUMER.CREATE.{stream}.{consumer}",
+        f"{_API}.CONSUMER.CREATE.{stream}.{consumer}.>",
+        f"{_API}.CONSUMER.INFO.{stream}.{consumer}",
+        f"{_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    ]
+
+
+def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
+    """The publish/subscribe allow lists of ``role`` (None: unrestricted)."""
+    events, runs_kv = subjects.EVENTS_STREAM, f"KV_{subjects.RUNS_BUCKET}"
+    if role == Role.OPERATOR:
+        return None
+    if role == Role.API:
+        publish = [
+            *_declare((*_SHARED_STREAMS, f"KV_{subjects.API_KEYS_BUCKET}")),
+            f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
+            f"{_API}.STREAM.MSG.GET.{subjects.INDEX_STREAM}",
+            *_direct(events), *_direct(subjects.INDEX_STREAM), *_direct(runs_kv, body=False),
+            *_direct(f"KV_{subjects.IDEMPOTENCY_BUCKET}", body=False),
+            *_direct(f"KV_{subjects.EXECUTORS_BUCKET}"), *_direct(f"KV_{subjects.API_KEYS_BUCKET}"),
+            subjects.RUN_REQUESTED_ALL, subjects.RUN_ADVISE, subjects.RUN_CANCEL_ALL, subjects.EVENTS_ALL,
+            subjects.INDEX_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.IDEMPOTENCY_BUCKET),
+            _kv(subjects.API_KEYS_BUCKET),
+        ]
+        subscribe = ["_INBOX.>", subjects.EVENTS_ALL, _kv(subjects.RUNS_BUCKET)]
+    elif role == Role.EXECUTOR:
+        publish = [
+            *_declare(_SHARED_STREAMS), *_durable(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER),
+            f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
+            *_direct(events), *_direct(runs_kv, body=False),
+            subjects.EVENTS_ALL, subjects.INDEX_ALL, subjects.RUN_FAILED, subjects.DEADLETTER,
+            _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
+        ]
+        subscribe = ["_INBOX.>", subjects.RUN_CANCEL_ALL]
+    elif role == Role.SUGGESTER:
+        publish = [
+            *_declare(_SHARED_STREAMS),
+            *_durable(subjects.SUGGESTER_STREAM, subjects.SUGGESTER_FAILURES_CONSUMER),
+            *_durable(subjects.SUGGESTER_STREAM, subjects.SUGGESTER_ADVISE_CONSUMER),
+            f"{_API}.STREAM.MSG.GET.{events}", *_direct(events), *_direct(runs_kv, body=False),
+            subjects.EVENTS_ALL, subjects.DEADLETTER, _kv(subjects.RUNS_BUCKET),
+        ]
+        subscribe = ["_INBOX.>"]
+    else:
+        if tenant is None:
+            raise ValueError(f"role {role} needs a tenant")
+        own_events = subjects.tenant_events(tenant)
+        publish = [
+            f"{_API}.CONSUMER.CREATE.{events}.*.{own_events}",
+            f"{_API}.DIRECT.GET.{events}.{own_events}",
+            f"{_API}.DIRECT.GET.{runs_kv}.{subjects.run_record_subject(tenant, '>')}",
+        ]
+        if role == Role.CLIENT:
+            publish += [subjects.run_requested(tenant), subjects.run_cancel(tenant, "*")]
+        subscribe = [own_events, f"{subjects.tenant_inbox_prefix(tenant)}.>"]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+
+
+def hash_password(password: str) -> str:
+    """A bcrypt hash nats-server accepts (it recognises the ``$2a$`` prefix)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS, prefix=b"2a")).decode()
+
+
+def authorization(users: Sequence[NatsUser]) -> dict[str, Any]:
+    entries = []
+    for user in users:
+        entry: dict[str, Any] = {"user": user.name, "password": hash_password(user.password)}
+        if (perms := permissions(user.role, user.tenant)) is not None:
+            entry["permissions"] = perms
+        entries.append(entry)
+    return {"users": entries}
+
+
+def server_config(
+    *,
+    users: Sequence[NatsUser],
+    host: str,
+    port: int,
+    store_dir: Path,
+    tls: TlsFiles | None = None,
+    sync_interval: str | None = None,
+    pid_file: Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A complete nats-server config (JSON). ``sync_interval`` is JetStream's fsync
+    period ("always" fsyncs every write; the server's default is 2 minutes); ``extra`` adds
+    top-level blocks (e.g. ``cluster``)."""
+    jetstream: dict[str, Any] = {"store_dir": str(store_dir)}
+    if sync_interval is not None:
+        jetstream["sync_interval"] = sync_interval
+    config: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "jetstream": jetstream,
+        "authorization": authorization(users),
+    }
+    if tls is not None:
+        block: dict[str, Any] = {"cert_file": str(tls.cert), "key_file": str(tls.key)}
+        if tls.ca is not None:
+            block["ca_file"] = str(tls.ca)
+        if tls.verify_clients:
+            block["verify"] = True
+        config["tls"] = block
+    if pid_file is not None:
+        config["pid_file"] = str(pid_file)
+    config |= extra or {}
+    return json.dumps(config, indent=2) + "\n"
