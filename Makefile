@@ -38,7 +38,7 @@ lock:
 asyncapi: install
 	mkdir -p docs/asyncapi
 	$(BIN)/faststream docs gen --factory flowrelay_executor.app:asyncapi_app --yaml --out docs/asyncapi/executor.yaml
-	$(BIN)/faststream docs gen --factory flowrelay_suggester.service:create_app --yaml --out docs/asyncapi/suggester.yaml
+	$(BIN)/faststream docs gen --factory flowrelay_suggester.service:asyncapi_app --yaml --out docs/asyncapi/suggester.yaml
 
 lint: install
 	$(BIN)/ruff check .

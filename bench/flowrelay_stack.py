@@ -25,9 +25,11 @@ from typing import Any
 
 import httpx
 
-from bench import model, phases
+from bench import auth, model, phases
 from bench.measure import Latency, SystemFigures
 from flowrelay import natsserver
+from flowrelay.credentials import Secrets
+from flowrelay.natsconfig import Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 #: Provider keys that must not leak from the developer's shell into the services.
@@ -73,6 +75,7 @@ class RunningStack:
     suggester: ServiceProcess
     api_url: str
     root: Path
+    secrets: Secrets
     profilers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def pids(self) -> list[int]:
@@ -125,14 +128,18 @@ def _wait_executor_visible(api_url: str) -> dict[str, Any]:
 def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterator[RunningStack]:
     """Start the stack (in order: NATS, API, executor, suggester); stop it all afterwards."""
     root = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
-    nats = natsserver.start(root / "nats", log_file=log_dir / "nats.log")
+    # As deployed: each service its own NATS user, the API behind keys (auth on).
+    secrets = Secrets.ensure(root / "secrets")
+    nats = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log")
     port = _free_port()
     env = _env(nats.url, model_url, port)
+    os.environ["FLOWRELAY_API_KEY"] = secrets.admin_key()  # the load clients send it
     started: list[ServiceProcess] = []
 
     def service(name: str) -> ServiceProcess:
+        role_env = secrets.service_env(Role(name))
         proc = ServiceProcess(
-            name, resolve(SERVICE_COMMANDS[name]), env=env, log_path=log_dir / f"{name}.log"
+            name, resolve(SERVICE_COMMANDS[name]), env=env | role_env, log_path=log_dir / f"{name}.log"
         ).start()
         started.append(proc)
         return proc
@@ -146,7 +153,7 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
             proc.wait_ready(timeout=SERVICE_START_TIMEOUT_S)
         api_url = f"http://127.0.0.1:{port}"
         _wait_executor_visible(api_url)
-        stack = RunningStack(nats, api, executor, suggester, api_url, root)
+        stack = RunningStack(nats, api, executor, suggester, api_url, root, secrets)
         if py_spy:
             stack.profilers = _start_profilers(py_spy, stack, log_dir / "profiles")
         yield stack
@@ -262,6 +269,7 @@ def measure(
             roots,
             client,
         )
+        auth_cost = auth.measure(stack.nats.url, stack.secrets)
     events = {
         "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
         "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,
@@ -280,6 +288,7 @@ def measure(
         extra={
             "label": "flowrelay POST /runs + SSE",
             "startup_s": startup_s,
+            "auth": auth_cost,
             **_summarise(seq_runs, tp_runs),
         },
     )

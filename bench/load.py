@@ -10,6 +10,7 @@ its own CPU time, so the report shows how much of the machine the client took.
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import json
 import multiprocessing as mp
@@ -73,16 +74,24 @@ KEEPALIVE_EXPIRY_S = 3.0
 CLIENTS = ("raw", "httpx")
 
 
+def auth_headers() -> dict[str, str]:
+    """The API key the stack under test accepts (``FLOWRELAY_API_KEY``, as for the CLI)."""
+    key = os.environ.get("FLOWRELAY_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def make_client(base_url: str, connections: int, kind: str = "raw") -> Client:
     """One client per process; ``connections`` bounds httpx's pool (raw opens what it needs)."""
     if kind == "raw":
-        return RawClient(base_url)
+        return RawClient(base_url, headers=auth_headers())
     limits = httpx.Limits(
         max_connections=connections,
         max_keepalive_connections=connections,
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
-    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=RUN_TIMEOUT_S)
+    return httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=RUN_TIMEOUT_S, headers=auth_headers()
+    )
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -437,6 +437,13 @@ def busy_shares(report: dict[str, Any]) -> dict[str, float]:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The headline figures and targets, one sentence each."""
     out: list[str] = []
+    auth = ((report.get("systems") or {}).get("flowrelay") or {}).get("extra", {}).get("auth")
+    if auth:
+        out.append(
+            f"authentication (API keys, on in every flowrelay figure): {auth['cached']['cpu_us_per_request']:.1f} us "
+            f"CPU per request with the key cached, {auth['uncached']['wall_us_per_request']:.0f} us for the first "
+            "request of a key in each FLOWRELAY_KEY_CACHE_S window (one KV read)"
+        )
     if report.get("overhead_p50_ms") is not None:
         out.append(
             f"flowrelay overhead over the floor at p50: {report['overhead_p50_ms']:.2f} ms (target <= 10 ms)"

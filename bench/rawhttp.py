@@ -95,11 +95,14 @@ class _Connection:
 class RawClient:
     """Keep-alive connections to one ``http://host:port`` origin (no TLS, no redirects)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
         assert parts.scheme == "http" and parts.hostname and parts.port
         self._host, self._port = parts.hostname, parts.port
-        self._host_header = f"{parts.hostname}:{parts.port}".encode()
+        # Host plus any fixed headers (the API key), sent with every request.
+        self._host_header = f"{parts.hostname}:{parts.port}".encode() + b"".join(
+            b"\r\n%s: %s" % (name.encode(), value.encode()) for name, value in (headers or {}).items()
+        )
         self._idle: list[_Connection] = []
 
     async def __aenter__(self) -> RawClient:

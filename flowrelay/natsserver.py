@@ -101,6 +101,16 @@ def write_config(
     return path
 
 
+def permission_violations(log: str, *, users: tuple[str, ...], client_prefix: str = "") -> list[str]:
+    """Lines of a nats-server log where one of ``users`` was refused a publish or
+    subscription, from clients whose connection name starts with ``client_prefix``."""
+    marks = tuple(f'/user:{user}" - ' for user in users)
+    return [
+        line for line in log.splitlines()
+        if "Violation" in line and any(m in line for m in marks) and f':{client_prefix}' in line
+    ]
+
+
 def reload(root: Path) -> int:
     """Ask the nats-server running in ``root`` to re-read its config (SIGHUP); its pid."""
     pid = int((root / PID_FILE).read_text().strip())

@@ -32,9 +32,12 @@ def secrets(session_root: Path) -> Secrets:
 @pytest.fixture(scope="session")
 def nats_server(session_root: Path, secrets: Secrets) -> Iterator[natsserver.NatsServer]:
     """nats-server as flowrelay runs it: users with least privilege, no anonymous access."""
-    server = natsserver.start_secure(session_root / "nats", secrets, log_file=session_root / "logs" / "nats.log")
+    log_file = session_root / "logs" / "nats.log"
+    server = natsserver.start_secure(session_root / "nats", secrets, log_file=log_file)
     yield server
     server.stop()
+    violations = natsserver.permission_violations(log_file.read_text(), users=("api", "executor", "suggester"), client_prefix="flowrelay-")
+    assert not violations, "services were refused by their NATS permissions:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture(scope="session")

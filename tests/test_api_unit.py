@@ -42,6 +42,7 @@ from flowrelay_contracts import (
 )
 from flowrelay_contracts.ids import RunIdGenerator, is_valid_run_id
 from flowrelay_contracts.messages import utcnow
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,7 +77,9 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
 
 @asynccontextmanager
 async def running_api(nats_url: str, **overrides: Any) -> AsyncIterator[Api]:
-    app = create_app(ApiSettings(nats_url=nats_url, **overrides))
+    # Handler tests on a bare nats-server with auth off (tenant "default", every scope);
+    # authentication and tenancy are tested against the real stack (test_security_*.py).
+    app = create_app(ApiSettings(nats_url=nats_url, **{"auth": "none", **overrides}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(
@@ -115,7 +118,7 @@ async def fake_run(
 ) -> RunEventLog:
     """A record in ``status`` with ``types`` events already stored, as an executor leaves them."""
     await api.ctx.runs.create(RunRecord(run_id=run_id, status=status, input="x"))
-    log = RunEventLog(api.ctx.js, run_id)
+    log = RunEventLog(api.ctx.js, DEFAULT_TENANT, run_id)
     for type_ in types:
         await log.emit(type_, {"n": type_.value})
     return log
@@ -277,10 +280,10 @@ async def test_submit_stores_a_queued_record_then_queues_the_request(api: Api) -
     }
     assert response.headers["location"] == f"/runs/{run_id}"
 
-    record = await api.ctx.runs.get(run_id)
+    record = await api.ctx.runs.get(DEFAULT_TENANT, run_id)
     assert record is not None and record.status == RunStatus.QUEUED and record.input == "hello"
 
-    raw = await api.ctx.js.get_last_msg(subjects.RUNS_STREAM, subjects.RUN_REQUESTED)
+    raw = await api.ctx.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(DEFAULT_TENANT))
     assert raw.headers and raw.headers[subjects.MSG_ID_HEADER] == run_id
     request = RunRequested.model_validate_json(raw.data)
     assert request.run_id == run_id
@@ -453,7 +456,7 @@ async def test_cancel_a_queued_run(api: Api) -> None:
     assert response.status_code == 202
     assert response.json() == {"run_id": run_id, "status": "cancelled"}
 
-    record = await api.ctx.runs.get(run_id)
+    record = await api.ctx.runs.get(DEFAULT_TENANT, run_id)
     assert (
         record is not None
         and record.status == RunStatus.CANCELLED
@@ -482,7 +485,7 @@ async def test_cancel_a_running_run_asks_its_executor(api: Api) -> None:
         assert response.status_code == 202 and response.json()["status"] == "running"
         request = await asyncio.wait_for(received.get(), 2)
         assert request.run_id == run_id
-        record = await api.ctx.runs.get(run_id)
+        record = await api.ctx.runs.get(DEFAULT_TENANT, run_id)
         assert record is not None and record.cancel_requested and record.status == RunStatus.RUNNING
     finally:
         await sub.unsubscribe()
@@ -588,7 +591,7 @@ async def fake_executor(api: Api, *, fail: bool = False) -> AsyncIterator[None]:
     """Takes run requests off the queue and ends them the way the executor does."""
     js = api.ctx.js
     sub = await js.pull_subscribe(
-        subjects.RUN_REQUESTED,
+        subjects.RUN_REQUESTED_ALL,
         durable="test-executor",
         stream=subjects.RUNS_STREAM,
         config=ConsumerConfig(),
@@ -606,15 +609,15 @@ async def fake_executor(api: Api, *, fail: bool = False) -> AsyncIterator[None]:
                 await msg.ack()
 
     async def run(request: RunRequested) -> None:
-        store, log = api.ctx.runs, RunEventLog(js, request.run_id)
+        store, log = api.ctx.runs, RunEventLog(js, request.tenant, request.run_id)
         await store.update(
-            request.run_id, lambda r: r.model_copy(update={"status": RunStatus.RUNNING})
+            request.tenant, request.run_id, lambda r: r.model_copy(update={"status": RunStatus.RUNNING})
         )
         await log.emit(EventType.RUN_STARTED)
         if fail:
             error = RunError(code=ErrorCode.MISSING_API_KEY, message="no key")
             await store.update(
-                request.run_id,
+                request.tenant, request.run_id,
                 lambda r: r.model_copy(
                     update={"status": RunStatus.FAILED, "error": error, "mode": RunMode.DEGRADED}
                 ),
@@ -627,11 +630,11 @@ async def fake_executor(api: Api, *, fail: bool = False) -> AsyncIterator[None]:
             # like the suggester: the event first, then the record
             await log.emit(EventType.SUGGESTION, {"suggestions": [tip.model_dump()]})
             await store.update(
-                request.run_id, lambda r: r.model_copy(update={"suggestions": [tip]})
+                request.tenant, request.run_id, lambda r: r.model_copy(update={"suggestions": [tip]})
             )
         else:
             await store.update(
-                request.run_id,
+                request.tenant, request.run_id,
                 lambda r: r.model_copy(
                     update={
                         "status": RunStatus.SUCCEEDED,
@@ -693,18 +696,18 @@ async def test_waiter_distrusts_events_the_stream_refused(
 
     replays: list[str] = []
 
-    async def counting_read_trace(ctx: ApiContext, run_id: str) -> list[TraceEvent]:
+    async def counting_read_trace(ctx: ApiContext, tenant: str, run_id: str) -> list[TraceEvent]:
         replays.append(run_id)
-        return await read_trace(ctx, run_id)
+        return await read_trace(ctx, tenant, run_id)
 
     read_trace = waiting.read_trace
     monkeypatch.setattr(waiting, "read_trace", counting_read_trace)
     await api.ctx.runs.create(RunRecord(run_id="dup-1", status=RunStatus.RUNNING))
-    async with waiting.RunWaiter(api.ctx) as waiter:
+    async with waiting.RunWaiter(api.ctx, DEFAULT_TENANT) as waiter:
         await waiter.start("dup-1")
-        log = RunEventLog(api.ctx.js, "dup-1")
+        log = RunEventLog(api.ctx.js, DEFAULT_TENANT, "dup-1")
         await log.emit(EventType.RUN_STARTED)
-        rival = RunEventLog(api.ctx.js, "dup-1")  # also writes seq 1: JetStream drops it
+        rival = RunEventLog(api.ctx.js, DEFAULT_TENANT, "dup-1")  # also writes seq 1: JetStream drops it
         await rival.emit(EventType.LLM_STARTED)
         await log.emit(EventType.RUN_COMPLETED)
         trace = await waiter.trace()

@@ -36,15 +36,18 @@ def test_error_code_table_is_the_suggesters() -> None:
 
 
 def test_every_subject_stream_and_bucket_is_in_the_readme() -> None:
-    names = [subjects.RUN_REQUESTED, subjects.RUN_FAILED, subjects.RUN_ADVISE, subjects.DEADLETTER,
-             subjects.RUNS_STREAM, subjects.EVENTS_STREAM, subjects.SUGGESTER_STREAM, subjects.DEADLETTER_STREAM,
-             subjects.RUNS_BUCKET, subjects.IDEMPOTENCY_BUCKET, subjects.EXECUTORS_BUCKET]
+    names = [subjects.run_requested("<tenant>"), subjects.run_cancel("<tenant>", "<run_id>"),
+             subjects.run_events("<tenant>", "<run_id>"), subjects.run_index("<tenant>", "<run_id>"),
+             subjects.RUN_FAILED, subjects.RUN_ADVISE, subjects.DEADLETTER,
+             subjects.RUNS_STREAM, subjects.EVENTS_STREAM, subjects.INDEX_STREAM, subjects.SUGGESTER_STREAM,
+             subjects.DEADLETTER_STREAM, subjects.RUNS_BUCKET, subjects.IDEMPOTENCY_BUCKET,
+             subjects.EXECUTORS_BUCKET, subjects.API_KEYS_BUCKET, subjects.CANCEL_QUEUE]
     assert [n for n in names if n not in README] == []
 
 
 @pytest.mark.parametrize(
     ("factory", "document"),
-    [("flowrelay_executor.app:asyncapi_app", "executor.yaml"), ("flowrelay_suggester.service:create_app", "suggester.yaml")],
+    [("flowrelay_executor.app:asyncapi_app", "executor.yaml"), ("flowrelay_suggester.service:asyncapi_app", "suggester.yaml")],
 )
 def test_committed_asyncapi_documents_are_current(factory: str, document: str, tmp_path: Path) -> None:
     out = tmp_path / document

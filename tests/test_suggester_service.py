@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import nats
 import pytest
+from flowrelay_testkit import TenantRuns
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
@@ -46,6 +47,7 @@ from flowrelay_contracts import (
     Workflow,
     subjects,
 )
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 from flowrelay_suggester.analysis import Hints
 from flowrelay_suggester.assist import Assistant
 from flowrelay_suggester.service import (
@@ -77,7 +79,8 @@ class Bus:
     url: str
     nc: Client
     js: JetStreamContext
-    store: RunStore
+    runs: RunStore
+    store: TenantRuns  # runs of the default tenant, by id
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,8 @@ async def bus(nats_server: natsserver.NatsServer) -> AsyncIterator[Bus]:
         url=nats_server.url,
         nc=nc,
         js=js,
-        store=RunStore(await topology.bucket(js, subjects.RUNS_BUCKET)),
+        runs=(runs := await RunStore.open(js)),
+        store=TenantRuns(runs, DEFAULT_TENANT),
     )
     await nc.drain()
 
@@ -136,7 +140,7 @@ async def failed_run(
     await bus.store.create(
         RunRecord(run_id=run_id, status=RunStatus.FAILED, error=error, input="hi")
     )
-    events = RunEventLog(bus.js, run_id)
+    events = RunEventLog(bus.js, DEFAULT_TENANT, run_id)
     await events.emit(EventType.RUN_STARTED)
     await events.emit(EventType.RUN_FAILED, {"error": error.model_dump(mode="json")})
     return RunFailed(
@@ -157,7 +161,7 @@ async def publish(bus: Bus, subject: str, payload: bytes) -> int:
 async def events_of(bus: Bus, run_id: str, count: int) -> list[TraceEvent]:
     """The first ``count`` events of ``run_id``, waiting for them to be published."""
     sub = await bus.js.subscribe(
-        subjects.run_events(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        subjects.run_events(DEFAULT_TENANT, run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
     )
     try:
         async with asyncio.timeout(WAIT_S):
@@ -227,7 +231,7 @@ async def test_a_repeated_failure_report_adds_no_second_event(bus: Bus, service:
     duplicate = await publish(bus, subjects.RUN_FAILED, payload)  # as a redelivery would
     await acked(bus, subjects.SUGGESTER_FAILURES_CONSUMER, duplicate)
 
-    assert await last_event_seq(bus.js, report.run_id) == report.last_seq + 1
+    assert await last_event_seq(bus.js, DEFAULT_TENANT, report.run_id) == report.last_seq + 1
     record = await bus.store.get(report.run_id)
     assert record is not None and [s.code for s in record.suggestions] == [
         ErrorCode.RATE_LIMITED.value
@@ -271,7 +275,7 @@ async def test_cancelled_runs_get_no_suggestion(bus: Bus, service: None) -> None
     report = await failed_run(bus, code=ErrorCode.CANCELLED)
     seq = await publish(bus, subjects.RUN_FAILED, report.model_dump_json().encode())
     await acked(bus, subjects.SUGGESTER_FAILURES_CONSUMER, seq)
-    assert await last_event_seq(bus.js, report.run_id) == report.last_seq
+    assert await last_event_seq(bus.js, DEFAULT_TENANT, report.run_id) == report.last_seq
     record = await bus.store.get(report.run_id)
     assert record is not None and record.suggestions == []
 
@@ -280,7 +284,7 @@ async def test_failure_without_workflow_or_record_still_gets_an_event(
     bus: Bus, service: None
 ) -> None:
     report = await failed_run(bus, code=ErrorCode.WORKER_CRASHED, workflow=None)
-    await bus.store._kv.delete(report.run_id)  # e.g. the record expired
+    await bus.runs._kv.delete(subjects.run_key(DEFAULT_TENANT, report.run_id))  # e.g. the record expired
     await publish(bus, subjects.RUN_FAILED, report.model_dump_json().encode())
     events = await events_of(bus, report.run_id, 3)
     assert suggestions_in(events[2])[0].code == ErrorCode.WORKER_CRASHED.value
@@ -318,7 +322,7 @@ async def test_suggestion_only_run_gets_three_events_and_succeeds_degraded(
 
     again = await publish(bus, subjects.RUN_ADVISE, request.model_dump_json().encode())
     await acked(bus, subjects.SUGGESTER_ADVISE_CONSUMER, again)
-    assert await last_event_seq(bus.js, run_id) == 3
+    assert await last_event_seq(bus.js, DEFAULT_TENANT, run_id) == 3
     assert await bus.store.get(run_id) == record
 
 
@@ -328,7 +332,7 @@ async def test_suggestion_only_run_already_terminal_is_only_acked(bus: Bus, serv
     request = RunRequested(run_id=run_id, workflow=WORKFLOW, input="x")
     seq = await publish(bus, subjects.RUN_ADVISE, request.model_dump_json().encode())
     await acked(bus, subjects.SUGGESTER_ADVISE_CONSUMER, seq)
-    assert await last_event_seq(bus.js, run_id) == 0
+    assert await last_event_seq(bus.js, DEFAULT_TENANT, run_id) == 0
 
 
 # -- backlog ----------------------------------------------------------------------------
@@ -444,7 +448,7 @@ async def test_a_slow_model_leaves_the_rule_guidance_alone(
         events = await events_of(bus, report.run_id, 3)
         assert events[2].type == EventType.SUGGESTION
         await acked(bus, subjects.SUGGESTER_FAILURES_CONSUMER, seq)
-    assert await last_event_seq(bus.js, report.run_id) == report.last_seq + 1
+    assert await last_event_seq(bus.js, DEFAULT_TENANT, report.run_id) == report.last_seq + 1
 
 
 # -- decoding (no server needed) ----------------------------------------------------------
@@ -471,14 +475,14 @@ class FlakyStore(RunStore):
     """A run store whose next ``failures`` updates fail as if the bus were away."""
 
     def __init__(self, inner: RunStore, *, failures: int) -> None:
-        super().__init__(inner._kv)
+        super().__init__(inner._kv, inner._js)
         self.failures = failures
 
-    async def update(self, run_id, mutate):  # type: ignore[no-untyped-def]
+    async def update(self, tenant, run_id, mutate):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise nats.errors.TimeoutError
-        return await super().update(run_id, mutate)
+        return await super().update(tenant, run_id, mutate)
 
 
 class FakeDelivery:
@@ -507,7 +511,7 @@ class FakeDelivery:
 
 def direct_suggester(bus: Bus, *, failures: int) -> Suggester:
     suggester = Suggester(hints=Hints())
-    suggester.bind(js=bus.js, store=FlakyStore(bus.store, failures=failures))
+    suggester.bind(js=bus.js, store=FlakyStore(bus.runs, failures=failures))
     return suggester
 
 
@@ -524,7 +528,7 @@ async def test_a_bus_error_naks_with_backoff_and_the_redelivery_completes_once(b
     await suggester.handle_failure(second)  # type: ignore[arg-type]
     assert second.outcome == ("ack", None)
     assert (
-        await last_event_seq(bus.js, report.run_id) == report.last_seq + 1
+        await last_event_seq(bus.js, DEFAULT_TENANT, report.run_id) == report.last_seq + 1
     )  # one suggestion event
     record = await bus.store.get(report.run_id)
     assert record is not None and record.suggestions[0].code == ErrorCode.PROVIDER_ERROR.value

@@ -7,7 +7,6 @@ import json
 import httpx
 from flowrelay_testkit import TEST_SECRET, Bus, one_agent, run_body
 
-from flowrelay_bus.client import FlowrelayClient
 from flowrelay_contracts import EventType, RunStatus
 from flowrelay_executor.costs import price
 
@@ -102,15 +101,6 @@ async def test_a_secret_in_a_tool_argument_never_appears_in_events_or_records(ap
     record = (await api.get(f"/runs/{run_id}")).text
     assert TEST_SECRET not in record.replace(json.dumps(text)[1:-1], "")  # the user's own input is theirs
     assert TEST_SECRET not in json.dumps((await bus.store.get(run_id)).output)
-
-
-async def test_the_client_library_drives_a_run_over_nats_alone(bus: Bus) -> None:
-    client = await FlowrelayClient.from_connection(bus.nc)
-    run_id = await client.submit(one_agent(), "over nats")
-    seen = [event async for event in client.events(run_id)]
-    assert seen[0].type == EventType.RUN_STARTED and seen[-1].type == EventType.RUN_COMPLETED
-    record = await client.result(run_id, timeout=30)
-    assert record.status == RunStatus.SUCCEEDED and record.output == "echo: over nats"
 
 
 async def test_runs_are_listed_newest_first_with_a_status_filter_and_cursor(api: httpx.AsyncClient, bus: Bus) -> None:

@@ -110,5 +110,8 @@ def _cancel_target(subject: str) -> tuple[str, str]:
 
 
 def asyncapi_app() -> FastStream:
-    """The app with default settings, for ``faststream docs gen --factory`` (nothing starts)."""
-    return create_app(ExecutorSettings(), document_only=True)[0]
+    """The app with default settings, for ``faststream docs gen --factory`` (nothing starts).
+
+    It names the executor's NATS user so the document shows how the service authenticates.
+    """
+    return create_app(ExecutorSettings(nats_user="executor"), document_only=True)[0]

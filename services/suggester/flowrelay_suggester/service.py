@@ -393,6 +393,12 @@ def create_app(settings: SuggesterSettings | None = None) -> FastStream:
     return app
 
 
+def asyncapi_app() -> FastStream:
+    """The app for ``faststream docs gen --factory``, naming the suggester's NATS user so the
+    document shows how it authenticates (nothing starts)."""
+    return create_app(SuggesterSettings(nats_user="suggester"))
+
+
 def _subscribe(broker: NatsBroker, suggester: Suggester) -> None:
     stream = JStream(subjects.SUGGESTER_STREAM, declare=False)  # topology.declare owns streams
 
