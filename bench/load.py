@@ -10,10 +10,10 @@ its own CPU time, so the report shows how much of the machine the client took.
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
