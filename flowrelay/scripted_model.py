@@ -27,10 +27,15 @@ after whitespace:
 ``#call=<tool> <json object>``
     Ask for one call of ``tool`` per turn, in the order written. Once the conversation after
     the last user message holds as many ``tool`` results as there are ``#call`` directives,
-    answer with the text of the last tool result.
+    answer with the text of the last tool result (a ``{"result": x}`` envelope, as Google
+    ADK wraps return values, is answered with ``x``).
 ``#loop=<tool> <json object>``
     Always ask for a call of ``tool``; never finish (for testing turn limits). Performed after
     any ``#call`` directives written before it.
+
+When the request offers a tool named ``final_answer`` (smolagents' agents answer only
+through it), the answer is given as a call of that tool with the answer text as its first
+parameter, instead of as content.
 
 With ``response_format`` of type ``json_schema`` the final answer is a minimal JSON instance of
 the schema whose first plain string field holds the answer text; with ``json_object`` it is
@@ -70,7 +75,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -179,6 +184,9 @@ _STRING_FORMAT_EXAMPLES: Final[dict[str, str]] = {
 
 _JSON_START: Final = frozenset('{["-0123456789tfn')
 """First characters a JSON document can start with (after whitespace)."""
+
+_FINAL_ANSWER_TOOL: Final = "final_answer"
+"""A tool through which some agents must give their answer (see ``_final_answer_parameter``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,27 +468,68 @@ def _structured_content(response_format: Any, answer: str) -> str | None:
     return None
 
 
+def _final_answer_parameter(tools: Any) -> str | None:
+    """The parameter of an offered ``final_answer`` tool, or None if none is offered.
+
+    Agents that answer only through such a tool (smolagents; tinyagent with some providers)
+    never accept plain text as the answer: the stand-in calls it, as a real model would.
+    """
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name") == _FINAL_ANSWER_TOOL:
+            parameters = function.get("parameters")
+            properties = parameters.get("properties") if isinstance(parameters, dict) else None
+            required = parameters.get("required") if isinstance(parameters, dict) else None
+            names = [*(required or []), *(properties or {})]
+            return str(names[0]) if names else "answer"
+    return None
+
+
+def _result_text(content: Any) -> str:
+    """A tool result as answer text; ``{"result": x}`` (Google ADK's envelope for any return
+    value that is not an object) is answered with ``x``, so every framework gives ``5``."""
+    text = _content_text(content)
+    if text.startswith('{"result"'):
+        with contextlib.suppress(ValueError):
+            value = json.loads(text)
+            if isinstance(value, dict) and set(value) == {"result"}:
+                inner = value["result"]
+                return inner if isinstance(inner, str) else _compact_json(inner)
+    return text
+
+
+def _tool_call(name: str, arguments: str, number: int) -> list[dict[str, Any]]:
+    # One call per turn; the id is deterministic and unique within the conversation.
+    return [
+        {
+            "id": f"call_flowrelay_{number}",
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+    ]
+
+
 def _reply(
-    script: _Script, later: list[Any], user_text: str, response_format: Any
+    script: _Script, later: list[Any], user_text: str, response_format: Any, tools: Any = None
 ) -> tuple[str | None, list[dict[str, Any]] | None]:
     """This turn's (content, tool_calls), given the messages after the last user message."""
     results = [
-        _content_text(m.get("content"))
+        _result_text(m.get("content"))
         for m in later
         if isinstance(m, dict) and m.get("role") == "tool"
     ]
     step = _next_step(script.steps, len(results))
     if step is not None:
-        # One call per turn; the id is deterministic and unique within the conversation.
-        call = {
-            "id": f"call_flowrelay_{len(results)}",
-            "type": "function",
-            "function": {"name": step.name, "arguments": step.arguments},
-        }
-        return None, [call]
+        return None, _tool_call(step.name, step.arguments, len(results))
     answer = results[-1] if script.steps else f"echo: {user_text}"
     structured = _structured_content(response_format, answer)
-    return (answer if structured is None else structured), None
+    content = answer if structured is None else structured
+    parameter = _final_answer_parameter(tools)
+    if parameter is not None:
+        return None, _tool_call(_FINAL_ANSWER_TOOL, _compact_json({parameter: content}), len(results))
+    return content, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,7 +703,9 @@ def create_app() -> Starlette:
             return _scripted_failure(script.fail_status, model, authorization)
 
         later = messages[user_index + 1 :] if user_index is not None else []
-        content, tool_calls = _reply(script, later, user_text, body.get("response_format"))
+        content, tool_calls = _reply(
+            script, later, user_text, body.get("response_format"), body.get("tools")
+        )
         stats.by_outcome["tool_call" if tool_calls else "answer"] += 1
         reply = content if content is not None else _compact_json(tool_calls)
         usage = {
@@ -786,6 +837,32 @@ async def serve(
         backlog=_BACKLOG,
     )
     await _Server(config, on_ready, handle_signals).serve()
+
+
+@contextlib.asynccontextmanager
+async def running(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve the scripted model on the running loop for the duration of the block.
+
+    Yields the base URL (``.../v1``). For in-process use, e.g. the executor's start-up
+    self-check, which must not depend on any model outside the process.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[str] = loop.create_future()
+    config = uvicorn.Config(
+        create_app(), host=host, port=port, http=_NoDelayHttpToolsProtocol, lifespan="off",
+        access_log=False, log_config=None, log_level="warning", server_header=False,
+        date_header=False, timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+    )
+    server = _Server(config, lambda url: ready.done() or ready.set_result(url), handle_signals=False)
+    task = loop.create_task(server.serve())
+    task.add_done_callback(lambda t: ready.done() or ready.set_exception(
+        RuntimeError("the scripted model stopped before it was listening")
+    ))
+    try:
+        yield await ready
+    finally:
+        server.should_exit = True
+        await task
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -235,7 +235,10 @@ class ExecutorCapabilities(_Message):
     """What one executor can run; refreshed in ``EXECUTORS_BUCKET`` while it lives."""
 
     executor_id: str
+    #: Frameworks that passed the executor's start-up self-check (a real tiny run each).
     frameworks: list[str]
+    #: Version of what implements each framework (e.g. ``openai`` -> openai-agents'), if known.
+    framework_versions: dict[str, str] = Field(default_factory=dict)
     tools: list[str]
     slots: int
     isolation: Isolation

@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from flowrelay_executor.jobs import Job, Outcome, timed_out
-from flowrelay_executor.worker import PRELOAD, run_worker
+from flowrelay_executor.worker import PRELOAD, WorkerOptions, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class ProcessPool:
         recycle_after_runs: int,
         recycle_rss_mb: int,
         start_timeout_s: float,
+        frameworks: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self._size = size
@@ -120,7 +121,11 @@ class ProcessPool:
         self._stats_task: asyncio.Task[None] | None = None
         self._capacity = asyncio.Condition()
         self._context: Any = None
+        self._enabled = tuple(frameworks) if frameworks else None
         self.frameworks: list[str] = []
+        self.framework_versions: dict[str, str] = {}
+        #: Frameworks installed here that failed the start-up self-check, and why.
+        self.framework_failures: dict[str, str] = {}
         self.tools: list[str] = []
         self.crashes = 0
 
@@ -136,12 +141,16 @@ class ProcessPool:
         try:
             self._context = multiprocessing.get_context("forkserver")
             self._context.set_forkserver_preload(PRELOAD)
-            workers = await asyncio.gather(*(self._spawn() for _ in range(self._size)))
+            # The first worker checks every framework; the others offer what passed.
+            first = await self._spawn(WorkerOptions(frameworks=self._enabled, self_check=True))
+            info = first.ready.result()
+            self.frameworks, self.tools = info["frameworks"], info["tools"]
+            self.framework_versions = info["framework_versions"]
+            self.framework_failures = info["framework_failures"]
+            await asyncio.gather(*(self._spawn(self._options()) for _ in range(self._size - 1)))
         except Exception as exc:
             await self.close(grace_s=0)
             raise WorkerStartError(f"worker processes could not start: {exc}") from exc
-        info = workers[0].ready.result()
-        self.frameworks, self.tools = info["frameworks"], info["tools"]
         self._stats_task = asyncio.create_task(self._poll_stats())
 
     async def run(self, job: Job, sink: EventSink) -> Outcome:
@@ -180,10 +189,15 @@ class ProcessPool:
 
     # -- internals ---------------------------------------------------------------------
 
-    async def _spawn(self) -> _Worker:
+    def _options(self) -> WorkerOptions:
+        return WorkerOptions(
+            frameworks=self._enabled, failures=tuple(self.framework_failures.items())
+        )
+
+    async def _spawn(self, options: WorkerOptions) -> _Worker:
         parent_end, child_end = socket.socketpair()
         process = self._context.Process(
-            target=run_worker, args=(child_end,), name="flowrelay-worker", daemon=False
+            target=run_worker, args=(child_end, options), name="flowrelay-worker", daemon=False
         )
         try:
             # The first start launches the fork server, which imports the engine: seconds,
@@ -311,7 +325,7 @@ class ProcessPool:
         if self._closing:
             return
         try:
-            await self._spawn()
+            await self._spawn(self._options())
         except Exception:
             log.exception("could not start a replacement worker")
         self._notify_capacity()

@@ -139,6 +139,7 @@ class Executor:
                 recycle_after_runs=s.recycle_after_runs,
                 recycle_rss_mb=s.recycle_rss_mb,
                 start_timeout_s=s.worker_start_timeout_s,
+                frameworks=s.framework_list,
             )
             try:
                 await pool.start()
@@ -146,10 +147,12 @@ class Executor:
             except WorkerStartError as exc:
                 log.error("%s; falling back to thread isolation", exc)
         if self.pool is None:
-            pool_t = ThreadPool(slots=s.slots_per_worker, kill_grace_s=s.kill_grace_s)
+            pool_t = ThreadPool(slots=s.slots_per_worker, kill_grace_s=s.kill_grace_s, frameworks=s.framework_list)
             await pool_t.start()
             self.pool = pool_t
         self._slots = asyncio.Semaphore(self.pool.slots)
+        for name, why in self.pool.framework_failures.items():
+            log.warning("framework %s is installed but not offered: its self-check failed: %s", name, why)
         log.info(
             "executor %s: isolation=%s slots=%d frameworks=%s tools=%d",
             self.executor_id, self.pool.isolation, self.pool.slots, self.pool.frameworks, len(self.pool.tools),
@@ -405,7 +408,8 @@ class Executor:
         kv = await self._js.key_value(subjects.EXECUTORS_BUCKET)
         while not self._draining.is_set():
             caps = ExecutorCapabilities(
-                executor_id=self.executor_id, frameworks=self.pool.frameworks, tools=self.pool.tools,
+                executor_id=self.executor_id, frameworks=self.pool.frameworks,
+                framework_versions=self.pool.framework_versions, tools=self.pool.tools,
                 slots=self.pool.slots, isolation=Isolation(self.pool.isolation),
             )
             with contextlib.suppress(Exception):

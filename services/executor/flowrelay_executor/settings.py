@@ -31,7 +31,16 @@ class ExecutorSettings(BusSettings):
     slots_per_worker: int = Field(default=256, ge=1, le=4096, description="Concurrent runs per worker.")
     recycle_after_runs: int = Field(default=5000, ge=1, description="Replace a worker after this many runs.")
     recycle_rss_mb: int = Field(default=1536, ge=64, description="Replace a worker above this RSS.")
-    worker_start_timeout_s: float = Field(default=60.0, gt=0, description="Time for a worker to import any-agent.")
+    worker_start_timeout_s: float = Field(
+        default=120.0, gt=0, description="Time for a worker to import any-agent (the first also self-checks every framework)."
+    )
+    frameworks: str = Field(
+        default="",
+        description=(
+            "Comma-separated any-agent frameworks to offer (tinyagent always). Empty: every installed one. "
+            "Only those that pass the start-up self-check are advertised."
+        ),
+    )
 
     # -- limits --------------------------------------------------------------------------
     default_timeout_s: float = Field(default=120.0, gt=0, description="Deadline of runs that set no options.timeout_s.")
@@ -59,6 +68,11 @@ class ExecutorSettings(BusSettings):
     def heartbeat_interval_s(self) -> float:
         """In-progress heartbeats well inside ``ack_wait`` so slow runs are not redelivered."""
         return max(0.5, self.ack_wait_s / 3)
+
+    @property
+    def framework_list(self) -> list[str] | None:
+        """``frameworks`` as a list, or None for every installed framework."""
+        return [name.strip() for name in self.frameworks.split(",") if name.strip()] or None
 
     @property
     def slots(self) -> int:

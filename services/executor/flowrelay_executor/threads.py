@@ -24,8 +24,9 @@ class ThreadPool:
 
     isolation = "thread"
 
-    def __init__(self, *, slots: int, kill_grace_s: float) -> None:
+    def __init__(self, *, slots: int, kill_grace_s: float, frameworks: list[str] | None = None) -> None:
         self.slots = slots
+        self._enabled = frameworks or None
         self._kill_grace_s = kill_grace_s
         self._sinks: dict[str, tuple[EventSink, asyncio.Future[Outcome]]] = {}
         self._capacity = asyncio.Semaphore(slots)
@@ -33,6 +34,8 @@ class ThreadPool:
         self._runner: Any = None
         self._main: asyncio.AbstractEventLoop | None = None
         self.frameworks: list[str] = []
+        self.framework_versions: dict[str, str] = {}
+        self.framework_failures: dict[str, str] = {}
         self.tools: list[str] = []
         self.pids: list[int] = []
         self.crashes = 0
@@ -76,16 +79,20 @@ class ThreadPool:
     # -- internals ---------------------------------------------------------------------
 
     def _thread_main(self, ready: asyncio.Future[None]) -> None:
-        from flowrelay_executor.engine import Engine, ToolRegistry, available_frameworks
+        from flowrelay_executor.engine import Engine, ToolRegistry
         from flowrelay_executor.runner import JobRunner
+        from flowrelay_executor.worker import SELF_CHECK_TIMEOUT_S
 
         assert self._main is not None
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             tools = ToolRegistry.from_environment()
-            self._runner = JobRunner(Engine(tools=tools), self._send)
-            self.frameworks, self.tools = available_frameworks(), tools.names()
+            engine = Engine(tools=tools, frameworks=self._enabled)
+            self.framework_failures = loop.run_until_complete(engine.self_check(timeout_s=SELF_CHECK_TIMEOUT_S))
+            self._runner = JobRunner(engine, self._send)
+            self.frameworks, self.tools = engine.frameworks, tools.names()
+            self.framework_versions = engine.framework_versions
         except Exception as exc:
             self._main.call_soon_threadsafe(ready.set_exception, exc)
             return

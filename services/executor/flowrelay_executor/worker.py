@@ -8,7 +8,8 @@ The executor talks to a worker over a socket pair, one JSON document per line:
 
 * executor -> worker: ``{"op": "run", "job": {...}}``, ``{"op": "cancel", "run_id", "reason"}``,
   ``{"op": "stats"}``, ``{"op": "stop"}`` (finish what runs, then exit).
-* worker -> executor: ``{"op": "ready", "pid", "frameworks", "tools"}`` once warm,
+* worker -> executor: ``{"op": "ready", "pid", "frameworks", "framework_versions",
+  "framework_failures", "tools"}`` once warm (and, for the worker told to, self-checked),
   ``{"op": "event", "run_id", "type", "data", "at"}`` as steps happen,
   ``{"op": "done", "run_id", "outcome"}``, ``{"op": "stats", "rss_mb", "completed", "active"}``.
 
@@ -24,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from flowrelay_executor.jobs import Job
@@ -36,8 +38,12 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 #: Libraries that log every HTTP request at INFO.
 NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
 
-#: What the fork server imports once, before forking any worker.
-PRELOAD = ["flowrelay_executor.engine"]
+#: What the fork server imports once, before forking any worker: the engine, any-agent and
+#: the frameworks this executor may offer.
+PRELOAD = ["flowrelay_executor.engine.preload"]
+
+#: Time one framework's start-up self-check may take (the first run imports and builds).
+SELF_CHECK_TIMEOUT_S = 60.0
 
 
 def _rss_mb() -> float:
@@ -46,8 +52,8 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
-async def _serve(channel: socket.socket) -> None:
-    from flowrelay_executor.engine import Engine, ToolRegistry, available_frameworks
+async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
+    from flowrelay_executor.engine import Engine, ToolRegistry
     from flowrelay_executor.runner import JobRunner
 
     reader, writer = await asyncio.open_unix_connection(sock=channel, limit=MAX_LINE_BYTES)
@@ -61,9 +67,15 @@ async def _serve(channel: socket.socket) -> None:
         writer.write(json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n")
 
     tools = ToolRegistry.from_environment()
-    engine = Engine(tools=tools)
+    engine = Engine(tools=tools, frameworks=options.frameworks)
+    engine.refuse(dict(options.failures))
+    failures = await engine.self_check(timeout_s=SELF_CHECK_TIMEOUT_S) if options.self_check else {}
     runner = JobRunner(engine, send)
-    send({"op": "ready", "pid": os.getpid(), "frameworks": available_frameworks(), "tools": tools.names()})
+    send({
+        "op": "ready", "pid": os.getpid(), "frameworks": engine.frameworks,
+        "framework_versions": engine.framework_versions, "framework_failures": failures,
+        "tools": tools.names(),
+    })
 
     while line := await reader.readline():  # EOF: the executor is gone, nobody to report to
         message = json.loads(line)
@@ -92,7 +104,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_worker(channel: socket.socket) -> None:
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """What the supervisor tells a new worker (pickled to the fork server).
+
+    ``frameworks``: the ones to offer (None: every installed one). ``self_check``: run the
+    start-up self-check before reporting ready (the pool's first worker does; the others
+    are told the frameworks that passed).
+    """
+
+    frameworks: tuple[str, ...] | None = None
+    self_check: bool = False
+    #: Frameworks that failed the first worker's self-check, and why.
+    failures: tuple[tuple[str, str], ...] = ()
+
+
+def run_worker(channel: socket.socket, options: WorkerOptions | None = None) -> None:
     """Entry point of a forked worker process."""
     _die_with_parent()
     # Ctrl-C reaches the whole process group; the executor decides when workers stop.
@@ -114,4 +141,4 @@ def run_worker(channel: socket.socket) -> None:
     except ImportError:  # plain asyncio is fine, only slower
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(channel))
+        runner.run(_serve(channel, options or WorkerOptions()))

@@ -1,0 +1,178 @@
+"""The workflow patterns, run with any-agent agents (from :func:`flowrelay_contracts.plan`).
+
+* ``simple``: one agent.
+* ``sequential``: each agent gets the previous agent's output (structured output as JSON
+  text); the run's output is the last one's.
+* ``collaborative``: the first agent coordinates; every other agent becomes one of its tools
+  (any-agent's "agents as tools": an async function awaiting the sub-agent's ``run_async``).
+
+Each agent step is bracketed by ``agent.started`` / ``agent.finished`` and runs with
+``CURRENT_AGENT`` set to that agent, which is how hooks firing inside another agent's run
+are told apart (``engine.events``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final
+
+from pydantic import BaseModel
+
+from flowrelay_contracts import EventType, Pattern, WorkflowError, plan
+from flowrelay_executor import costs
+from flowrelay_executor.engine.agents import AgentPool
+from flowrelay_executor.engine.frameworks import adapter
+from flowrelay_executor.engine.recipes import Recipe, recipe_for
+from flowrelay_executor.engine.run import CURRENT_AGENT, CURRENT_RUN, Failed, RunState
+from flowrelay_executor.engine.text import as_text
+from flowrelay_executor.engine.tooling import wrap_tool
+from flowrelay_executor.errors import InvalidWorkflowError
+from flowrelay_executor.tools import ToolRegistry
+
+__all__ = ["Orchestrator"]
+
+#: Argument name of the tool through which a coordinator asks a sub-agent.
+SUBAGENT_PARAMETER: Final = "request"
+
+
+class Orchestrator:
+    """Runs a workflow's agents in its pattern; one per engine."""
+
+    def __init__(
+        self,
+        *,
+        tools: ToolRegistry,
+        pool: Callable[[], AgentPool],
+        unavailable: Mapping[str, str],
+    ) -> None:
+        self._tools = tools
+        self._pool = pool
+        self._unavailable = unavailable
+
+    async def execute(self, run: RunState) -> Any:
+        """Run the workflow of ``run``'s job; its output (raises ``Failed``)."""
+        try:
+            workflow_plan = plan(run.job.workflow)
+        except WorkflowError as exc:
+            raise run.fail(InvalidWorkflowError(f"invalid workflow: {exc}")) from exc
+        run.pattern = workflow_plan.pattern
+        specs = workflow_plan.agents
+
+        def recipe(spec: Any, sub_agents: tuple[Recipe, ...] = ()) -> Recipe:
+            return recipe_for(
+                run, spec, tools=self._tools, unavailable=self._unavailable, sub_agents=sub_agents
+            )
+
+        if workflow_plan.pattern == Pattern.COLLABORATIVE:
+            workers = tuple(recipe(spec) for spec in specs[1:])
+            recipes = [recipe(specs[0], workers)]
+        else:
+            recipes = [recipe(spec) for spec in specs]
+
+        # Create every agent before the first model call, so that a missing key or a
+        # broken MCP server of the last agent fails the run before any tokens are spent.
+        for each in _with_sub_agents(recipes):
+            await self._lease(run, each)
+
+        if workflow_plan.pattern == Pattern.SEQUENTIAL:
+            output: Any = run.job.input
+            for each in recipes:
+                output = await self.invoke(run, each, as_text(output))
+            return output
+        return await self.invoke(run, recipes[0], run.job.input)
+
+    async def invoke(self, run: RunState, recipe: Recipe, prompt: str) -> Any:
+        """One agent step: run ``recipe``'s agent on ``prompt``, bracketed by agent events."""
+        step = run.begin_step(recipe)
+        tally = run.tally(recipe.name)
+        before = tally.snapshot()
+        run.emit(
+            EventType.AGENT_STARTED,
+            {"agent": recipe.name, "step": step, "pattern": str(run.pattern)},
+        )
+        lease = run.leases[recipe]
+        agent_token = CURRENT_AGENT.set(recipe.name)
+        try:
+            trace = await lease.agent.run_async(prompt)
+        except Exception as exc:
+            # A failure already recorded deeper down (a tool, a sub-agent, the turn limit)
+            # stays the reported one; this exception is only how it unwound.
+            raise run.fail(exc, recipe=recipe, step=step) from exc
+        except asyncio.CancelledError:
+            # any-agent does not clean up after a cancelled run (it catches Exception only):
+            # the run's callback context, trace included, stays in the agent for good.
+            # Retire the instance so that state goes away with it.
+            self._pool().retire(lease)
+            raise
+        finally:
+            CURRENT_AGENT.reset(agent_token)
+            run.end_step(recipe)
+            adapter(recipe.framework).after_run(lease.agent)
+        if run.failure is not None:
+            # The framework swallowed the stop (it fed a tool's error to the model and
+            # carried on): the run has failed all the same.
+            raise Failed()
+        output = trace.final_output
+        if isinstance(output, BaseModel):
+            output = output.model_dump(mode="json", by_alias=True)
+        spent = tally.since(before)
+        run.emit(
+            EventType.AGENT_FINISHED,
+            {
+                "agent": recipe.name,
+                "step": step,
+                "output": run.clip(output),
+                "input_tokens": spent.usage.input_tokens,
+                "output_tokens": spent.usage.output_tokens,
+                "cost_usd": costs.total(spent.costs),
+            },
+        )
+        return output
+
+    def sub_agent_tool(
+        self, tool_name: str, sub: Recipe, coordinator: str, strict: bool
+    ) -> Callable[..., Awaitable[str]]:
+        """``coordinator``'s tool for ``sub``: runs the sub-agent inside the same run.
+
+        ``strict``: the coordinator's provider wants OpenAI strict tool schemas.
+        """
+        orchestrator = self
+
+        async def ask(request: str) -> str:
+            run = CURRENT_RUN.get()
+            if run is None:
+                raise RuntimeError("a sub-agent tool was called outside Engine.run")
+            return as_text(await orchestrator.invoke(run, sub, request))
+
+        ask.__name__ = ask.__qualname__ = tool_name
+        ask.__doc__ = (
+            f"Ask the agent '{sub.name}' to handle a request and return its answer. "
+            + (f"Its instructions: {sub.instructions[:500]}" if sub.instructions else "")
+        ).strip()
+        ask.__annotations__ = {SUBAGENT_PARAMETER: str, "return": str}
+        return wrap_tool(
+            ask,
+            tool_name,
+            agent=coordinator,
+            strict=strict,
+            parameter_docs={
+                SUBAGENT_PARAMETER: f"What to ask the agent '{sub.name}', in plain words."
+            },
+        )
+
+    async def _lease(self, run: RunState, recipe: Recipe) -> None:
+        if recipe in run.leases:
+            return
+        try:
+            run.leases[recipe] = await self._pool().acquire(recipe)
+        except Exception as exc:
+            raise run.fail(exc, recipe=recipe) from exc
+
+
+def _with_sub_agents(recipes: Iterable[Recipe]) -> list[Recipe]:
+    ordered: list[Recipe] = []
+    for recipe in recipes:
+        ordered.append(recipe)
+        ordered.extend(_with_sub_agents(sub for _, sub in recipe.sub_agents))
+    return ordered
