@@ -6,6 +6,21 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
+# The executors' own environment: flowrelay plus the any-agent frameworks named in
+# FRAMEWORKS (any of $(ALL_FRAMEWORKS), or all), from its own hashed lock
+# (locks/executor/uv.lock), so a framework never changes what the API and suggester run on.
+# `make up` and the tests start executors from it when it exists.
+FRAMEWORKS      ?=
+ALL_FRAMEWORKS  := openai langchain llama_index smolagents agno google
+TEST_FRAMEWORKS ?= all
+EXEC_VENV       := .venv-executor
+EXEC_PROJECT    := locks/executor
+chosen = $(sort $(if $(filter all,$(1)),$(ALL_FRAMEWORKS),$(1)))
+unknown = $(filter-out $(ALL_FRAMEWORKS),$(call chosen,$(1)))
+empty :=
+space := $(empty) $(empty)
+exec_stamp = $(EXEC_VENV)/.installed-$(subst $(space),+,$(call chosen,$(1)))
+
 .PHONY: install up test bench lock lint asyncapi clean
 
 $(STAMP): requirements.lock pyproject.toml
@@ -15,14 +30,24 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(if $(strip $(FRAMEWORKS)),$(call exec_stamp,$(FRAMEWORKS)))
+
+# One stamp per set of frameworks: asking for another set syncs the environment to it.
+$(EXEC_VENV)/.installed-%: $(EXEC_PROJECT)/uv.lock $(EXEC_PROJECT)/pyproject.toml pyproject.toml | $(STAMP)
+	$(if $(call unknown,$(subst +, ,$*)),$(error unknown framework(s) $(call unknown,$(subst +, ,$*)); choose from: $(ALL_FRAMEWORKS) or all))
+	UV_PROJECT_ENVIRONMENT=$(abspath $(EXEC_VENV)) $(PYTHON) -m uv sync --quiet --frozen \
+		--project $(EXEC_PROJECT) --python $(PYTHON) --compile-bytecode \
+		$(foreach framework,$(subst +, ,$*),--extra $(framework))
+	rm -f $(EXEC_VENV)/.installed-*
+	touch $@
 
 ## Run the whole stack locally: embedded NATS, API, executor(s), suggester (offline model if no key).
 up: install
 	$(BIN)/flowrelay up $(ARGS)
 
-## The test suite: real nats-server, real worker processes, scripted model.
-test: install
+## The test suite: real nats-server, real worker processes, scripted model; the framework
+## matrix needs every framework in the executor environment (TEST_FRAMEWORKS=all).
+test: install $(call exec_stamp,$(TEST_FRAMEWORKS))
 	$(BIN)/python -m pytest $(ARGS)
 
 ## Benchmark against the in-process floor and the original design (QUICK=1 for a short run).
@@ -33,6 +58,7 @@ bench: install
 lock:
 	$(PYTHON) -m uv pip compile pyproject.toml --group dev --generate-hashes \
 		--python-version 3.11 --no-header -o requirements.lock
+	$(PYTHON) -m uv lock --project $(EXEC_PROJECT) --python 3.11
 
 ## Regenerate the AsyncAPI documents of the services (CI checks they are current).
 asyncapi: install
@@ -44,4 +70,4 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(EXEC_VENV) .pytest_cache

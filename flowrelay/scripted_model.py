@@ -33,6 +33,10 @@ after whitespace:
     Always ask for a call of ``tool``; never finish (for testing turn limits). Performed after
     any ``#call`` directives written before it.
 
+smolagents sends tool calls and results as plain messages (an assistant ``Calling tools:``
+message, then a user ``Observation:`` message): such an observation counts as a tool result,
+not as the user's message, and its ``New task:`` framing of the task is not part of the text.
+
 When the request offers a tool named ``final_answer`` (smolagents' agents answer only
 through it), the answer is given as a call of that tool with the answer text as its first
 parameter, instead of as content.
@@ -185,6 +189,11 @@ _STRING_FORMAT_EXAMPLES: Final[dict[str, str]] = {
 _JSON_START: Final = frozenset('{["-0123456789tfn')
 """First characters a JSON document can start with (after whitespace)."""
 
+_SMOLAGENTS_TASK_PREFIX: Final = "New task:\n"
+_SMOLAGENTS_CALL_PREFIX: Final = "Calling tools:"
+_SMOLAGENTS_OBSERVATION_PREFIX: Final = "Observation:"
+"""How smolagents frames the task, its tool calls and their results in plain messages."""
+
 _FINAL_ANSWER_TOOL: Final = "final_answer"
 """A tool through which some agents must give their answer (see ``_final_answer_parameter``)."""
 
@@ -229,12 +238,38 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _is_observation(messages: list[Any], index: int) -> bool:
+    """A user message carrying a tool result, the way smolagents writes its conversation:
+    an assistant ``Calling tools:`` message followed by a user ``Observation:`` message."""
+    if index == 0 or not isinstance(messages[index - 1], dict):
+        return False
+    previous = _content_text(messages[index - 1].get("content"))
+    text = _content_text(messages[index].get("content"))
+    return (
+        messages[index - 1].get("role") == "assistant"
+        and previous.startswith(_SMOLAGENTS_CALL_PREFIX)
+        and text.startswith(_SMOLAGENTS_OBSERVATION_PREFIX)
+    )
+
+
 def _last_user_index(messages: list[Any]) -> int | None:
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
-        if isinstance(message, dict) and message.get("role") == "user":
+        if (
+            isinstance(message, dict)
+            and message.get("role") == "user"
+            and not _is_observation(messages, index)
+        ):
             return index
     return None
+
+
+def _user_text(message: Any) -> str:
+    """The text of the user's message, without smolagents' ``New task:`` framing."""
+    text = _content_text(message.get("content"))
+    if text.startswith(_SMOLAGENTS_TASK_PREFIX):
+        text = text.removeprefix(_SMOLAGENTS_TASK_PREFIX).removesuffix("\n")
+    return text
 
 
 def _parse_tool_step(text: str, start: int, *, repeat: bool) -> _ToolStep:
@@ -519,6 +554,10 @@ def _reply(
         _result_text(m.get("content"))
         for m in later
         if isinstance(m, dict) and m.get("role") == "tool"
+    ] or [
+        _content_text(m.get("content")).removeprefix(_SMOLAGENTS_OBSERVATION_PREFIX).strip()
+        for i, m in enumerate(later)
+        if isinstance(m, dict) and m.get("role") == "user" and _is_observation(later, i)
     ]
     step = _next_step(script.steps, len(results))
     if step is not None:
@@ -682,7 +721,7 @@ def create_app() -> Starlette:
         messages: list[Any] = body["messages"]
         model = body["model"] if isinstance(body.get("model"), str) else FINGERPRINT
         user_index = _last_user_index(messages)
-        user_text = "" if user_index is None else _content_text(messages[user_index].get("content"))
+        user_text = "" if user_index is None else _user_text(messages[user_index])
         try:
             script = _parse_script(user_text)
         except _ScriptError as exc:

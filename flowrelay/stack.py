@@ -37,9 +37,29 @@ READY_MARKERS: dict[str, str] = {
 }
 
 
+#: The executors' own environment (``make install FRAMEWORKS=...``), beside this one's.
+EXECUTOR_VENV_ENV = "FLOWRELAY_EXECUTOR_VENV"
+EXECUTOR_VENV_NAME = ".venv-executor"
+
+
+def executor_bin() -> Path:
+    """Where executors are started from: the executor environment when it exists.
+
+    The frameworks' dependencies live only there (its own lock), so they never change what
+    the API and the suggester run on. ``FLOWRELAY_EXECUTOR_VENV`` names another one; without
+    any, executors run from this interpreter's environment (tinyagent only).
+    """
+    configured = os.environ.get(EXECUTOR_VENV_ENV)
+    venv = Path(configured) if configured else Path(sys.prefix).parent / EXECUTOR_VENV_NAME
+    scripts = venv / "bin"
+    return scripts if (scripts / SERVICE_COMMANDS["executor"][0]).exists() else Path(sys.executable).parent
+
+
 def resolve(command: Sequence[str]) -> list[str]:
-    """Find a console script next to this interpreter (the venv need not be on PATH)."""
-    script = Path(sys.executable).parent / command[0]
+    """Find a console script next to this interpreter (the venv need not be on PATH);
+    the executor's in the executor environment (see :func:`executor_bin`)."""
+    folder = executor_bin() if list(command[:1]) == SERVICE_COMMANDS["executor"][:1] else Path(sys.executable).parent
+    script = folder / command[0]
     return [str(script) if script.exists() else command[0], *command[1:]]
 
 

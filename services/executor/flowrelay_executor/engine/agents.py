@@ -92,9 +92,11 @@ class AgentFactory:
                     tools.append(wrap_tool(resolved, tool, agent=recipe.name, strict=strict))
             for tool_name, sub in recipe.sub_agents:
                 tools.append(self._sub_agent_tool(tool_name, sub, recipe.name, strict))
+            tools = [framework.adapt_tool(tool) for tool in tools]
             with no_sse_warning():
                 config = self._config(recipe, tools)
             agent = await AnyAgent.create_async(recipe.framework, config)
+            framework.install(agent)
         except BaseException:
             await disconnect(clients)
             raise

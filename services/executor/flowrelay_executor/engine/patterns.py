@@ -103,6 +103,7 @@ class Orchestrator:
             # any-agent does not clean up after a cancelled run (it catches Exception only):
             # the run's callback context, trace included, stays in the agent for good.
             # Retire the instance so that state goes away with it.
+            run.cancelled = True
             self._pool().retire(lease)
             raise
         finally:

@@ -97,6 +97,9 @@ class RunState:
         self.pattern = Pattern.SIMPLE
         self.failure: RunError | None = None
         self.leases: dict[Recipe, Lease] = {}
+        #: Set when the run's task was cancelled (deadline, cancel request): an agent still
+        #: running in a thread (smolagents) stops at its next hook.
+        self.cancelled = False
         self._emit = emit
         self._max_chars = max_chars
         self._steps = 0
@@ -203,6 +206,8 @@ class RunState:
         """
         if self.failure is not None:
             raise StopRun(self.failure.message)
+        if self.cancelled:
+            raise StopRun("the run was cancelled")
 
     # hooks ------------------------------------------------------------------------------------
 

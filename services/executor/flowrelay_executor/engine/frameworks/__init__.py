@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
@@ -59,6 +60,13 @@ class FrameworkAdapter:
     def no_tokens_note(self) -> str:
         """The ``cost_note`` of a model call whose token counts the framework did not give."""
         return f"framework '{self.name}' reports no token counts for this model call"
+
+    def adapt_tool(self, tool: Callable[..., Any]) -> Callable[..., Any]:
+        """``tool`` (already wrapped by flowrelay) in the form this framework can call."""
+        return tool
+
+    def install(self, agent: Any) -> None:
+        """Adjust a newly created agent (the any-agent instance) before its first run."""
 
     def after_run(self, agent: Any) -> None:
         """Repair what a finished run left in ``agent`` (the any-agent instance), if anything."""

@@ -1,5 +1,12 @@
 """smolagents: a smolagents ``ToolCallingAgent``.
 
+* any-agent runs smolagents' synchronous ``agent.run`` directly inside its async
+  ``_run_async``: the whole run (every model call is blocking HTTP) would block the worker's
+  event loop, and every other run on it. :meth:`SmolagentsAdapter.install` moves the run to
+  a thread (with the run's context variables, so hooks and tools still know their run).
+* Its tools must be plain ``def`` functions (it parses their source for a ``FunctionDef``;
+  an ``async def`` fails with "No function definition found"): async tools, sub-agent tools
+  included, are given as sync functions that run the coroutine on the worker's loop.
 * It answers only through its ``final_answer`` tool: a model that replies in plain text is
   asked again until the turn limit. (The scripted model calls ``final_answer`` whenever it
   is offered.) The run's output is that tool's argument.
@@ -13,6 +20,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from flowrelay_executor.engine.frameworks import FrameworkAdapter, Tokens, tokens_of
@@ -31,3 +42,26 @@ class SmolagentsAdapter(FrameworkAdapter):
         if counted is not None:
             return counted
         return tokens_of(getattr(message, "token_usage", None), "input_tokens", "output_tokens")
+
+    def adapt_tool(self, tool: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.iscoroutinefunction(tool):
+            return tool
+        loop = asyncio.get_running_loop()  # agents are built on the worker's loop
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            # Called from the run's thread (see install): the coroutine runs on the loop.
+            return asyncio.run_coroutine_threadsafe(tool(*args, **kwargs), loop).result()
+
+        functools.update_wrapper(call, tool)
+        del call.__wrapped__  # smolagents reads the source of what it is given
+        call.__signature__ = inspect.signature(tool)  # type: ignore[attr-defined]
+        return call
+
+    def install(self, agent: Any) -> None:
+        run_in_loop = agent._run_async
+
+        async def run_in_thread(prompt: Any, **kwargs: Any) -> Any:
+            # asyncio.to_thread copies the context: the run, the agent and the trace id.
+            return await asyncio.to_thread(asyncio.run, run_in_loop(prompt, **kwargs))
+
+        agent._run_async = run_in_thread
