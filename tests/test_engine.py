@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import json
 import re
 import socket
@@ -225,7 +226,7 @@ async def test_registered_tool_is_called_with_typed_arguments(
     (started,) = rec.of(EventType.TOOL_STARTED)
     (finished,) = rec.of(EventType.TOOL_FINISHED)
     assert started == {"agent": "calc", "tool": "add", "arguments": {"a": 2, "b": 3}}
-    assert finished["result"] == "5" and "error" not in finished and finished["latency_ms"] >= 0
+    assert finished["result"] == 5 and "error" not in finished and finished["latency_ms"] >= 0
     assert [d["turn"] for d in rec.of(EventType.LLM_FINISHED)] == [1, 2]
 
 
@@ -718,13 +719,99 @@ def test_price_is_none_for_unknown_models() -> None:
     assert costs.total([0.1, None]) is None and costs.total([]) == 0.0
 
 
-def test_engine_module_is_the_only_any_agent_importer() -> None:
+def test_engine_package_is_the_only_any_agent_importer() -> None:
     root = Path(__file__).resolve().parents[1]
+    engine = root / "services" / "executor" / "flowrelay_executor" / "engine"
     offenders = [
         str(path.relative_to(root))
         for folder in ("services", "contracts", "bus", "flowrelay")
         for path in (root / folder).rglob("*.py")
         if re.search(r"^\s*(from|import)\s+any_agent\b", path.read_text(), re.MULTILINE)
-        and path.name != "engine.py"
+        and engine not in path.parents
     ]
     assert offenders == []
+    assert any(re.search(r"^from any_agent\b", p.read_text(), re.MULTILINE) for p in engine.rglob("*.py"))
+
+
+# -- frameworks: self-check, tool wrapping, unclassified errors ------------------------------
+
+
+async def test_self_check_offers_a_framework_whose_tiny_run_works() -> None:
+    engine = Engine(tools=ToolRegistry(builtins=False))
+    try:
+        assert await engine.self_check(timeout_s=60) == {}
+        assert engine.frameworks == ["tinyagent"]
+        assert engine.framework_versions["tinyagent"]
+    finally:
+        await engine.aclose()
+
+
+async def test_self_check_refuses_a_framework_that_reports_made_up_tokens(
+    monkeypatch: pytest.MonkeyPatch, model_url: str
+) -> None:
+    from flowrelay_executor.engine.frameworks.tinyagent import TinyAgentAdapter
+
+    monkeypatch.setattr(TinyAgentAdapter, "tokens", lambda self, args, kwargs: (0, 0))
+    engine = Engine(tools=ToolRegistry(builtins=False))
+    try:
+        failures = await engine.self_check(timeout_s=60)
+        assert "token counts" in failures["tinyagent"]
+        assert engine.frameworks == []
+        outcome, _ = await run(engine, job(model_url, [{"name": "solo"}], "hi"))
+        assert outcome.error is not None and outcome.error.code == ErrorCode.FRAMEWORK_NOT_INSTALLED
+        assert "self-check" in outcome.error.message
+    finally:
+        await engine.aclose()
+
+
+def test_every_tool_is_described_with_an_args_section() -> None:
+    from flowrelay_executor import toolbox
+    from flowrelay_executor.engine.tooling import wrap_tool
+
+    def scale(value: float, factor: int = 2) -> float:
+        """Scale a number."""
+        return value * factor
+
+    doc = wrap_tool(scale, "scale", agent="a", strict=False).__doc__ or ""
+    assert doc.startswith("Scale a number.")
+    assert re.search(r"^Args:\n    value: .+\n    factor: .+$", doc, re.MULTILINE), doc
+    for tool in (toolbox.calculator, toolbox.current_time, toolbox.word_count):
+        own = tool.__doc__ or ""
+        assert "Args:" in own and all(f"{name}:" in own for name in inspect.signature(tool).parameters)
+        assert wrap_tool(tool, tool.__name__, agent="a", strict=False).__doc__ == inspect.cleandoc(own)
+
+
+def test_tool_wrapper_reports_bound_arguments_and_the_return_value() -> None:
+    from flowrelay_executor.engine.run import CURRENT_RUN, RunState
+    from flowrelay_executor.engine.tooling import wrap_tool
+
+    def scale(value: float, factor: int = 2) -> dict:
+        """Scale a number."""
+        return {"scaled": value * factor}
+
+    recorder = Recorder()
+    state = RunState(job=job("http://unused", [{"name": "a"}], "x"), emit=recorder, redactor=Redactor([]), max_chars=100)
+    token = CURRENT_RUN.set(state)
+    try:
+        assert wrap_tool(scale, "scale", agent="a", strict=False)(3.0, factor=4) == {"scaled": 12.0}
+    finally:
+        CURRENT_RUN.reset(token)
+    assert recorder.of(EventType.TOOL_STARTED) == [{"agent": "a", "tool": "scale", "arguments": {"value": 3.0, "factor": 4}}]
+    (finished,) = recorder.of(EventType.TOOL_FINISHED)
+    assert finished["result"] == {"scaled": 12.0} and "error" not in finished
+
+
+def test_unclassified_failure_is_logged_redacted_with_the_run_id(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowrelay_executor.engine.run import RunState
+
+    monkeypatch.setenv("SOME_SERVICE_API_KEY", "hunter2-secret-value")
+    the_job = job("http://unused", [{"name": "a"}], "x")
+    state = RunState(job=the_job, emit=Recorder(), redactor=Redactor.from_environment(), max_chars=100)
+    with caplog.at_level("ERROR", logger="flowrelay_executor.engine"):
+        state.fail(KeyError("lookup of hunter2-secret-value failed"))
+    assert state.failure is not None and state.failure.code == ErrorCode.INTERNAL_ERROR
+    [logged] = [r for r in caplog.records if the_job.run_id in r.getMessage()]
+    assert "KeyError" in logged.getMessage() and "[REDACTED]" in logged.getMessage()
+    assert "hunter2-secret-value" not in caplog.text

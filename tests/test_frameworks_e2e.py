@@ -143,11 +143,11 @@ async def turn_limit(h: Harness) -> Result:
 
 
 async def deadline(h: Harness) -> Result:
-    return await h.run(h.one(), "#delay=20 slow", timeout_s=1)
+    return await h.run(h.one(), "#delay=5 slow", timeout_s=1)
 
 
 async def cancel(h: Harness) -> Result:
-    run_id = await h.submit(h.one(), "#delay=30 slow", timeout_s=60)
+    run_id = await h.submit(h.one(), "#delay=8 slow", timeout_s=60)
     async for event in h.bus.stream_events(run_id):
         if event.type == EventType.LLM_STARTED:
             break
@@ -331,7 +331,7 @@ def test_tool_that_raises_fails_the_run_tool_failed(outcomes: Any) -> None:
 
 def test_turn_limit(outcomes: Any) -> None:
     _, result = _case(outcomes, "turn_limit")
-    assert result.record.status == "failed"
+    assert result.record.status == "failed", (result.record.output, [(e.type, e.data) for e in result.trace])
     assert result.record.error is not None and result.record.error.code == ErrorCode.MAX_TURNS_EXCEEDED
     assert len(_of(result.trace, EventType.LLM_STARTED)) == 3
 

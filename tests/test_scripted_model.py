@@ -601,3 +601,72 @@ async def test_stats_count_outcomes(fresh_server: _ScriptedServer) -> None:
         "invalid_request": 1,
     }
     assert stats["requests_per_second"] > 0 and stats["uptime_s"] > 0
+
+
+# -- what each framework needs --------------------------------------------------------------
+
+_FINAL_ANSWER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "final_answer",
+        "parameters": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+    },
+}
+
+
+def _message(body: dict[str, Any]) -> dict[str, Any]:
+    return body["choices"][0]["message"]
+
+
+async def test_an_offered_final_answer_tool_is_called_with_the_answer(http: httpx.AsyncClient) -> None:
+    plain = await http.post("/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert _message(plain.json())["content"] == "echo: hi"
+    offered = await http.post(
+        "/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [_FINAL_ANSWER_TOOL]},
+    )
+    message = _message(offered.json())
+    assert message["content"] is None
+    [call] = message["tool_calls"]
+    assert call["function"]["name"] == "final_answer"
+    assert json.loads(call["function"]["arguments"]) == {"answer": "echo: hi"}
+
+
+async def test_smolagents_observations_are_tool_results_and_its_task_framing_is_dropped(
+    http: httpx.AsyncClient,
+) -> None:
+    task = {"role": "user", "content": 'New task:\n#call=add {"a": 2, "b": 3}\n'}
+    first = await http.post("/chat/completions", json={"model": "m", "messages": [task], "tools": [_FINAL_ANSWER_TOOL]})
+    assert _message(first.json())["tool_calls"][0]["function"]["name"] == "add"
+    conversation = [
+        task,
+        {"role": "assistant", "content": "Calling tools:\n[{'id': 'call_flowrelay_0', 'type': 'function'}]\n"},
+        {"role": "user", "content": "Observation:\n5\n"},
+    ]
+    second = await http.post("/chat/completions", json={"model": "m", "messages": conversation, "tools": [_FINAL_ANSWER_TOOL]})
+    [call] = _message(second.json())["tool_calls"]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("final_answer", {"answer": "5"})
+    echo = await http.post("/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "New task:\nping\n"}]})
+    assert _message(echo.json())["content"] == "echo: ping"
+
+
+async def test_a_result_envelope_is_answered_with_its_value(http: httpx.AsyncClient) -> None:
+    conversation = [
+        {"role": "user", "content": '#call=add {"a": 2, "b": 3}'},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c0", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c0", "content": '{"result": 5}'},
+    ]
+    response = await http.post("/chat/completions", json={"model": "m", "messages": conversation})
+    assert _message(response.json())["content"] == "5"
+
+
+async def test_running_serves_in_process_until_the_block_ends() -> None:
+    from flowrelay.scripted_model import running
+
+    async with running() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        assert _message(response.json())["content"] == "echo: x"
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.get("/models")

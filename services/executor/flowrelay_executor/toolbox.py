@@ -3,6 +3,8 @@
 Registered through the ``flowrelay.tools`` entry point (see pyproject.toml), so every
 executor offers them next to any-agent's built-ins and the operator's own modules.
 They touch nothing outside the worker: no network, no files, no code evaluation.
+Docstrings are Google style with an ``Args:`` section: the model reads them, and smolagents
+refuses a tool whose parameters are not described there.
 """
 
 from __future__ import annotations
@@ -34,14 +36,22 @@ _OPERATORS = {
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression (numbers, + - * / // % ** and parentheses)."""
+    """Evaluate an arithmetic expression (numbers, + - * / // % ** and parentheses).
+
+    Args:
+        expression: The arithmetic to compute, e.g. "(2 + 3) * 7".
+    """
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     return str(_evaluate(ast.parse(expression, mode="eval").body))
 
 
 def current_time(timezone: str = "UTC") -> str:
-    """The current date and time in an IANA time zone such as 'Europe/Paris', ISO 8601."""
+    """The current date and time in an IANA time zone, as ISO 8601 text.
+
+    Args:
+        timezone: An IANA time zone name such as "Europe/Paris" (default "UTC").
+    """
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -50,7 +60,11 @@ def current_time(timezone: str = "UTC") -> str:
 
 
 def word_count(text: str) -> str:
-    """Count the words and characters of a text."""
+    """Count the words and characters of a text.
+
+    Args:
+        text: The text to count.
+    """
     return f"{len(text.split())} words, {len(text)} characters"
 
 

@@ -53,6 +53,8 @@ class Lease:
     built: Built
     recipe: Recipe
     shared: bool
+    #: One run at a time (see ``FrameworkAdapter.concurrent_runs``); idle between runs.
+    exclusive: bool = False
     in_flight: int = 0
     runs: int = 0
     retired: bool = False
@@ -127,6 +129,8 @@ class AgentPool:
     Creation is deduplicated (200 runs arriving for a new recipe build one agent) and runs in
     its own task, so a run cancelled while waiting does not cancel it for the others. An
     instance is retired after :data:`AGENT_MAX_RUNS` runs and closed once its last run ends.
+    Frameworks that cannot share an instance between concurrent runs get one instance per
+    concurrent run, kept idle between runs for the next.
     """
 
     def __init__(self, build: Callable[[Recipe], Awaitable[Built]]) -> None:
@@ -134,10 +138,18 @@ class AgentPool:
         self._shared: dict[Recipe, Lease] = {}
         self._creating: dict[Recipe, asyncio.Task[Lease]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._idle: dict[Recipe, list[Lease]] = {}
 
     async def acquire(self, recipe: Recipe) -> Lease:
         if recipe.per_run:
             lease = Lease(built=await self._build(recipe), recipe=recipe, shared=False)
+        elif not adapter(recipe.framework).concurrent_runs:
+            idle = self._idle.get(recipe)
+            if idle:
+                lease = idle.pop()
+            else:
+                built = await self._build(recipe)
+                lease = Lease(built=built, recipe=recipe, shared=False, exclusive=True)
         else:
             lease = self._shared.get(recipe) or await asyncio.shield(self._creation(recipe))
         lease.in_flight += 1
@@ -155,7 +167,9 @@ class AgentPool:
     async def release_all(self, leases: dict[Recipe, Lease]) -> None:
         for lease in leases.values():
             lease.in_flight -= 1
-            if not lease.shared:
+            if lease.exclusive and not lease.retired:
+                self._idle.setdefault(lease.recipe, []).append(lease)
+            elif not lease.shared:
                 await _close(lease.built)  # in this task: see Recipe.per_run
             elif lease.retired and lease.in_flight == 0:
                 task = asyncio.get_running_loop().create_task(_close(lease.built))
@@ -165,6 +179,10 @@ class AgentPool:
 
     async def aclose(self) -> None:
         """Retire every cached agent and close those no run is using."""
+        for idle in self._idle.values():
+            for lease in idle:
+                await _close(lease.built)
+        self._idle.clear()
         for lease in list(self._shared.values()):
             self.retire(lease)
             if lease.in_flight == 0:

@@ -36,6 +36,10 @@ class FrameworkAdapter:
     packages: ClassVar[tuple[str, ...]] = ()
     #: The distribution whose version is reported for the framework.
     distribution: ClassVar[str] = "any-agent"
+    #: Whether one agent instance may serve several runs at once. False when the framework
+    #: keeps the current run's state on the agent object: each concurrent run then gets an
+    #: instance of its own (still reused by later runs).
+    concurrent_runs: ClassVar[bool] = True
 
     def installed(self) -> bool:
         try:

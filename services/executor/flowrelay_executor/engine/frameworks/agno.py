@@ -1,5 +1,7 @@
 """agno: an agno ``Agent``.
 
+* An ``Agent`` keeps the current run on itself (``run_id``, ``run_response``, memory):
+  each concurrent run gets its own instance.
 * Counts are the assistant message's ``metrics`` (``input_tokens``/``output_tokens``).
 * any-agent 1.18's agno wrapper ``unwrap`` assigns the saved ``arun_function_call`` to
   ``arun_function_calls`` (a typo for the method it wrapped), and never restores
@@ -23,6 +25,7 @@ class AgnoAdapter(FrameworkAdapter):
     name = "agno"
     packages = ("agno",)
     distribution = "agno"
+    concurrent_runs = False
 
     def tokens(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tokens:
         message = kwargs.get("assistant_message")

@@ -14,6 +14,8 @@
   parameter, or smolagents refuses them (``DocstringParsingException``): flowrelay's tool
   wrapper writes one for every tool it hands to an agent.
 * Counts are in the ``ChatMessage``'s ``raw`` completion (``usage.prompt_tokens``...).
+* An agent keeps the current run in itself (``memory``, step numbers): concurrent runs of
+  one instance mix their conversations, so each concurrent run gets its own instance.
 * A raising tool is retried by smolagents (its error goes back to the model): flowrelay
   stops the run at the next model call instead.
 """
@@ -33,6 +35,7 @@ class SmolagentsAdapter(FrameworkAdapter):
     name = "smolagents"
     packages = ("smolagents",)
     distribution = "smolagents"
+    concurrent_runs = False
 
     def tokens(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tokens:
         message = args[0] if args else None
