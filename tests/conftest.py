@@ -61,7 +61,9 @@ def stack(
     """API + one executor + suggester, shared by the tests that do not break things."""
     stack = Stack(nats_url=nats_server.url, scripted_url=scripted_model, root=session_root / "stack", secrets=secrets)
     stack.start_api()
-    stack.start_executor()
+    # The shared executor offers tinyagent only (tests rely on a framework no executor has);
+    # every other framework runs on its own stack in test_frameworks_e2e.py.
+    stack.start_executor(FLOWRELAY_FRAMEWORKS="tinyagent")
     stack.start_suggester()
     yield stack
     stack.stop()
