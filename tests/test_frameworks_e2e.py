@@ -24,6 +24,7 @@ import pytest
 from flowrelay_testkit import REPO, Bus, Stack, agent_node, run_body
 
 from flowrelay import natsserver
+from flowrelay.credentials import Secrets
 from flowrelay.stack import executor_bin
 from flowrelay_contracts import (
     ErrorCode,
@@ -188,22 +189,22 @@ CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
 
 @pytest.fixture(scope="module", params=KNOWN_FRAMEWORKS)
 async def outcomes(
-    request: pytest.FixtureRequest, scripted_model: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, scripted_model: str, secrets: Secrets, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[str, dict[str, Result | BaseException], ExecutorCapabilities]]:
     """Run every case of one framework at once on its own stack; their results."""
     framework = request.param
     if framework not in INSTALLED:
         pytest.skip(f"{framework} is not in the executor environment: make install FRAMEWORKS=all")
     root = tmp_path_factory.mktemp(f"frameworks-{framework}")
-    server = natsserver.start(root / "nats", log_file=root / "logs" / "nats.log")
-    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root)
+    server = natsserver.start_secure(root / "nats", secrets, log_file=root / "logs" / "nats.log")
+    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root, secrets=secrets)
     try:
         stack.start_api()
         stack.start_executor(FLOWRELAY_FRAMEWORKS=framework, FLOWRELAY_WORKERS="1")
-        bus = await Bus.connect(server.url)
+        bus = await stack.bus()
         try:
             caps = await _capabilities(bus)
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+            async with httpx.AsyncClient(base_url=stack.api_url, headers=stack.auth_headers, timeout=60) as api:
                 harness = Harness(api=api, bus=bus, framework=framework)
                 results = await asyncio.gather(*(case(harness) for case, _ in CASES.values()), return_exceptions=True)
             yield framework, dict(zip(CASES, results, strict=True)), caps
