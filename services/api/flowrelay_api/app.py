@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.types import Scope
 
-from flowrelay_api import routes_execute, routes_keys, routes_ops, routes_runs
+from flowrelay_api import routes_console, routes_execute, routes_keys, routes_ops, routes_runs
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import install_error_handlers
 from flowrelay_api.limits import BodyLimitMiddleware
@@ -73,6 +73,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_execute.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_keys.router)
+    app.include_router(routes_console.router)  # the web console at /ui/
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, on_refused=count_too_large
     )
