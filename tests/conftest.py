@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -81,3 +82,12 @@ async def bus(nats_server: natsserver.NatsServer, secrets: Secrets) -> AsyncIter
     connection = await Bus.connect(nats_server.url, secrets)
     yield connection
     await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """Debian's headless chromium, driven by Playwright (for the console's tests)."""
+    from flowrelay_browser import chromium
+
+    async with chromium() as instance:
+        yield instance

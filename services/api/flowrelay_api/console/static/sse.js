@@ -24,6 +24,15 @@ export class SseParser {
     return out;
   }
 
+  /** The stream ended: a last line cut by a lone \r still counts. Returns the events. */
+  end() {
+    if (!this.#buffer.endsWith("\r")) return [];
+    const line = this.#buffer.slice(0, -1);
+    this.#buffer = "";
+    const event = this.#line(line);
+    return event ? [event] : [];
+  }
+
   #line(line) {
     if (line === "") {
       if (this.#data.length === 0) { this.#event = ""; return null; }
@@ -54,7 +63,7 @@ export async function* readEvents(response) {
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
+      if (done) { yield* parser.end(); return; }
       yield* parser.push(value);
     }
   } finally {

@@ -192,5 +192,5 @@ function details(span) {
 
 function block(title, data) {
   const text = value(data);
-  return h("div.block", {}, h("h4", {}, title), h("pre.code", { tabindex: "0" }, text === "" ? "(empty)" : text));
+  return h("div.block", {}, h("h3", {}, title), h("pre.code", { tabindex: "0" }, text === "" ? "(empty)" : text));
 }

@@ -1,0 +1,256 @@
+"""The web console in a real headless browser against the real stack.
+
+Debian's chromium (driven by Playwright) opens the console served by the API process; the
+API, executor, suggester and nats-server are the session's real processes and the scripted
+model is the only stand-in. Each test checks what the page shows against what the API
+and the bus say, and fails on any uncaught script error in the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from flowrelay_browser import ConsoleTab
+from flowrelay_testkit import Bus, Stack, one_agent, run_body
+from playwright.async_api import Browser, expect
+
+from flowrelay_contracts import EventType, RunStatus
+
+pytestmark = pytest.mark.timeout(180)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RUN_URL = re.compile(r"/ui/runs/([0-9A-Z]{26})$")
+
+# Runs take real seconds here (worker start, scripted delays): wait for the page that long.
+expect.set_options(timeout=30_000)
+
+
+@pytest.fixture
+async def tab(browser: Browser, stack: Stack) -> AsyncIterator[ConsoleTab]:
+    async with ConsoleTab.open(browser, stack.api_url) as console:
+        yield console
+        assert console.errors == [], "the page raised script errors"
+        foreign = [r.url for r in console.requests if not r.url.startswith(stack.api_url)]
+        assert foreign == [], "the console fetched something from another origin"
+
+
+def _example(name: str) -> dict:
+    return json.loads((EXAMPLES / f"{name}.json").read_text())
+
+
+async def _submit_from_form(tab: ConsoleTab, example: str, *, input_prefix: str = "", input_text: str | None = None) -> str:
+    """Fill the submit page from an example, run it, return the run id of the page landed on."""
+    page = tab.page
+    await tab.goto("/ui/submit")
+    await expect(page.locator(f'#example option[value="{example}"]')).to_have_count(1)
+    await page.select_option("#example", example)
+    field = page.locator("#run-input")
+    await expect(field).not_to_have_value("")
+    if input_text is not None:
+        await field.fill(input_text)
+    elif input_prefix:
+        await field.fill(input_prefix + await field.input_value())
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await page.wait_for_url(RUN_URL)
+    return RUN_URL.search(page.url).group(1)
+
+
+async def test_submit_the_collaborative_example_and_watch_the_run_page_update_to_succeeded(
+    tab: ConsoleTab, bus: Bus, tmp_path: Path
+) -> None:
+    # "#delay=" slows each of the coordinator's two model calls, so the page is seen running.
+    run_id = await _submit_from_form(tab, "collaborative", input_prefix="#delay=1.5 ")
+    page = tab.page
+    await tab.record_attribute(".run-page", "data-status")
+    await expect(page.locator(".run-page")).to_have_attribute("data-status", "succeeded")
+
+    statuses = await tab.recorded(".run-page", "data-status")
+    assert statuses is not None, "the page reloaded: the run page must update in place"
+    assert "running" in statuses and statuses[-1] == "succeeded"
+    assert statuses.index("running") < statuses.index("succeeded")
+
+    record = await bus.wait_record(run_id)
+    events = await bus.events(run_id)
+    assert record.status == RunStatus.SUCCEEDED and record.output == "42"
+
+    # The graph: every node of the submitted workflow, coloured by what happened to it.
+    nodes = page.locator(".graph .node")
+    await expect(nodes).to_have_count(3)
+    await expect(page.locator('.node[data-agent="coordinator"]')).to_have_attribute("data-state", "succeeded")
+    await expect(page.locator('.node[data-agent="analyst"]')).to_have_attribute("data-state", "succeeded")
+    await expect(page.locator('.node[data-agent="writer"]')).to_have_attribute("data-state", "not-run")
+
+    # The timeline: one row per started step of the trace, in order, with the trace's figures.
+    started = [e for e in events if e.type in (EventType.AGENT_STARTED, EventType.LLM_STARTED, EventType.TOOL_STARTED)]
+    rows = page.locator("li.step")
+    await expect(rows).to_have_count(len(started))
+    kinds = await rows.evaluate_all("rows => rows.map(r => [r.dataset.kind, r.dataset.agent])")
+    assert kinds == [[e.type.value.split(".")[0], e.data["agent"]] for e in started]
+    first_llm = next(e for e in events if e.type == EventType.LLM_FINISHED)
+    llm_row = page.locator('li.step[data-kind="llm"]').first
+    await expect(llm_row.locator(".step-tokens")).to_have_text(
+        f"{first_llm.data['input_tokens']} / {first_llm.data['output_tokens']}"
+    )
+    calculator = page.locator('li.step[data-kind="tool"]', has_text="analyst calls calculator")
+    await calculator.locator("summary").click()
+    await expect(calculator.locator(".step-detail")).to_contain_text("6*7")
+    await expect(calculator.locator(".step-detail")).to_contain_text("42")
+
+    await expect(page.locator("pre.output")).to_have_text("42")
+    usage = record.usage
+    await expect(page.locator('dd[data-fact="tokens"]')).to_have_text(
+        f"{usage.input_tokens:,} in, {usage.output_tokens:,} out"
+    )
+    await tab.screenshot(tmp_path, "console-run-succeeded")
+
+
+async def test_cancel_a_slow_run_from_its_page(tab: ConsoleTab, bus: Bus, tmp_path: Path) -> None:
+    run_id = await _submit_from_form(tab, "simple", input_text="#delay=120 take your time")
+    page = tab.page
+    await expect(page.locator(".run-page")).to_have_attribute("data-status", "running")
+    await expect(page.locator('.node[data-agent="assistant"]')).to_have_attribute("data-state", "running")
+    await page.get_by_role("button", name="Cancel run").click()
+
+    await expect(page.locator(".run-page")).to_have_attribute("data-status", "cancelled")
+    await expect(page.locator('.node[data-agent="assistant"]')).to_have_attribute("data-state", "cancelled")
+    await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    record = await bus.wait_record(run_id)
+    assert record.status == RunStatus.CANCELLED and record.cancel_requested
+    assert any(r.method == "POST" and r.url.endswith(f"/runs/{run_id}/cancel") for r in tab.requests)
+    await tab.screenshot(tmp_path, "console-run-cancelled")
+
+
+async def test_a_failed_run_shows_the_error_and_the_suggested_fix(
+    tab: ConsoleTab, api: httpx.AsyncClient, bus: Bus, tmp_path: Path
+) -> None:
+    run_id = (await api.post("/runs", json=run_body(one_agent(name="helper"), "#fail=401"))).json()["run_id"]
+    record = await bus.wait_record(run_id, predicate=lambda r: r.terminal and r.suggestions)
+    await tab.goto(f"/ui/runs/{run_id}")
+    page = tab.page
+    await expect(page.locator(".run-page")).to_have_attribute("data-status", "failed")
+    await expect(page.locator(".error-box")).to_contain_text(f"Failed: {record.error.code.value}")
+    suggestion = page.locator(".suggestion").first
+    await expect(suggestion).to_have_attribute("data-code", record.suggestions[0].code)
+    fix = await suggestion.locator(".fix").inner_text()
+    assert fix == f"Fix: {record.suggestions[0].fix.replace('`', '')}"
+    await expect(page.locator('.node[data-agent="helper"]')).to_have_attribute("data-state", "failed")
+    await tab.screenshot(tmp_path, "console-run-failed")
+
+
+async def test_the_runs_list_follows_new_runs_without_a_reload(tab: ConsoleTab, api: httpx.AsyncClient) -> None:
+    await tab.goto("/ui/")
+    page = tab.page
+    await page.evaluate("window.__sameDocument = true")
+    run_id = (await api.post("/runs", json=run_body(one_agent(), "#delay=1 listed"))).json()["run_id"]
+    row = page.locator(f'tr[data-run-id="{run_id}"]')
+    await expect(row).to_be_visible()  # it appeared by polling: nobody reloaded the page
+    await expect(row.locator(".badge")).to_have_attribute("data-status", "succeeded")
+    assert await page.evaluate("window.__sameDocument") is True
+
+    await page.select_option("#filter-status", "failed")
+    await expect(row).to_have_count(0)
+    assert page.url.endswith("/ui/?status=failed")
+    assert any("status=failed" in r.url for r in tab.api_requests("/runs"))
+    await page.select_option("#filter-status", "")
+    await expect(row).to_be_visible()
+    await row.get_by_role("link").click()
+    await page.wait_for_url(re.compile(f"/ui/runs/{run_id}$"))
+    await expect(page.locator(".run-page")).to_have_attribute("data-status", "succeeded")
+
+
+async def test_replay_plays_a_finished_trace_again_on_the_graph(tab: ConsoleTab, api: httpx.AsyncClient) -> None:
+    result = (await api.post("/execute", json=_example("collaborative"))).json()
+    assert result["status"] == "succeeded"
+    await tab.goto(f"/ui/runs/{result['run_id']}")
+    page = tab.page
+    analyst = '.node[data-agent="analyst"]'
+    await expect(page.locator(analyst)).to_have_attribute("data-state", "succeeded")
+    await tab.record_attribute(analyst, "data-state")
+    await tab.record_attribute(".badge.replaying", "class")
+    await page.select_option("#replay-speed", "10")
+    await page.get_by_role("button", name="Replay trace").click()
+    await expect(page.get_by_role("button", name="Replay trace")).to_be_visible()  # it ended
+
+    assert await tab.recorded(".badge.replaying", "class") == [None, "badge replaying", None]
+    states = await tab.recorded(analyst, "data-state")
+    assert states[0] == "succeeded" and states[-1] == "succeeded"
+    assert _contains_in_order(states, ["pending", "running", "succeeded"]), states
+    await expect(page.locator("li.step")).to_have_count(
+        sum(1 for e in result["trace"] if e["type"].endswith(".started") and e["type"] != "run.started")
+    )
+
+
+def _contains_in_order(values: list, wanted: list) -> bool:
+    remaining = iter(values)
+    return all(any(v == w for v in remaining) for w in wanted)
+
+
+async def test_a_key_in_the_address_bar_logs_in_and_leaves_the_url(tab: ConsoleTab) -> None:
+    key = "frk_aaaaaaaaaaaa_" + "b" * 43
+    await tab.goto(f"/ui/runs?key={key}")
+    page = tab.page
+    assert "key=" not in page.url and page.url.endswith("/ui/runs")
+    assert await page.evaluate("sessionStorage.getItem('flowrelay.apiKey')") == key
+    await expect(page.locator("table.runs")).to_be_visible()
+    sent = tab.api_requests()
+    assert sent, "the console made no API request"
+    assert [await r.header_value("authorization") for r in sent] == [f"Bearer {key}"] * len(sent)
+    assert [r.url for r in tab.requests[1:] if key in r.url] == []  # only the first navigation carried it
+
+
+async def test_keyboard_alone_submits_a_run_and_focus_follows_the_page(tab: ConsoleTab) -> None:
+    await tab.goto("/ui/submit")
+    page = tab.page
+    await expect(page.locator('#example option[value="sequential"]')).to_have_count(1)
+    assert await _tab_to(page, "#example")
+    await page.keyboard.press("ArrowDown")  # the first example
+    await expect(page.locator("#workflow")).not_to_have_value("")
+    assert await _tab_to(page, "button[type=submit]")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(RUN_URL)
+    assert await page.evaluate("document.activeElement.tagName") == "H1"
+    await expect(page.locator(".run-page")).to_have_attribute("data-status", "succeeded")
+
+
+async def _tab_to(page, selector: str, limit: int = 40) -> bool:
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("s => document.activeElement?.matches(s) ?? false", selector):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_every_page_passes_axe_and_fits_a_laptop_screen(
+    tab: ConsoleTab, api: httpx.AsyncClient, bus: Bus, scheme: str
+) -> None:
+    from axe_playwright_python.async_playwright import Axe
+
+    succeeded = (await api.post("/execute", json=_example("collaborative"))).json()["run_id"]
+    failed = (await api.post("/runs", json=run_body(one_agent(), "#fail=401"))).json()["run_id"]
+    await bus.wait_record(failed, predicate=lambda r: r.terminal and r.suggestions)
+    await tab.page.emulate_media(color_scheme=scheme)
+    axe = Axe()
+    pages = {
+        "runs": ("/ui/", "table.runs tbody tr[data-run-id]"),
+        "run succeeded": (f"/ui/runs/{succeeded}", ".run-page[data-status=succeeded] .graph"),
+        "run failed": (f"/ui/runs/{failed}", ".run-page[data-status=failed] .suggestion"),
+        "submit": ("/ui/submit?example=collaborative", ".preview .graph"),
+    }
+    problems = {}
+    for name, (path, ready) in pages.items():
+        await tab.goto(path)
+        await expect(tab.page.locator(ready).first).to_be_visible()
+        if name.startswith("run "):  # check an opened step too (arguments, results)
+            await tab.page.locator("li.step summary").first.click()
+        results = await axe.run(tab.page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}})
+        violations = [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}" for v in results.response["violations"]]
+        overflow = await tab.horizontal_overflow()
+        if violations or overflow > 0:
+            problems[name] = {"violations": violations, "overflow_px": overflow}
+    assert problems == {}
