@@ -21,7 +21,12 @@ empty :=
 space := $(empty) $(empty)
 exec_stamp = $(EXEC_VENV)/.installed-$(subst $(space),+,$(call chosen,$(1)))
 
-.PHONY: install up test bench lock lint asyncapi clean
+# Debian's chromium: the console's browser tests drive it (Playwright's own download cannot
+# work on a closed network). Installed with apt-get when missing, as CI starts on a fresh machine.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: install up test bench lock lint asyncapi clean browser
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
@@ -45,9 +50,15 @@ $(EXEC_VENV)/.installed-%: $(EXEC_PROJECT)/uv.lock $(EXEC_PROJECT)/pyproject.tom
 up: install
 	$(BIN)/flowrelay up $(ARGS)
 
-## The test suite: real nats-server, real worker processes, scripted model; the framework
-## matrix needs every framework in the executor environment (TEST_FRAMEWORKS=all).
-test: install $(call exec_stamp,$(TEST_FRAMEWORKS))
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+browser: $(CHROMIUM)
+
+## The test suite: real nats-server, real worker processes, scripted model, a real browser; the
+## framework matrix needs every framework in the executor environment (TEST_FRAMEWORKS=all).
+test: install $(CHROMIUM) $(call exec_stamp,$(TEST_FRAMEWORKS))
 	$(BIN)/python -m pytest $(ARGS)
 
 ## Benchmark against the in-process floor and the original design (QUICK=1 for a short run).
