@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from flowrelay_browser import ConsoleTab
-from flowrelay_testkit import Bus, Stack, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, chain, isolated_stack, one_agent, run_body
 from playwright.async_api import Browser, expect
 
 from flowrelay_contracts import EventType, RunStatus
@@ -254,3 +254,34 @@ async def test_every_page_passes_axe_and_fits_a_laptop_screen(
         if violations or overflow > 0:
             problems[name] = {"violations": violations, "overflow_px": overflow}
     assert problems == {}
+
+
+async def test_the_run_page_resumes_its_trace_after_the_api_restarts(
+    browser: Browser, scripted_model: str, tmp_path: Path
+) -> None:
+    """The stream drops mid-run; the page reconnects with Last-Event-ID: no gap, no repeat."""
+    with isolated_stack(tmp_path / "stack", scripted_model) as (stack, server):
+        stack.start_executor()
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api, \
+                ConsoleTab.open(browser, stack.api_url) as tab:
+            # Each agent's model call waits 2 s (the writer's input repeats the directive).
+            run_id = (await api.post("/runs", json=run_body(chain("first", "second"), "#delay=2 go"))).json()["run_id"]
+            await tab.goto(f"/ui/runs/{run_id}")
+            page = tab.page
+            await expect(page.locator('li.step[data-kind="llm"][data-agent="first"]')).to_have_count(1)
+            stack.api.kill()
+            stack.start_api()
+            await expect(page.locator(".run-page")).to_have_attribute("data-status", "succeeded")
+            bus = await Bus.connect(server.url)
+            try:
+                events = await bus.events(run_id)
+            finally:
+                await bus.close()
+            started = [e for e in events if e.type.value.endswith(".started") and e.type != EventType.RUN_STARTED]
+            await expect(page.locator("li.step")).to_have_count(len(started))
+            await expect(page.locator("li.marker")).to_have_count(2)  # run started, run succeeded
+            streams = [r for r in tab.requests if r.url.endswith(f"/runs/{run_id}/events")]
+            assert len(streams) >= 2, "the page never reconnected"
+            resumed_from = [await r.header_value("last-event-id") for r in streams[1:]]
+            assert all(value is not None and int(value) > 0 for value in resumed_from), resumed_from
+            assert tab.errors == []
