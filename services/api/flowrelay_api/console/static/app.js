@@ -50,7 +50,7 @@ const context = {
 async function identify() {
   try {
     session.me = await api.me();
-    session.auth = storedKey() ? "key" : "none";
+    session.auth = session.me.via === "none" || !storedKey() ? "none" : "key"; // FLOWRELAY_AUTH=none
   } catch (error) {
     if (error.status === 404) { // an API without authentication has no /auth/me
       session.me = null;
@@ -84,7 +84,7 @@ async function logIn(key) {
     const me = await api.me({ key });
     saveKey(key);
     session.me = me;
-    session.auth = "key";
+    session.auth = me.via === "none" ? "none" : "key";
   } catch (error) {
     if (error.status !== 404) throw error;
     session.auth = "none"; // nothing to log in to: the API takes no keys
