@@ -8,10 +8,16 @@
 import { h, replace } from "../dom.js";
 import { cost, duration, runDuration, STATUSES, TERMINAL_STATUSES, tokens, tokensDetail, when } from "../format.js";
 import { graphOf } from "../workflow.js";
+import { rememberedWorkflow } from "./submit.js";
 
 /** Seconds between refreshes of the list while the tab is visible. */
 export const POLL_S = 3;
 const PAGE_SIZE = 25;
+
+/** Runs' patterns once learnt (they never change), for every page of this tab. */
+const patterns = new Map();
+/** Records fetched at once to learn patterns the list does not carry. */
+const PATTERN_LOOKUPS = 3;
 
 export function runsPage(context) {
   const params = new URLSearchParams(window.location.search);
@@ -136,6 +142,7 @@ export function runsPage(context) {
     more.hidden = !state.next;
     errorBox.hidden = !state.error;
     if (state.error) errorBox.textContent = `Could not load the runs: ${state.error.message}`;
+    learnPatterns(ordered);
     freshness.textContent = state.updated
       ? `Updated ${state.updated.toLocaleTimeString()} · refreshes every ${POLL_S} s while this tab is visible`
       : "Loading…";
@@ -175,6 +182,30 @@ export function runsPage(context) {
     cells.mode.textContent = run.mode === "degraded" ? "degraded" : run.model_provider === "scripted" ? "scripted model" : "";
   }
 
+  /**
+   * The list's records carry no workflow (it can be large), so the pattern of a run the list
+   * does not name is read once from its own record (which has the workflow) and remembered.
+   */
+  let lookups = 0;
+  function learnPatterns(runs) {
+    for (const run of runs) {
+      if (lookups >= PATTERN_LOOKUPS || state.disposed) return;
+      if (run.pattern || patterns.has(run.run_id)) continue;
+      const remembered = rememberedWorkflow(run.run_id);
+      if (remembered) { patterns.set(run.run_id, graphOf(remembered).pattern); continue; }
+      patterns.set(run.run_id, null); // asked once, whatever the answer
+      lookups += 1;
+      context.api.getRun(run.run_id)
+        .then((record) => { if (record.workflow) patterns.set(run.run_id, graphOf(record.workflow).pattern); })
+        .catch(() => {})
+        .finally(() => {
+          lookups -= 1;
+          const row = rows.get(run.run_id);
+          if (row && !state.disposed) { fill(row, row.run); learnPatterns([...rows.values()].map((r) => r.run)); }
+        });
+    }
+  }
+
   // Running runs' durations tick between polls.
   const ticker = setInterval(() => {
     for (const row of rows.values()) {
@@ -203,7 +234,7 @@ export function runsPage(context) {
 export function patternOf(run) {
   if (run.pattern) return run.pattern;
   if (run.workflow) return graphOf(run.workflow).pattern;
-  return null;
+  return patterns.get(run.run_id) ?? null;
 }
 
 export function statusBadge(status) {
