@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ expect.set_options(timeout=30_000)
 
 @pytest.fixture
 async def tab(browser: Browser, stack: Stack) -> AsyncIterator[ConsoleTab]:
-    async with ConsoleTab.open(browser, stack.api_url) as console:
+    async with ConsoleTab.open(browser, stack.api_url, key=stack.admin_key) as console:
         yield console
         assert console.errors == [], "the page raised script errors"
         foreign = [r.url for r in console.requests if not r.url.startswith(stack.api_url)]
@@ -150,6 +151,8 @@ async def test_the_runs_list_follows_new_runs_without_a_reload(tab: ConsoleTab, 
     row = page.locator(f'tr[data-run-id="{run_id}"]')
     await expect(row).to_be_visible()  # it appeared by polling: nobody reloaded the page
     await expect(row.locator(".badge")).to_have_attribute("data-status", "succeeded")
+    await expect(row.locator('[data-col="pattern"]')).to_have_text("simple")
+    await expect(row.locator('[data-col="tenant"]')).to_have_text("default")  # an admin key's list
     assert await page.evaluate("window.__sameDocument") is True
 
     await page.select_option("#filter-status", "failed")
@@ -190,17 +193,76 @@ def _contains_in_order(values: list, wanted: list) -> bool:
     return all(any(v == w for v in remaining) for w in wanted)
 
 
-async def test_a_key_in_the_address_bar_logs_in_and_leaves_the_url(tab: ConsoleTab) -> None:
-    key = "frk_aaaaaaaaaaaa_" + "b" * 43
-    await tab.goto(f"/ui/runs?key={key}")
-    page = tab.page
-    assert "key=" not in page.url and page.url.endswith("/ui/runs")
-    assert await page.evaluate("sessionStorage.getItem('flowrelay.apiKey')") == key
-    await expect(page.locator("table.runs")).to_be_visible()
-    sent = tab.api_requests()
-    assert sent, "the console made no API request"
-    assert [await r.header_value("authorization") for r in sent] == [f"Bearer {key}"] * len(sent)
-    assert [r.url for r in tab.requests[1:] if key in r.url] == []  # only the first navigation carried it
+async def test_a_key_in_the_address_bar_logs_in_and_leaves_the_url(browser: Browser, stack: Stack) -> None:
+    key = stack.admin_key
+    async with ConsoleTab.open(browser, stack.api_url) as tab:
+        await tab.goto(f"/ui/runs?key={key}")
+        page = tab.page
+        await expect(page.locator("#identity-text")).to_contain_text("Tenant default")
+        assert "key=" not in page.url and page.url.endswith("/ui/runs")
+        assert await page.evaluate("sessionStorage.getItem('flowrelay.apiKey')") == key
+        await expect(page.locator("table.runs")).to_be_visible()
+        sent = tab.api_requests()
+        assert {r.url.split("?")[0].removeprefix(stack.api_url) for r in sent} >= {"/auth/me", "/runs"}
+        assert [await r.header_value("authorization") for r in sent] == [f"Bearer {key}"] * len(sent)
+        assert [r.url for r in tab.requests[1:] if key in r.url] == []  # only the first navigation carried it
+        assert tab.errors == []
+
+
+async def test_a_refused_key_leads_to_the_login_form_and_the_right_one_logs_in(browser: Browser, stack: Stack) -> None:
+    async with ConsoleTab.open(browser, stack.api_url) as tab:
+        await tab.goto("/ui/?key=frk_aaaaaaaaaaaa_" + "b" * 43)
+        page = tab.page
+        await expect(page.get_by_role("heading", name="Log in to the flowrelay console")).to_be_visible()
+        await expect(page.locator("table.runs")).to_have_count(0)
+        await page.get_by_label("API key").fill(stack.admin_key)
+        await page.get_by_label("API key").press("Enter")
+        await expect(page.locator("table.runs")).to_be_visible()
+        await expect(page.locator("#identity-text")).to_contain_text("Tenant default")
+        await page.get_by_role("button", name="Log out").click()
+        await expect(page.get_by_role("heading", name="Log in to the flowrelay console")).to_be_visible()
+        assert await page.evaluate("sessionStorage.getItem('flowrelay.apiKey')") is None
+        assert tab.errors == []
+
+
+async def test_another_tenants_run_is_refused_and_not_listed(
+    browser: Browser, stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    theirs = (await api.post("/runs", json=run_body(one_agent(), "default tenant's run"))).json()["run_id"]
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    created = (await api.post("/keys", json={"tenant": tenant, "name": "console test"})).json()
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers={"Authorization": f"Bearer {created['key']}"}) as own:
+        mine = (await own.post("/runs", json=run_body(one_agent(), "tenant's own run"))).json()["run_id"]
+    async with ConsoleTab.open(browser, stack.api_url, key=created["key"]) as tab:
+        page = tab.page
+        await expect(page.locator("#identity-text")).to_contain_text(f"Tenant {tenant}")
+        await expect(page.locator(f'tr[data-run-id="{mine}"]')).to_be_visible()
+        await expect(page.locator(f'tr[data-run-id="{theirs}"]')).to_have_count(0)
+        await expect(page.get_by_role("columnheader", name="Tenant")).to_have_count(0)
+
+        await tab.goto(f"/ui/runs/{theirs}")
+        await expect(page.get_by_role("heading", name="Run not found")).to_be_visible()
+        await expect(page.get_by_role("alert")).to_contain_text(f"visible to tenant {tenant}")
+        await expect(page.locator(".graph, li.step, pre.output")).to_have_count(0)
+        await tab.screenshot(tmp_path, "console-other-tenant-refused")
+        assert tab.errors == []
+    async with ConsoleTab.open(browser, stack.api_url, key=stack.admin_key) as admin:  # admins see all
+        row = admin.page.locator(f'tr[data-run-id="{mine}"]')
+        await expect(admin.page.get_by_role("columnheader", name="Tenant")).to_be_visible()
+        await expect(row.locator('[data-col="tenant"]')).to_have_text(tenant)
+
+
+async def test_a_key_revoked_while_the_list_is_open_leads_to_the_login_form(
+    browser: Browser, stack: Stack, api: httpx.AsyncClient
+) -> None:
+    created = (await api.post("/keys", json={"tenant": f"t-{uuid.uuid4().hex[:10]}"})).json()
+    async with ConsoleTab.open(browser, stack.api_url, key=created["key"]) as tab:
+        await expect(tab.page.locator("table.runs")).to_be_visible()
+        assert (await api.delete(f"/keys/{created['key_id']}")).status_code in (200, 204)
+        await expect(tab.page.get_by_role("alert")).to_contain_text("refused the key")  # the next poll
+        await expect(tab.page.get_by_label("API key")).to_be_visible()
+        assert await tab.page.evaluate("sessionStorage.getItem('flowrelay.apiKey')") is None
+        assert tab.errors == []
 
 
 async def test_keyboard_alone_submits_a_run_and_focus_follows_the_page(tab: ConsoleTab) -> None:
@@ -262,8 +324,8 @@ async def test_the_run_page_resumes_its_trace_after_the_api_restarts(
     """The stream drops mid-run; the page reconnects with Last-Event-ID: no gap, no repeat."""
     with isolated_stack(tmp_path / "stack", scripted_model) as (stack, server):
         stack.start_executor()
-        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api, \
-                ConsoleTab.open(browser, stack.api_url) as tab:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api, \
+                ConsoleTab.open(browser, stack.api_url, key=stack.admin_key) as tab:
             # Each agent's model call waits 2 s (the writer's input repeats the directive).
             run_id = (await api.post("/runs", json=run_body(chain("first", "second"), "#delay=2 go"))).json()["run_id"]
             await tab.goto(f"/ui/runs/{run_id}")
@@ -272,7 +334,7 @@ async def test_the_run_page_resumes_its_trace_after_the_api_restarts(
             stack.api.kill()
             stack.start_api()
             await expect(page.locator(".run-page")).to_have_attribute("data-status", "succeeded")
-            bus = await Bus.connect(server.url)
+            bus = await stack.bus()
             try:
                 events = await bus.events(run_id)
             finally:

@@ -74,7 +74,10 @@ class ConsoleTab:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, browser: Browser, api_url: str, *, viewport: dict | None = None) -> AsyncIterator[ConsoleTab]:
+    async def open(
+        cls, browser: Browser, api_url: str, *, key: str | None = None, viewport: dict | None = None
+    ) -> AsyncIterator[ConsoleTab]:
+        """A new tab; with ``key``, logged in as a person would (``/ui/?key=``)."""
         context = await browser.new_context(viewport=viewport or LAPTOP)
         page = await context.new_page()
         tab = cls(page, api_url)
@@ -82,6 +85,9 @@ class ConsoleTab:
         page.on("pageerror", lambda error: tab.errors.append(str(error)))
         page.on("console", lambda message: tab.console.append(message))
         try:
+            if key is not None:
+                await tab.goto(f"/ui/?key={key}")
+                await page.wait_for_selector("#identity:not([hidden])")
             yield tab
         finally:
             await context.close()

@@ -150,15 +150,16 @@ export function runsPage(context) {
 
   function makeRow(run) {
     const link = h("a.run-link", { href: `${context.base}/runs/${encodeURIComponent(run.run_id)}` }, run.run_id);
+    const cell = (name, tag = "td") => h(tag, { dataset: { col: name } });
     const cells = {
-      status: h("td"),
-      tenant: admin ? h("td") : null,
-      pattern: h("td"),
-      created: h("td"),
-      duration: h("td.num"),
-      tokens: h("td.num"),
-      cost: h("td.num"),
-      mode: h("td"),
+      status: cell("status"),
+      tenant: admin ? cell("tenant") : null,
+      pattern: cell("pattern"),
+      created: cell("created"),
+      duration: cell("duration", "td.num"),
+      tokens: cell("tokens", "td.num"),
+      cost: cell("cost", "td.num"),
+      mode: cell("mode"),
     };
     const tr = h("tr", { dataset: { runId: run.run_id } },
       h("th", { scope: "row" }, link),
