@@ -18,8 +18,16 @@ const MAX_REPLAY_GAP_MS = 1500;
 export function runPage(context, runId) {
   const aborter = new AbortController();
   const state = {
-    run: null, trace: new Trace(), graphSource: null, graph: null, disposed: false,
-    replay: null, cancelling: false, announced: null,
+    run: null, // the record (GET /runs/{id}), refreshed when the stream says the run ended
+    trace: new Trace(), // what the page draws: the live trace, or a replay's
+    liveTrace: null, // the live trace, kept aside while a replay plays
+    liveBacklog: [], // live events that arrived during a replay
+    graphSource: null, // "record", "session" or "trace": where the drawn graph came from
+    graph: null,
+    disposed: false,
+    replay: null, // {timer, index} while replaying
+    cancelling: false,
+    announced: null, // the status last announced to screen readers
   };
 
   const heading = h("h1", {}, "Run ", h("code.run-id", {}, runId));
