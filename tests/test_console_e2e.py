@@ -265,6 +265,32 @@ async def test_a_key_revoked_while_the_list_is_open_leads_to_the_login_form(
         assert tab.errors == []
 
 
+async def test_a_pasted_run_body_is_split_and_the_apis_refusal_names_the_field(tab: ConsoleTab) -> None:
+    await tab.goto("/ui/submit")
+    page = tab.page
+    unrunnable = {  # two agents and no edge: neither a chain nor a coordinator
+        "workflow": {"nodes": [{"id": "a", "data": {"name": "a"}}, {"id": "b", "data": {"name": "b"}}], "edges": []},
+        "input": "pasted input",
+        "options": {"max_turns": 3},
+    }
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await page.evaluate("text => navigator.clipboard.writeText(text)", json.dumps(unrunnable))
+    await page.locator("#workflow").focus()
+    await page.keyboard.press("Control+V")
+    await expect(page.locator("#run-input")).to_have_value("pasted input")
+    await expect(page.locator("#max-turns")).to_have_value("3")
+    assert json.loads(await page.locator("#workflow").input_value()) == unrunnable["workflow"]
+    await expect(page.locator("#workflow-status")).to_contain_text("not connected")
+
+    await page.get_by_role("button", name="Run", exact=True).click()
+    summary = page.locator(".error-summary")
+    await expect(summary).to_be_visible()
+    await expect(summary).to_contain_text("body.workflow")
+    await expect(page.locator("#workflow")).to_have_attribute("aria-invalid", "true")
+    assert await page.evaluate("document.activeElement.classList.contains('error-summary')")
+    assert page.url.endswith("/ui/submit")  # nothing was queued: no run page
+
+
 async def test_keyboard_alone_submits_a_run_and_focus_follows_the_page(tab: ConsoleTab) -> None:
     await tab.goto("/ui/submit")
     page = tab.page
