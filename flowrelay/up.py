@@ -137,6 +137,7 @@ def _summary(console: Console, options: UpOptions, nats_url: str, *, embedded: b
     lines = [
         f"[bold green]flowrelay is up[/] (ready in {ready_s:.1f} s)",
         f"  API        {api}   (docs: {api}/docs)",
+        f"  console    {api}/ui/   (log in with the API key below)",
         f"  NATS       {nats_url}{store}",
         f"  executors  {options.executors}",
         f"  model      {model}",

@@ -57,6 +57,9 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
             result = (await api.post("/execute", json=run_body(one_agent(), "hello up"),
                                      headers={"Authorization": f"Bearer {key}"})).json()
         assert result["output"] == "echo: hello up"
+        assert f"http://127.0.0.1:{api_port}/ui/" in console
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as browser_like:
+            assert "app.js" in (await browser_like.get("/ui/")).text  # the console needs no key to load
         run_id = result["run_id"]
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nats.connect(f"nats://127.0.0.1:{nats_port}", allow_reconnect=False, max_reconnect_attempts=0)
