@@ -143,6 +143,30 @@ async def test_a_failed_run_shows_the_error_and_the_suggested_fix(
     await tab.screenshot(tmp_path, "console-run-failed")
 
 
+async def test_an_output_too_large_for_the_record_is_shown_whole(
+    tab: ConsoleTab, api: httpx.AsyncClient, bus: Bus, stack: Stack
+) -> None:
+    """Above FLOWRELAY_MAX_INLINE_OUTPUT_BYTES (128 KiB) the API links the output (`output_ref`,
+    `links.output`) instead of carrying it: the page fetches it from there, once. An API that
+    still carries it inline is read as before, and nothing else is fetched."""
+    text = "large " + "z" * 200_000  # the scripted model echoes it back: "echo: large zzz..."
+    run_id = (await api.post("/runs", json=run_body(one_agent(), text))).json()["run_id"]
+    record = await bus.wait_record(run_id)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    await tab.goto(f"/ui/runs/{run_id}")
+    output = tab.page.locator("pre.output")
+    await expect(output).to_contain_text("echo: large zzz")
+    assert await output.evaluate("pre => pre.textContent") == f"echo: {text}"
+
+    view = (await api.get(f"/runs/{run_id}")).json()
+    fetched = [r for r in tab.api_requests() if r.url.split("?")[0].endswith(f"/runs/{run_id}/output")]
+    if view.get("output_ref"):  # an API with the object store for outputs
+        assert view["output"] is None and view["links"]["output"] == f"/runs/{run_id}/output"
+        assert len(fetched) == 1 and await fetched[0].header_value("authorization") == f"Bearer {stack.admin_key}"
+    else:
+        assert view["output"] == f"echo: {text}" and fetched == []
+
+
 async def test_the_runs_list_follows_new_runs_without_a_reload(tab: ConsoleTab, api: httpx.AsyncClient) -> None:
     await tab.goto("/ui/")
     page = tab.page

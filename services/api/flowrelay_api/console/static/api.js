@@ -83,7 +83,11 @@ export class Api {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(this.#url(path, query), init);
+    return this.#send(this.#url(path, query), init);
+  }
+
+  async #send(url, init) {
+    const response = await fetch(url, init);
     if (!response.ok) await this.#fail(response);
     return response.status === 204 ? null : response.json();
   }
@@ -97,6 +101,15 @@ export class Api {
 
   getRun(runId, { signal } = {}) {
     return this.request("GET", `/runs/${encodeURIComponent(runId)}`, { signal });
+  }
+
+  /**
+   * The output of a run whose record only links it (``output_ref``: too large for the
+   * record): GET ``links.output``, which the API spells with its own mount point.
+   */
+  getOutput(run, { signal } = {}) {
+    const link = run.links?.output ?? this.#url(`/runs/${encodeURIComponent(run.run_id)}/output`);
+    return this.#send(link, { method: "GET", headers: this.#headers(), signal, cache: "no-store" });
   }
 
   submit(body) { return this.request("POST", "/runs", { body }); }

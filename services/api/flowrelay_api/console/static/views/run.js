@@ -27,6 +27,7 @@ export function runPage(context, runId) {
     disposed: false,
     replay: null, // {timer, index} while replaying
     cancelling: false,
+    linkedOutput: null, // {output} or {error} once fetched, when the record links the output (output_ref)
     announced: null, // the status last announced to screen readers
   };
 
@@ -63,6 +64,7 @@ export function runPage(context, runId) {
       showMissing(error);
       return;
     }
+    fetchLinkedOutput();
     chooseGraph();
     render();
     follow();
@@ -87,6 +89,7 @@ export function runPage(context, runId) {
     } catch (error) {
       return;
     }
+    fetchLinkedOutput();
     if (!state.graphSource || state.graphSource === "trace") chooseGraph();
     render();
   }
@@ -101,6 +104,20 @@ export function runPage(context, runId) {
       refreshRecord();
     }
     scheduleRender();
+  }
+
+  /** An output too large for the record is linked (output_ref): fetch it once, from links.output. */
+  function fetchLinkedOutput() {
+    const run = state.run;
+    if (!run?.output_ref || (run.output !== null && run.output !== undefined) || state.linkedOutput) return;
+    state.linkedOutput = { loading: true };
+    context.api.getOutput(run, { signal: aborter.signal }).then(
+      (output) => { state.linkedOutput = { output }; render(); },
+      (error) => {
+        if (aborter.signal.aborted || error.status === 401) return;
+        state.linkedOutput = { error };
+        render();
+      });
   }
 
   // -- the graph --------------------------------------------------------------------------
@@ -216,8 +233,7 @@ export function runPage(context, runId) {
     if (current === "queued") parts.push(h("p.muted", {}, "Queued: waiting for an executor."));
     if (current === "running") parts.push(h("p.muted", {}, "Running: the output appears when the run ends."));
     if (current === "succeeded") {
-      const output = terminal ? terminal.output : run.output;
-      parts.push(h("h3", {}, "Output"), h("pre.code.output", { tabindex: "0" }, value(output) || "(empty)"));
+      parts.push(h("h3", {}, "Output"), outputBlock(terminal ?? run));
     }
     if (current === "failed" || current === "cancelled") {
       const error = (terminal ? terminal.error : run.error) ?? trace.terminal?.data?.error;
@@ -240,6 +256,19 @@ export function runPage(context, runId) {
       }
     }
     replace(outcome, ...parts);
+  }
+
+  /** The output of ``source`` (the record, or a replay's terminal event), or where it stands. */
+  function outputBlock(source) {
+    let output = source.output;
+    if (source.output_ref && (output === null || output === undefined)) {
+      const linked = state.linkedOutput;
+      const size = `${Number(source.output_ref.bytes).toLocaleString("en")} bytes`;
+      if (linked?.error) return h("p.error", {}, `Could not load the output (${size}): ${linked.error.message}`);
+      if (!linked || !("output" in linked)) return h("p.muted", {}, `Loading the output (${size})…`);
+      output = linked.output;
+    }
+    return h("pre.code.output", { tabindex: "0" }, value(output) || "(empty)");
   }
 
   function showMissing(error) {
