@@ -117,6 +117,7 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             *_declare(_SHARED_STREAMS), *_durable(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER),
             f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
             *_direct(events), *_direct(runs_kv, body=False),
+            *_direct(f"KV_{subjects.EXECUTORS_BUCKET}", body=False),  # is a run's holder alive?
             subjects.EVENTS_ALL, subjects.INDEX_ALL, subjects.RUN_FAILED, subjects.DEADLETTER,
             _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
         ]

@@ -32,6 +32,9 @@ after whitespace:
 ``#loop=<tool> <json object>``
     Always ask for a call of ``tool``; never finish (for testing turn limits). Performed after
     any ``#call`` directives written before it.
+``#count=<token>``
+    Count this request under ``token`` (``GET /stats`` -> ``counted``): how many model calls a
+    run really made, e.g. that a redelivered run was not executed twice.
 
 smolagents sends tool calls and results as plain messages (an assistant ``Calling tools:``
 message, then a user ``Observation:`` message): such an observation counts as a tool result,
@@ -122,11 +125,14 @@ _GRACEFUL_SHUTDOWN_S: Final = 2.0
 _BACKLOG: Final = 4096
 """Listen backlog: a benchmark may open hundreds of connections at once."""
 
-_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail|call|loop)=")
+_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail|call|loop|count)=")
 """A directive starts the text or follows whitespace, so ``a#b=`` inside words is inert."""
 
 _TOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 """Tool names allowed by OpenAI function calling (plus dots, which some MCP tools use)."""
+
+_COUNT_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+"""What ``#count=`` accepts as a token."""
 
 _ERROR_TEMPLATES: Final[dict[int, tuple[str, str, str | None]]] = {
     # status: (message, type, code) -- shaped like what api.openai.com returns, so error
@@ -219,6 +225,7 @@ class _Script:
     delay_s: float = 0.0
     fail_status: int | None = None
     steps: list[_ToolStep] = field(default_factory=list)
+    count_token: str | None = None
 
 
 def _compact_json(value: Any) -> str:
@@ -309,7 +316,11 @@ def _parse_script(text: str) -> _Script:
             script.steps.append(_parse_tool_step(text, start, repeat=kind == "loop"))
             continue
         value = text[start:].split(maxsplit=1)[0] if text[start:].strip() else ""
-        if kind == "delay":
+        if kind == "count":
+            if not _COUNT_TOKEN_RE.fullmatch(value):
+                raise _ScriptError(f"#count= needs a token of 1-64 letters, digits, '-' or '_', got {value!r}")
+            script.count_token = value
+        elif kind == "delay":
             try:
                 delay = float(value)
             except ValueError:
@@ -588,6 +599,7 @@ class _Stats:
     in_flight_peak: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    counted: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, Any]:
         uptime = time.monotonic() - self.started
@@ -601,6 +613,7 @@ class _Stats:
             "in_flight_peak": self.in_flight_peak,
             "prompt_tokens_total": self.prompt_tokens,
             "completion_tokens_total": self.completion_tokens,
+            "counted": dict(self.counted),
         }
 
 
@@ -729,6 +742,8 @@ def create_app() -> Starlette:
             message = f"Scripted model directive error: {exc}"
             return _error_response(400, message, "invalid_request_error", None, "messages")
 
+        if script.count_token is not None:
+            stats.counted[script.count_token] += 1
         stats.in_flight += 1
         stats.in_flight_peak = max(stats.in_flight_peak, stats.in_flight)
         try:

@@ -170,8 +170,11 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, secrets: Secrets, *, tenant: str = DEFAULT_TENANT) -> Bus:
+        async def quiet(exc: Exception) -> None:  # reconnect attempts while a test restarts NATS
+            pass
+
         nc = await nats.connect(
-            url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+            url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=quiet,
             user=Role.OPERATOR.value, password=secrets.password(Role.OPERATOR.value),
         )
         return cls(nc, await RunStore.open(nc.jetstream()), tenant)

@@ -31,7 +31,9 @@ def create_app(
 ) -> tuple[FastStream, Executor]:
     settings = settings or ExecutorSettings()
     executor = Executor(settings)
-    broker = make_broker(settings, name=f"flowrelay-executor-{executor.executor_id}")
+    broker = make_broker(
+        settings, name=f"flowrelay-executor-{executor.executor_id}", reconnected_cb=executor.on_reconnected
+    )
 
     if document_only:
         # The run-request loop is Executor.consume (plain nats-py): it fetches exactly as

@@ -36,6 +36,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from flowrelay_bus import topology
@@ -89,6 +91,10 @@ RETRY_FETCH_S = 0.5
 #: Upper bound on ack-pending messages of the shared consumer (all executors together).
 MAX_ACK_PENDING = 20_000
 
+#: A request held by another live executor is handed back for this long: by then the holder
+#: has acked it, or it is dead and its capabilities entry has expired (the TTL is this long).
+HELD_ELSEWHERE_DELAY_S = topology.EXECUTOR_LIVENESS_TTL_S
+
 _STATUS_EVENT = {
     "succeeded": EventType.RUN_COMPLETED,
     "failed": EventType.RUN_FAILED,
@@ -98,11 +104,15 @@ _STATUS_EVENT = {
 
 @dataclass
 class _ActiveRun:
-    """A run this executor holds: its message (for heartbeats) and its event writer."""
+    """A run this executor holds: its message (for heartbeats), its event writer and the
+    attempt it claimed (the record's ``attempts``). ``stale`` once another executor took
+    the run over (see ``_fence``): nothing more is written for it."""
 
     msg: Msg
     request: RunRequested
     events: RunEventLog
+    attempt: int = 1
+    stale: bool = False
     started: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[tuple[EventType, dict[str, Any], datetime | None] | None] = field(default_factory=asyncio.Queue)
     pump: asyncio.Task[None] | None = None
@@ -118,10 +128,12 @@ class Executor:
         self._js: JetStreamContext | None = None
         self._store: RunStore | None = None
         self._index: RunIndex | None = None
+        self._executors_kv: KeyValue | None = None
         self._active: dict[str, _ActiveRun] = {}
         self._slots: asyncio.Semaphore | None = None
         self._draining = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._background_fences: set[asyncio.Task[None]] = set()
         self._advertiser: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeater: asyncio.Task[None] | None = None
@@ -164,6 +176,7 @@ class Executor:
         await topology.declare(js, self.settings)
         self._store = await RunStore.open(js)
         self._index = RunIndex(js)
+        self._executors_kv = await js.key_value(subjects.EXECUTORS_BUCKET)
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._consumer.add_done_callback(_report_stopped_consumer)
@@ -244,37 +257,56 @@ class Executor:
             log.exception("run %s: infrastructure error", request.run_id)
             await self._hand_back(msg)
         finally:
-            self._active.pop(request.run_id, None)
+            # Only this delivery's own entry: a redelivery of a run still running here must
+            # not end the first delivery's heartbeats and cancel.
+            if (held := self._active.get(request.run_id)) is not None and held.msg is msg:
+                del self._active[request.run_id]
             self._slots.release()
 
     async def _execute(self, msg: Msg, request: RunRequested) -> None:
         assert self._store is not None and self._js is not None and self.pool is not None
         run_id = request.run_id
-        if run_id in self._active:  # redelivered while we still run it: our ack will cover it
+        if run_id in self._active:
+            # Redelivered while this executor runs it (heartbeats failed during a broker
+            # outage): the first delivery's heartbeats and ack count for the message.
             return
         isolation = Isolation(self.pool.isolation)
         defaults = self._model_defaults()
         provider = "scripted" if defaults.scripted_url and _uses_scripted(request, defaults) else None
 
+        tenant = request.tenant
+        record = await self._store.get(tenant, run_id)
+        if record is None:  # published straight to NATS, not through the API
+            if not await self._adopt(msg, request):
+                return
+            record = await self._store.get(tenant, run_id)
+            assert record is not None
+        if not record.terminal and await self._held_elsewhere(record):
+            log.info("run %s is running on executor %s; handing the redelivery back", run_id, record.executor_id)
+            await msg.nak(delay=HELD_ELSEWHERE_DELAY_S)
+            return
+        if not record.terminal and _deliveries(msg) > self.settings.max_deliver:
+            await self._give_up(msg, request, record)
+            return
+        holder = record.executor_id
+
         def to_running(r: RunRecord) -> RunRecord | None:
-            if r.terminal or r.cancel_requested:
+            if r.terminal or r.cancel_requested or r.executor_id != holder:  # or claimed meanwhile
                 return None
             return r.model_copy(update={
                 "status": RunStatus.RUNNING, "started_at": r.started_at or utcnow(), "attempts": r.attempts + 1,
                 "executor_id": self.executor_id, "isolation": isolation, "model_provider": provider,
             })
 
-        # One read-modify-write both checks the record and claims the run.
-        tenant = request.tenant
+        # One compare-and-set both checks the record and claims the run for this attempt.
         record, claimed = await self._store.change(tenant, run_id, to_running)
-        if record is None:  # published straight to NATS, not through the API
-            if not await self._adopt(msg, request):
-                return
-            record, claimed = await self._store.change(tenant, run_id, to_running)
-            assert record is not None
+        assert record is not None
         if record.terminal:
             await self._republish_terminal(record)
             await msg.ack()
+            return
+        if not claimed and not record.cancel_requested:  # another executor claimed it just now
+            await msg.nak(delay=HELD_ELSEWHERE_DELAY_S)
             return
         if not claimed:  # cancel requested before it started
             await self._finish(msg, request, await RunEventLog.resume(self._js, tenant, run_id), Outcome(
@@ -284,7 +316,7 @@ class Executor:
 
         attempt = record.attempts
         events = RunEventLog(self._js, tenant, run_id) if attempt == 1 else await RunEventLog.resume(self._js, tenant, run_id)
-        run = _ActiveRun(msg=msg, request=request, events=events)
+        run = _ActiveRun(msg=msg, request=request, events=events, attempt=attempt)
         self._active[run_id] = run
         run.pump = asyncio.create_task(self._pump(run))
         run.outbox.put_nowait((EventType.RUN_STARTED, {
@@ -324,10 +356,20 @@ class Executor:
                         return
                 outcome = Outcome(status="failed", error=RunError(code=ErrorCode.WORKER_CRASHED, message=f"the run stopped because {lost.reason}"))
         await self._close_outbox(run)
-        await self._finish(msg, request, run.events, outcome)
+        if run.stale:
+            log.warning("run %s: another executor took it over; this attempt ends without writing", run_id)
+            return  # its holder acks the message; acking it here could lose the run
+        await self._finish(msg, request, run.events, outcome, attempt=attempt)
 
-    async def _finish(self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome) -> None:
-        """Store the outcome, publish the terminal event (+ failure report), then ack."""
+    async def _finish(
+        self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome, *, attempt: int | None = None
+    ) -> None:
+        """Store the outcome, publish the terminal event (+ failure report), then ack.
+
+        ``attempt``: the claim this outcome belongs to; the record is only ended while this
+        executor still holds that claim (None: a run that was never claimed, e.g. cancelled
+        while queued).
+        """
         assert self._store is not None
         now = utcnow()
         status = RunStatus(outcome.status)
@@ -335,6 +377,8 @@ class Executor:
         def to_terminal(r: RunRecord) -> RunRecord | None:
             if r.terminal:
                 return None
+            if attempt is not None and (r.executor_id != self.executor_id or r.attempts != attempt):
+                return None  # the claim moved on: another executor owns this run now
             return r.model_copy(update={
                 "status": status, "output": outcome.output, "error": outcome.error, "usage": outcome.usage,
                 "agents": outcome.agents, "cost_usd": outcome.cost_usd, "cost_note": outcome.cost_note,
@@ -345,6 +389,9 @@ class Executor:
         stored, changed = await self._store.change(request.tenant, request.run_id, to_terminal)
         if stored is not None and changed:
             await self._publish_terminal(stored, events, request)
+        elif stored is not None and not stored.terminal:
+            log.warning("run %s: attempt %s is no longer the run's claim; its outcome is dropped", request.run_id, attempt)
+            return
         await msg.ack()
 
     async def _publish_terminal(self, record: RunRecord, events: RunEventLog, request: RunRequested | None) -> None:
@@ -384,11 +431,50 @@ class Executor:
     # -- events and heartbeats ----------------------------------------------------------
 
     async def _pump(self, run: _ActiveRun) -> None:
-        """Publish a run's events in the order the worker reported them."""
+        """Publish a run's events in the order the worker reported them (none once stale)."""
         while (item := await run.outbox.get()) is not None:
+            if run.stale:
+                continue
             type_, data, at = item
             await run.events.emit_nowait(type_, data, at=at)
-        await run.events.flush()
+        if not run.stale:
+            await run.events.flush()
+
+    async def _held_elsewhere(self, record: RunRecord) -> bool:
+        """Whether another executor that is alive (its capabilities entry is fresh) runs it."""
+        if record.status != RunStatus.RUNNING or not record.executor_id or record.executor_id == self.executor_id:
+            return False
+        assert self._executors_kv is not None
+        try:
+            entry = await self._executors_kv.get(record.executor_id)
+        except KeyNotFoundError:
+            return False
+        if not entry.value:
+            return False
+        holder = ExecutorCapabilities.model_validate_json(entry.value)
+        return (utcnow() - holder.updated_at).total_seconds() < topology.EXECUTOR_LIVENESS_TTL_S
+
+    async def on_reconnected(self) -> None:
+        """After a reconnect, re-check every held run's claim before writing more for it."""
+        task = asyncio.create_task(self._fence(), name="flowrelay-executor-fence")
+        self._background_fences.add(task)
+        task.add_done_callback(self._background_fences.discard)
+
+    async def _fence(self) -> None:
+        """A run whose claim another executor took while this one was cut off (it thought us
+        dead) is stopped here and nothing more is written for it: one owner per attempt."""
+        assert self._store is not None
+        for run in list(self._active.values()):
+            try:
+                record = await self._store.get(run.request.tenant, run.request.run_id)
+            except Exception:  # noqa: BLE001 - still reconnecting: the next reconnect checks again
+                continue
+            if record is not None and (record.executor_id != self.executor_id or record.attempts != run.attempt):
+                run.stale = True
+                log.warning("run %s: executor %s claimed it while this executor was cut off; stopping here",
+                            run.request.run_id, record.executor_id)
+                if self.pool is not None:
+                    self.pool.cancel(run.request.run_id, "another executor took this run over")
 
     async def _close_outbox(self, run: _ActiveRun) -> None:
         run.outbox.put_nowait(None)
@@ -465,6 +551,24 @@ class Executor:
                 await self._publish_terminal(stored, await RunEventLog.resume(self._js, tenant, run_id), None)
         await msg.term()
 
+    async def _give_up(self, msg: Msg, request: RunRequested, record: RunRecord) -> None:
+        """Delivered more than FLOWRELAY_MAX_DELIVER times without an outcome stored (say the
+        store's disk was full): fail the run with the reason and dead-letter the request.
+        Should this fail too, the request is handed back and taken up again later: it is
+        never dropped while its run is unfinished."""
+        assert self._js is not None
+        deliveries = _deliveries(msg)
+        reason = (f"the run request was delivered {deliveries} times without its outcome being stored "
+                  f"(limit FLOWRELAY_MAX_DELIVER={self.settings.max_deliver}); see the executor logs")
+        log.error("run %s: %s", request.run_id, reason)
+        letter = DeadLetter(subject=msg.subject, reason=reason, payload=msg.data[:4096].decode(errors="replace"),
+                            run_id=request.run_id, tenant=request.tenant)
+        await self._js.publish(subjects.DEADLETTER, letter.model_dump_json().encode(),
+                               headers={subjects.MSG_ID_HEADER: f"{request.run_id}:gave-up"})
+        events = await RunEventLog.resume(self._js, request.tenant, request.run_id)
+        await self._finish(msg, request, events, Outcome(
+            status="failed", error=RunError(code=ErrorCode.INTERNAL_ERROR, message=reason, retryable=True)))
+
     async def _hand_back(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
             await msg.nak(delay=NAK_BACKOFF_S[min(_deliveries(msg), len(NAK_BACKOFF_S)) - 1])
@@ -531,7 +635,10 @@ def consumer_config(settings: ExecutorSettings) -> ConsumerConfig:
         ack_policy=JsAckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.ack_wait_s,
-        max_deliver=settings.max_deliver,
+        # Unlimited here: the executor itself gives up after FLOWRELAY_MAX_DELIVER deliveries,
+        # failing the run and dead-lettering the request; JetStream giving up would only
+        # stop delivering it, leaving the run "running" forever.
+        max_deliver=-1,
         max_ack_pending=MAX_ACK_PENDING,
     )
 
