@@ -64,6 +64,7 @@ _SHARED_STREAMS = (
     f"KV_{subjects.RUNS_BUCKET}",
     f"KV_{subjects.IDEMPOTENCY_BUCKET}",
     f"KV_{subjects.EXECUTORS_BUCKET}",
+    f"OBJ_{subjects.OUTPUTS_BUCKET}",
 )
 _API = "$JS.API"
 
@@ -107,6 +108,7 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             *_direct(events), *_direct(subjects.INDEX_STREAM), *_direct(runs_kv, body=False),
             *_direct(f"KV_{subjects.IDEMPOTENCY_BUCKET}", body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}"), *_direct(f"KV_{subjects.API_KEYS_BUCKET}"),
+            *_direct(f"OBJ_{subjects.OUTPUTS_BUCKET}"),  # GET /runs/{id}/output, without a consumer
             subjects.RUN_REQUESTED_ALL, subjects.RUN_ADVISE, subjects.RUN_CANCEL_ALL, subjects.EVENTS_ALL,
             subjects.INDEX_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.IDEMPOTENCY_BUCKET),
             _kv(subjects.API_KEYS_BUCKET),
@@ -118,6 +120,9 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
             *_direct(events), *_direct(runs_kv, body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}", body=False),  # is a run's holder alive?
+            # large outputs: nats-py's object store reads the meta and purges replaced chunks
+            f"$O.{subjects.OUTPUTS_BUCKET}.>", f"{_API}.STREAM.MSG.GET.OBJ_{subjects.OUTPUTS_BUCKET}",
+            f"{_API}.STREAM.PURGE.OBJ_{subjects.OUTPUTS_BUCKET}",
             subjects.EVENTS_ALL, subjects.INDEX_ALL, subjects.RUN_FAILED, subjects.DEADLETTER,
             _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
         ]
@@ -170,6 +175,7 @@ def server_config(
     tls: TlsFiles | None = None,
     sync_interval: str | None = None,
     pid_file: Path | None = None,
+    max_file_store: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
     """A complete nats-server config (JSON). ``sync_interval`` is JetStream's fsync
@@ -178,6 +184,8 @@ def server_config(
     jetstream: dict[str, Any] = {"store_dir": str(store_dir)}
     if sync_interval is not None:
         jetstream["sync_interval"] = sync_interval
+    if max_file_store is not None:
+        jetstream["max_file_store"] = max_file_store
     config: dict[str, Any] = {
         "host": host,
         "port": port,

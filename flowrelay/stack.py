@@ -30,7 +30,7 @@ SERVICE_COMMANDS: dict[str, list[str]] = {
 
 #: A line each service prints once it serves (uvicorn's and FastStream's own messages).
 READY_MARKERS: dict[str, str] = {
-    "api": r"Application startup complete",
+    "api": r"Uvicorn running on",  # after the socket is bound ("startup complete" comes before)
     "executor": r"FastStream app started successfully",
     "suggester": r"FastStream app started successfully",
     "scripted-model": r"SCRIPTED_MODEL_URL=(\S+)",

@@ -277,6 +277,7 @@ async def test_submit_stores_a_queued_record_then_queues_the_request(api: Api) -
         "self": f"/runs/{run_id}",
         "events": f"/runs/{run_id}/events",
         "cancel": f"/runs/{run_id}/cancel",
+        "output": f"/runs/{run_id}/output",
     }
     assert response.headers["location"] == f"/runs/{run_id}"
 

@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flowrelay_contracts.limits import WorkflowLimits
+
 #: Where a locally started nats-server listens (``flowrelay up`` and the README examples).
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -47,6 +49,46 @@ class BusSettings(BaseSettings):
         default=120, gt=0, description="JetStream duplicate window for publishes with a message id."
     )
     log_level: str = Field(default="INFO", description="Python log level of the services.")
+
+    # -- what a run may carry (the API refuses more; the executor checks NATS-direct runs) ----
+    max_input_bytes: int = Field(
+        default=256 * 1024, ge=1, description="Largest 'input' of a run, in UTF-8 bytes (422 above)."
+    )
+    max_nodes: int = Field(default=64, ge=1, description="Most nodes a workflow may have (422 above).")
+    max_edges: int = Field(default=256, ge=0, description="Most edges a workflow may have (422 above).")
+    max_tools_per_agent: int = Field(default=64, ge=0, description="Most tools one agent may list (422 above).")
+    max_json_depth: int = Field(
+        default=32, ge=2, description="Deepest nesting of model_args, output_schema and MCP args (422 above)."
+    )
+    max_output_schema_bytes: int = Field(
+        default=32 * 1024, ge=64, description="Largest output_schema of one agent, compact JSON bytes (422 above)."
+    )
+
+    max_inline_output_bytes: int = Field(
+        default=128 * 1024, ge=1024,
+        description="Outputs larger than this (JSON bytes) are kept in the object store and linked from the record.",
+    )
+    max_output_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest output a run may produce (it fails output_too_large above)."
+    )
+
+    max_queued_runs: int = Field(
+        default=10_000, ge=1, description="Most runs queued or running at once, all tenants (429 above)."
+    )
+    max_queued_runs_per_tenant: int = Field(
+        default=2_000, ge=1, description="Most runs one tenant may have queued or running at once (429 above)."
+    )
+    mcp_url_allowlist: str = Field(
+        default="",
+        description="Comma-separated hosts, host:port or CIDR networks that MCP URLs may reach although they "
+        "are loopback, private, link-local or metadata addresses (refused otherwise).",
+    )
+
+    def workflow_limits(self) -> WorkflowLimits:
+        return WorkflowLimits(
+            max_nodes=self.max_nodes, max_edges=self.max_edges, max_tools_per_agent=self.max_tools_per_agent,
+            max_json_depth=self.max_json_depth, max_output_schema_bytes=self.max_output_schema_bytes,
+        )
 
     @model_validator(mode="after")
     def _read_password_file(self) -> BusSettings:

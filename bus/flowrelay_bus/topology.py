@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -46,8 +47,14 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
         )
 
     return [
-        # Work queues: a message leaves when its consumer acks (or terms) it.
-        stream(subjects.RUNS_STREAM, subjects.RUNS_STREAM_SUBJECTS, RetentionPolicy.WORK_QUEUE),
+        # Work queues: a message leaves when its consumer acks (or terms) it. The run queue
+        # holds every unfinished run, so its limits cap queued + running runs, per tenant
+        # subject too, whoever publishes (discard new: the publisher is refused).
+        stream(
+            subjects.RUNS_STREAM, subjects.RUNS_STREAM_SUBJECTS, RetentionPolicy.WORK_QUEUE,
+            max_msgs=settings.max_queued_runs, max_msgs_per_subject=settings.max_queued_runs_per_tenant,
+            discard=DiscardPolicy.NEW, discard_new_per_subject=True,
+        ),
         stream(subjects.SUGGESTER_STREAM, subjects.SUGGESTER_STREAM_SUBJECTS, RetentionPolicy.WORK_QUEUE),
         stream(
             subjects.EVENTS_STREAM,
@@ -109,6 +116,20 @@ async def declare(js: JetStreamContext, settings: BusSettings) -> None:
                 log.warning("stream %s keeps its old settings: %s", config.name, exc)
     for config in bucket_configs(settings):
         await declare_bucket(js, config)
+    await declare_object_store(js, settings)
+
+
+async def declare_object_store(js: JetStreamContext, settings: BusSettings) -> None:
+    """The object store of large run outputs, kept as long as run records."""
+    try:
+        await js.object_store(subjects.OUTPUTS_BUCKET)
+    except (NotFoundError, Exception) as exc:  # nats-py raises its own NotFoundError subclass here
+        if not isinstance(exc, NotFoundError) and type(exc).__name__ not in ("ObjectNotFoundError", "BucketNotFoundError"):
+            raise
+        await js.create_object_store(subjects.OUTPUTS_BUCKET, config=ObjectStoreConfig(
+            bucket=subjects.OUTPUTS_BUCKET, ttl=settings.runs_ttl_s, replicas=settings.stream_replicas,
+            storage=StorageType.FILE))
+        log.info("created object store %s", subjects.OUTPUTS_BUCKET)
 
 
 async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:

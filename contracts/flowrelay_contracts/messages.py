@@ -82,6 +82,8 @@ class ErrorCode(StrEnum):
     FRAMEWORK_NOT_INSTALLED = "framework_not_installed"
     INVALID_WORKFLOW = "invalid_workflow"
     INVALID_REQUEST = "invalid_request"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    QUEUE_FULL = "queue_full"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
 
@@ -153,6 +155,15 @@ class RunError(BaseModel):
     agent: str | None = None
     tool: str | None = None
     retryable: bool = False
+
+
+class OutputRef(BaseModel):
+    """Where an output too large for the record is kept (``GET /runs/{id}/output`` serves it)."""
+
+    bucket: str
+    name: str
+    bytes: int
+    sha256: str
 
 
 class Suggestion(BaseModel):
@@ -240,6 +251,8 @@ class ExecutorCapabilities(_Message):
     #: Version of what implements each framework (e.g. ``openai`` -> openai-agents'), if known.
     framework_versions: dict[str, str] = Field(default_factory=dict)
     tools: list[str]
+    #: Commands this executor may start as stdio MCP servers (FLOWRELAY_MCP_STDIO_ALLOWLIST).
+    mcp_stdio_commands: list[str] = Field(default_factory=list)
     slots: int
     isolation: Isolation
     execution: Literal["execute", "suggest"] = "execute"
@@ -268,6 +281,8 @@ class RunRecord(_Message):
     #: The workflow as submitted (what the console draws); absent for records made before.
     workflow: Workflow | None = None
     output: Any = None
+    #: Set instead of ``output`` when the output is larger than the record may carry.
+    output_ref: OutputRef | None = None
     error: RunError | None = None
     suggestions: list[Suggestion] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)

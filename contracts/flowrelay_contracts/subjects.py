@@ -143,6 +143,9 @@ EXECUTORS_BUCKET = "flowrelay_executors"
 #: The API's keys (hashes only), keyed by key id. Only the API's NATS user may touch it.
 API_KEYS_BUCKET = "flowrelay_api_keys"
 
+#: Object store of run outputs too large for the record, named ``<tenant>.<run_id>``.
+OUTPUTS_BUCKET = "flowrelay_outputs"
+
 
 def run_key(tenant: str, run_id: str) -> str:
     """Key of a run's record in ``RUNS_BUCKET``."""

@@ -295,25 +295,27 @@ def _indegrees(successors: dict[str, list[str]]) -> dict[str, int]:
 
 
 def _find_cycle(successors: dict[str, list[str]]) -> list[str] | None:
+    """A cycle of the graph as a node path, or None; iterative (a long chain cannot
+    exhaust the recursion limit)."""
     white, grey, black = 0, 1, 2
     colour = {n: white for n in successors}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        colour[node] = grey
-        stack.append(node)
-        for nxt in successors[node]:
-            if colour[nxt] == grey:
-                return stack[stack.index(nxt) :] + [nxt]
-            if colour[nxt] == white and (found := visit(nxt)):
-                return found
-        stack.pop()
-        colour[node] = black
-        return None
-
-    for node in successors:
-        if colour[node] == white and (found := visit(node)):
-            return found
+    for root in successors:
+        if colour[root] != white:
+            continue
+        path: list[str] = [root]
+        branches = [iter(successors[root])]
+        colour[root] = grey
+        while branches:
+            nxt = next(branches[-1], None)
+            if nxt is None:
+                colour[path.pop()] = black
+                branches.pop()
+            elif colour[nxt] == grey:
+                return path[path.index(nxt) :] + [nxt]
+            elif colour[nxt] == white:
+                colour[nxt] = grey
+                path.append(nxt)
+                branches.append(iter(successors[nxt]))
     return None
 
 

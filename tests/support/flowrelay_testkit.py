@@ -76,6 +76,8 @@ class Stack:
             "FLOWRELAY_KILL_GRACE_S": "1",
             "FLOWRELAY_DRAIN_GRACE_S": "10",
             "FLOWRELAY_LOG_LEVEL": "INFO",
+            # the suite's own requests come fast from one admin key; the limit has its own test
+            "FLOWRELAY_RATE_LIMIT": "10000/second",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
             "EXAMPLE_SERVICE_API_KEY": TEST_SECRET,
@@ -120,11 +122,14 @@ class Stack:
 
 
 @contextlib.contextmanager
-def isolated_stack(root: Path, scripted_url: str, *, port: int = 0) -> Iterator[tuple[Stack, NatsServer]]:
+def isolated_stack(
+    root: Path, scripted_url: str, *, port: int = 0, max_file_store: int | None = None, **env: str
+) -> Iterator[tuple[Stack, NatsServer]]:
     """A stack with its own nats-server (API and suggester started; executors are the test's)."""
     secrets = Secrets.ensure(root / "secrets")
-    server = natsserver.start_secure(root / "nats", secrets, port=port, log_file=root / "logs" / "nats.log")
-    stack = Stack(nats_url=server.url, scripted_url=scripted_url, root=root, secrets=secrets)
+    server = natsserver.start_secure(root / "nats", secrets, port=port, log_file=root / "logs" / "nats.log",
+                                     max_file_store=max_file_store)
+    stack = Stack(nats_url=server.url, scripted_url=scripted_url, root=root, secrets=secrets, **env)
     try:
         stack.start_api()
         stack.start_suggester()

@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from flowrelay_api.server import PROTOCOL
 from flowrelay_api.settings import ApiSettings
 
 #: Import string of the app factory, for uvicorn's multi-process mode.
@@ -28,7 +29,7 @@ def main() -> None:
         "host": settings.api_host,
         "port": settings.api_port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": PROTOCOL,
         "access_log": settings.api_access_log,
         "log_level": settings.log_level.lower(),
         "log_config": None,  # keep the logging configured above

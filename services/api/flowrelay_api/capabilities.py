@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from flowrelay_api.errors import BUS_ERRORS, Loc
 from flowrelay_bus.kvscan import scan
-from flowrelay_contracts import ExecutorCapabilities, Workflow, subjects
+from flowrelay_contracts import ExecutorCapabilities, McpServer, Workflow, subjects
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def _unknown_frameworks(workflow: Workflow) -> list[Problem]:
 def _unsupported(workflow: Workflow, executors: list[ExecutorCapabilities]) -> list[Problem]:
     frameworks = {f for e in executors for f in e.frameworks}
     tools = {t for e in executors for t in e.tools}
+    stdio = {c for e in executors for c in e.mcp_stdio_commands}
     problems: list[Problem] = []
     for i, node in enumerate(workflow.nodes):
         spec = node.data
@@ -142,6 +143,19 @@ def _unsupported(workflow: Workflow, executors: list[ExecutorCapabilities]) -> l
                             "FLOWRELAY_TOOL_MODULES on the executors"
                         ),
                         "tool_not_registered",
+                    )
+                )
+            elif isinstance(tool, McpServer) and tool.command is not None and tool.command not in stdio:
+                problems.append(
+                    (
+                        ("body", "workflow", "nodes", i, "data", "tools", j, "command"),
+                        (
+                            f"stdio MCP command {tool.command!r} is not allowed on any running executor "
+                            f"(allowed: {', '.join(sorted(stdio)) or 'none'}): a stdio server runs code on "
+                            "the executor, so the operator must list it in FLOWRELAY_MCP_STDIO_ALLOWLIST; "
+                            "or reach the server by URL"
+                        ),
+                        "mcp_command_not_allowed",
                     )
                 )
     return problems

@@ -19,12 +19,15 @@ from nats.js.kv import KeyValue
 
 from flowrelay_api.auth import Authenticator, KeyStore, Scope
 from flowrelay_api.auth.jwt import JwtVerifier
+from flowrelay_api.backpressure import QueueGauge, RateLimiter
 from flowrelay_api.capabilities import ExecutorDirectory
+from flowrelay_api.health import BusHealth
 from flowrelay_api.metrics import Metrics
 from flowrelay_api.settings import ApiSettings
 from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
 from flowrelay_bus.index import RunIndex
+from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import subjects
 from flowrelay_contracts.ids import RunIdGenerator
@@ -51,6 +54,10 @@ class ApiContext:
     executors: ExecutorDirectory
     keys: KeyStore
     auth: Authenticator
+    outputs: OutputStore
+    rate: RateLimiter
+    queue: QueueGauge
+    health: BusHealth = field(default_factory=BusHealth)
     ids: RunIdGenerator = field(default_factory=RunIdGenerator)
 
     @classmethod
@@ -59,6 +66,7 @@ class ApiContext:
         broker = make_broker(settings, name=CONNECTION_NAME)
         nc = await broker.connect()
         try:
+            _check_payload_budget(settings, nc.max_payload)
             js = nc.jetstream(timeout=settings.nats_timeout_s)
             await topology.declare(js, settings)
             await topology.declare_bucket(js, topology.api_keys_bucket_config(settings))
@@ -83,6 +91,9 @@ class ApiContext:
             executors=executors,
             keys=keys,
             auth=Authenticator(keys=keys, jwt=_jwt_verifier(settings), enabled=settings.auth == "keys"),
+            outputs=OutputStore(js),
+            rate=RateLimiter(settings.rate_limit),
+            queue=QueueGauge(js, max_runs=settings.max_queued_runs, max_per_tenant=settings.max_queued_runs_per_tenant),
         )
 
     async def close(self) -> None:
@@ -92,6 +103,21 @@ class ApiContext:
     @property
     def connected(self) -> bool:
         return self.nc.is_connected
+
+
+#: Room in a record for everything but the body and the output (ids, usage, suggestions...).
+RECORD_OVERHEAD_BYTES = 64 * 1024
+
+
+def _check_payload_budget(settings: ApiSettings, max_payload: int) -> None:
+    """A run's record (its request, workflow, inline output) must fit in one NATS message."""
+    needed = settings.max_body_bytes + settings.max_inline_output_bytes + RECORD_OVERHEAD_BYTES
+    if needed > max_payload:
+        raise RuntimeError(
+            f"FLOWRELAY_MAX_BODY_BYTES ({settings.max_body_bytes}) + FLOWRELAY_MAX_INLINE_OUTPUT_BYTES "
+            f"({settings.max_inline_output_bytes}) + {RECORD_OVERHEAD_BYTES} bytes of record overhead exceed the "
+            f"NATS server's max_payload ({max_payload}): lower them, or raise max_payload in the server config"
+        )
 
 
 async def _bootstrap(settings: ApiSettings, keys: KeyStore) -> None:

@@ -77,6 +77,10 @@ class Conflict(ApiError):
     status_code = 409
 
 
+class Gone(ApiError):
+    status_code = 410
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
 
@@ -87,6 +91,38 @@ class ServiceUnavailable(ApiError):
 
 class GatewayTimeout(ApiError):
     status_code = 504
+
+
+#: JetStream's error codes that mean something to the caller.
+JS_INSUFFICIENT_RESOURCES = 10023  # the store (disk) is full
+JS_LIMIT_EXCEEDED = 10077  # a stream limit: maximum messages (per subject)
+
+
+class BusFailure(ApiError):
+    """503: NATS could not do it; ``code`` says which way (never the generic "something")."""
+
+    status_code = 503
+
+
+def bus_failure(exc: BaseException, *, connected: bool) -> BusFailure:
+    """The answer for a NATS error: storage full, disconnected, or too slow."""
+    err_code = getattr(exc, "err_code", None)
+    if err_code == JS_INSUFFICIENT_RESOURCES:
+        failure = BusFailure("JetStream storage is full: nothing could be stored; the operator must free or add "
+                             "space on the NATS servers; retry later", headers={"Retry-After": "30"})
+        failure.code = "storage_full"
+    elif not connected or isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.NoServersError)):
+        failure = BusFailure("the message bus (NATS) is not connected (the API keeps reconnecting); retry later",
+                             headers={"Retry-After": "2"})
+        failure.code = "nats_unavailable"
+    elif isinstance(exc, TimeoutError):
+        failure = BusFailure("NATS did not answer within FLOWRELAY_NATS_TIMEOUT_S; retry later",
+                             headers={"Retry-After": "2"})
+        failure.code = "nats_timeout"
+    else:
+        failure = BusFailure(f"NATS refused the operation ({type(exc).__name__}); retry later")
+        failure.code = "nats_error"
+    return failure
 
 
 class InvalidRequest(Exception):
@@ -142,6 +178,7 @@ def install_error_handlers(
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(nats.errors.Error, _on_bus_error)
+    app.add_exception_handler(TimeoutError, _on_bus_error)  # JetStream answers that never came
     app.add_exception_handler(Exception, _on_unexpected)
 
 
@@ -176,10 +213,11 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _on_bus_error(request: Request, exc: Exception) -> Response:
     log.warning("%s %s: NATS error %s", request.method, request.url.path, type(exc).__name__)
-    return JSONResponse(
-        {"detail": "the message bus (NATS) is unavailable or did not answer in time; retry later"},
-        status_code=503,
-    )
+    context = getattr(request.app.state, "context", None)
+    connected = context.connected if context is not None else False
+    if context is not None:
+        context.health.saw(exc)
+    return await _on_api_error(request, bus_failure(exc, connected=connected))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

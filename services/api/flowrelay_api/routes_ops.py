@@ -18,16 +18,19 @@ router = APIRouter(tags=["operations"])
     "/healthz",
     response_model=Health,
     summary="Liveness and NATS connectivity",
-    description="200 while the API is connected to NATS, 503 while it is not (it keeps reconnecting). "
+    description="200 while the API is connected to NATS (`status: degraded` with `problems` when, say, the "
+    "JetStream store is full), 503 while it is not (it keeps reconnecting). "
     "`executors` counts executors that advertised themselves in the last few seconds.",
     responses={503: {"model": Health, "description": "NATS is disconnected."}},
 )
 async def healthz(ctx: Annotated[ApiContext, Depends(get_context)]) -> Response:
     connected = ctx.connected
+    problems = ctx.health.problems() if connected else ["NATS is not connected"]
     health = Health(
-        status="ok" if connected else "unavailable",
+        status="unavailable" if not connected else "degraded" if problems else "ok",
         nats="connected" if connected else "disconnected",
         executors=len(ctx.executors.live),
+        problems=problems,
     )
     return json_response(health, 200 if connected else 503)
 

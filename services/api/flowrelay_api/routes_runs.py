@@ -143,6 +143,23 @@ async def get_run(request: Request, ctx: Context, caller: Reader, run_id: RunId)
 
 
 @router.get(
+    "/runs/{run_id}/output",
+    summary="Get a run's output, however large",
+    description="The output as JSON: inline from the record, or from the object store when it was larger "
+    "than the record may carry (`output_ref`). 409 while the run has not ended.",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/json": {}}, "description": "The output (any JSON value)."},
+        409: {"model": ErrorResponse, "description": "The run has not ended yet."},
+        **_NOT_FOUND,
+    },
+)
+async def run_output(ctx: Context, caller: Reader, run_id: RunId) -> Response:
+    record = await runs.get_run(ctx, caller, run_id)
+    return Response(await runs.read_output(ctx, record), media_type="application/json")
+
+
+@router.get(
     "/runs/{run_id}/events",
     response_class=EventSourceResponse,
     summary="Follow a run's events (Server-Sent Events)",

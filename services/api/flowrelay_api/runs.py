@@ -14,14 +14,16 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 
 from flowrelay_api.auth import Principal
 from flowrelay_api.context import ApiContext
-from flowrelay_api.errors import Conflict, Forbidden, InvalidRequest, RunNotFound
+from flowrelay_api.errors import Conflict, Forbidden, Gone, InvalidRequest, RunNotFound
 from flowrelay_bus.cancel import CancelOutcome, broadcast_cancel, record_cancel
 from flowrelay_bus.events import follow, last_event_seq
+from flowrelay_bus.outputs import OutputMissing
 from flowrelay_contracts import RunRecord, RunStatus, TraceEvent
 from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.tenants import is_valid_tenant
@@ -151,6 +153,21 @@ async def cancel_run(
         # (again) ask whichever executor holds it; they all listen on core NATS
         await broadcast_cancel(ctx.nc, record.tenant, run_id, reason, recorded=True)
     return record
+
+
+# -- the output ---------------------------------------------------------------------------
+
+
+async def read_output(ctx: ApiContext, record: RunRecord) -> bytes:
+    """The run's output as JSON bytes, from the record or the object store it links."""
+    if not record.terminal:
+        raise Conflict(f"run {record.run_id} has not ended (it is {record.status.value}); its output comes at the end")
+    if record.output_ref is None:
+        return json.dumps(record.output, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return await ctx.outputs.get(record.output_ref)
+    except OutputMissing as exc:
+        raise Gone(f"the output of run {record.run_id} is no longer stored ({exc})") from None
 
 
 # -- the trace ----------------------------------------------------------------------------

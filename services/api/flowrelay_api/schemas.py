@@ -17,6 +17,7 @@ from starlette.responses import Response
 from flowrelay_contracts import (
     AgentUsage,
     Isolation,
+    OutputRef,
     RunError,
     RunMode,
     RunOptions,
@@ -71,11 +72,12 @@ class RunLinks(BaseModel):
     self: str
     events: str
     cancel: str
+    output: str
 
     @classmethod
     def for_run(cls, run_id: str, root_path: str = "") -> RunLinks:
         base = f"{root_path}/runs/{run_id}"
-        return cls(self=base, events=f"{base}/events", cancel=f"{base}/cancel")
+        return cls(self=base, events=f"{base}/events", cancel=f"{base}/cancel", output=f"{base}/output")
 
 
 class RunAccepted(BaseModel):
@@ -97,6 +99,11 @@ class RunView(BaseModel):
     tenant: str
     status: RunStatus
     output: Any = None
+    output_ref: OutputRef | None = Field(
+        default=None,
+        description="Set instead of `output` when the output is larger than FLOWRELAY_MAX_INLINE_OUTPUT_BYTES: "
+        "fetch it from `links.output`.",
+    )
     error: RunError | None = None
     suggestions: list[Suggestion] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
@@ -210,9 +217,13 @@ class KeyList(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description="'ok', or 'unavailable' when NATS is not connected.")
+    status: str = Field(
+        description="'ok'; 'degraded' when NATS is connected but cannot do its work (see problems); "
+        "'unavailable' when NATS is not connected."
+    )
     nats: str = Field(description="'connected' or 'disconnected'.")
     executors: int = Field(description="Executors that advertised their capabilities recently.")
+    problems: list[str] = Field(default_factory=list, description="What is wrong, one sentence each.")
 
 
 class ErrorResponse(BaseModel):

@@ -36,6 +36,12 @@ class ApiSettings(BusSettings):
     api_access_log: bool = Field(
         default=False, description="Log one line per HTTP request (costs latency)."
     )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this (408 and close otherwise)."
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this (408 and close otherwise)."
+    )
     api_tls_cert: Path | None = Field(
         default=None, description="Certificate (PEM chain) to serve HTTPS with."
     )
@@ -51,6 +57,11 @@ class ApiSettings(BusSettings):
         default=None,
         description="File with an API key (as flowrelay up and 'flowrelay secrets init' write) that becomes "
         "an admin key of tenant 'default' at start, unless it exists or was revoked.",
+    )
+    rate_limit: str = Field(
+        default="100/second;3000/minute",
+        description="Requests one API key may make, per API process ('limits' notation, ';'-separated; empty: "
+        "unlimited); 429 with Retry-After above.",
     )
     key_cache_s: float = Field(
         default=2.0,
@@ -81,7 +92,11 @@ class ApiSettings(BusSettings):
         "answers every request with guidance (degraded mode).",
     )
     max_body_bytes: int = Field(
-        default=1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+        default=512 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 above). The request, and the run's record with "
+        "its workflow and inline output, must fit in one NATS message: the API refuses to start "
+        "when this plus FLOWRELAY_MAX_INLINE_OUTPUT_BYTES exceeds the server's max_payload.",
     )
     default_timeout_s: float = Field(
         default=120.0, gt=0, description="Deadline of runs that set no options.timeout_s."

@@ -19,6 +19,7 @@ request with the same key finish the job of a first one that died half-way.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,13 +30,25 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel
 
 from flowrelay_api.auth import Principal
+from flowrelay_api.backpressure import QUEUE_FULL_RETRY_AFTER_S, TooManyRequests
 from flowrelay_api.context import ApiContext
-from flowrelay_api.errors import BUS_ERRORS, Conflict, InvalidRequest, ServiceUnavailable
+from flowrelay_api.errors import (
+    BUS_ERRORS,
+    JS_LIMIT_EXCEEDED,
+    Conflict,
+    InvalidRequest,
+    Loc,
+    ServiceUnavailable,
+    bus_failure,
+)
 from flowrelay_api.metrics import SubmitOutcome
 from flowrelay_api.schemas import RunSubmission
 from flowrelay_api.settings import ApiSettings
+from flowrelay_api.shape import check_shape
+from flowrelay_bus.outbound import Allowlist, refusal
 from flowrelay_contracts import (
     ErrorCode,
+    McpServer,
     RunError,
     RunIndexEntry,
     RunOptions,
@@ -101,7 +114,7 @@ async def submit(
     if not ctx.connected:
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
         raise ServiceUnavailable(_UNAVAILABLE)
-    options = await _check(ctx, body)
+    options = await _check(ctx, body, caller.tenant)
     request = RunRequested(
         run_id="", tenant=caller.tenant, workflow=body.workflow, input=body.input, options=options
     )
@@ -137,8 +150,10 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
     return RunOptions(timeout_s=timeout_s, max_turns=max_turns)
 
 
-async def _check(ctx: ApiContext, body: RunSubmission) -> RunOptions:
+async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> RunOptions:
     try:
+        if problems := check_shape(body, ctx.settings):  # first: bounds the work of the rest
+            raise InvalidRequest(problems)
         try:
             plan(body.workflow)
         except WorkflowError as exc:
@@ -147,12 +162,30 @@ async def _check(ctx: ApiContext, body: RunSubmission) -> RunOptions:
     except InvalidRequest:
         ctx.metrics.submitted(SubmitOutcome.INVALID)
         raise
+    if problems := await _outbound_problems(body, ctx.settings):
+        ctx.metrics.submitted(SubmitOutcome.INVALID)
+        raise InvalidRequest(problems)
+    if ctx.settings.execution == "execute":
+        await ctx.queue.check(caller_tenant)
     if ctx.settings.execution == "execute":  # in suggest mode nothing runs: any framework will do
         problems = await ctx.executors.check(body.workflow)
         if problems:
             ctx.metrics.submitted(SubmitOutcome.UNSUPPORTED)
             raise InvalidRequest(problems)
     return options
+
+
+async def _outbound_problems(body: RunSubmission, settings: ApiSettings) -> list[tuple[Loc, str, str]]:
+    """MCP URLs that would make an executor call loopback, private or metadata addresses."""
+    allowlist = Allowlist.parse(settings.mcp_url_allowlist)
+    checks = [
+        ((("body", "workflow", "nodes", i, "data", "tools", j, "url")), tool.url)
+        for i, node in enumerate(body.workflow.nodes)
+        for j, tool in enumerate(node.data.tools)
+        if isinstance(tool, McpServer) and tool.url is not None
+    ]
+    reasons = await asyncio.gather(*(refusal(url, allowlist) for _, url in checks))
+    return [(loc, reason, "url_refused") for (loc, _), reason in zip(checks, reasons, strict=True) if reason]
 
 
 async def _submit_once(
@@ -249,6 +282,7 @@ async def _store_and_queue(
             f"run {record.run_id} could not be queued: NATS did not acknowledge it; retry the request"
         ) from None
     await _publish(ctx, request, record, key_slot)
+    ctx.queue.accepted(request.tenant)
     ctx.metrics.submitted(SubmitOutcome.ACCEPTED)
     return Submitted(record, request.options)
 
@@ -271,32 +305,37 @@ async def _publish(
         log.warning(
             "run %s: queueing failed (%s); marking it failed", request.run_id, type(exc).__name__
         )
+        ctx.health.saw(exc)
+        if getattr(exc, "err_code", None) == JS_LIMIT_EXCEEDED:  # the stream's cap, a race past the gauge
+            await _mark_unqueued(ctx, record, key_slot, RunError(
+                code=ErrorCode.QUEUE_FULL, retryable=True,
+                message="the run queue was full (FLOWRELAY_MAX_QUEUED_RUNS / _PER_TENANT); retry later"))
+            ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
+            raise TooManyRequests(
+                f"run {request.run_id} could not be queued: the run queue is full (FLOWRELAY_MAX_QUEUED_RUNS / "
+                "FLOWRELAY_MAX_QUEUED_RUNS_PER_TENANT); retry later",
+                code="queue_full", retry_after_s=QUEUE_FULL_RETRY_AFTER_S) from None
         await _mark_unqueued(ctx, record, key_slot)
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
-        raise ServiceUnavailable(
-            f"run {request.run_id} could not be queued: NATS did not acknowledge the request; "
-            "the run is marked failed, retry the request"
-        ) from None
+        failure = bus_failure(exc, connected=ctx.connected)
+        failure.detail = f"run {request.run_id} could not be queued ({failure.detail}); the run is marked failed"
+        raise failure from None
 
 
-async def _mark_unqueued(ctx: ApiContext, record: RunRecord, key_slot: str | None) -> None:
+async def _mark_unqueued(
+    ctx: ApiContext, record: RunRecord, key_slot: str | None, error: RunError | None = None
+) -> None:
     """Best effort: the record says why the run never started; a retry may reuse the key."""
+    error = error or RunError(
+        code=ErrorCode.INTERNAL_ERROR,
+        message="the run could not be queued: NATS did not acknowledge the request",
+        retryable=True,
+    )
 
     def to_failed(current: RunRecord) -> RunRecord | None:
         if current.status != RunStatus.QUEUED:
             return None
-        now = utcnow()
-        return current.model_copy(
-            update={
-                "status": RunStatus.FAILED,
-                "error": RunError(
-                    code=ErrorCode.INTERNAL_ERROR,
-                    message="the run could not be queued: NATS did not acknowledge the request",
-                    retryable=True,
-                ),
-                "finished_at": now,
-            }
-        )
+        return current.model_copy(update={"status": RunStatus.FAILED, "error": error, "finished_at": utcnow()})
 
     run_id = record.run_id
     try:

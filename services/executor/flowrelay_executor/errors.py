@@ -54,6 +54,9 @@ _KEY_SHAPE_RE = re.compile(
 #: would mangle output while protecting nothing.
 _MIN_SECRET_CHARS = 6
 
+#: How Python reports a keyword argument a provider's client does not take (``model_args``).
+_UNEXPECTED_ARG_RE = re.compile(r"unexpected keyword argument '([A-Za-z0-9_]{1,64})'")
+
 #: How much of a provider's own error text a RunError keeps.
 _PROVIDER_MESSAGE_CHARS = 500
 
@@ -289,6 +292,15 @@ def classify(
                 message=f"no API key for provider '{provider}'{where}: set {variable} in the "
                 "executor's environment, or choose a model whose key is configured",
                 provider_message=scrub(_clip(str(link))),
+                **base,
+            )
+
+    for link in chain:
+        if isinstance(link, TypeError) and (match := _UNEXPECTED_ARG_RE.search(str(link))):
+            return RunError(
+                code=ErrorCode.INVALID_REQUEST,
+                message=f"model_args key '{match.group(1)}' is not an argument provider '{provider}' "
+                f"accepts{where}: remove it from the node's model_args",
                 **base,
             )
 

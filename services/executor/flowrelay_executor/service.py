@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ from flowrelay_bus import topology
 from flowrelay_bus.cancel import record_cancel
 from flowrelay_bus.events import RunEventLog, last_event, terminal_msg_id
 from flowrelay_bus.index import RunIndex
+from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     DeadLetter,
@@ -51,6 +53,7 @@ from flowrelay_contracts import (
     EventType,
     ExecutorCapabilities,
     Isolation,
+    OutputRef,
     RunError,
     RunFailed,
     RunIndexEntry,
@@ -63,10 +66,12 @@ from flowrelay_contracts import (
     subjects,
 )
 from flowrelay_contracts.ids import is_valid_run_id
+from flowrelay_contracts.limits import workflow_problems
 from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tenants import is_valid_tenant
-from flowrelay_contracts.workflow import WorkflowError
+from flowrelay_contracts.workflow import WorkflowError, WorkflowProblem
 from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
+from flowrelay_executor.payloads import fit_event, output_bytes
 from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
 from flowrelay_executor.settings import ExecutorSettings
 from flowrelay_executor.threads import ThreadPool
@@ -91,6 +96,9 @@ RETRY_FETCH_S = 0.5
 #: Upper bound on ack-pending messages of the shared consumer (all executors together).
 MAX_ACK_PENDING = 20_000
 
+#: Pauses between attempts to store a finished run's outcome while the bus refuses it.
+FINISH_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
 #: A request held by another live executor is handed back for this long: by then the holder
 #: has acked it, or it is dead and its capabilities entry has expired (the TTL is this long).
 HELD_ELSEWHERE_DELAY_S = topology.EXECUTOR_LIVENESS_TTL_S
@@ -113,6 +121,7 @@ class _ActiveRun:
     events: RunEventLog
     attempt: int = 1
     stale: bool = False
+    events_lost: bool = False
     started: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[tuple[EventType, dict[str, Any], datetime | None] | None] = field(default_factory=asyncio.Queue)
     pump: asyncio.Task[None] | None = None
@@ -129,6 +138,7 @@ class Executor:
         self._store: RunStore | None = None
         self._index: RunIndex | None = None
         self._executors_kv: KeyValue | None = None
+        self._outputs: OutputStore | None = None
         self._active: dict[str, _ActiveRun] = {}
         self._slots: asyncio.Semaphore | None = None
         self._draining = asyncio.Event()
@@ -177,6 +187,7 @@ class Executor:
         self._store = await RunStore.open(js)
         self._index = RunIndex(js)
         self._executors_kv = await js.key_value(subjects.EXECUTORS_BUCKET)
+        self._outputs = OutputStore(js)
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._consumer.add_done_callback(_report_stopped_consumer)
@@ -325,6 +336,9 @@ class Executor:
         }, None))
 
         try:
+            # The API checked this already; a request published straight to NATS was not.
+            if too_big := _over_limits(request, self.settings):
+                raise WorkflowError(too_big)
             pattern = plan(request.workflow).pattern
         except WorkflowError as exc:
             outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_WORKFLOW, message=str(exc)))
@@ -359,7 +373,27 @@ class Executor:
         if run.stale:
             log.warning("run %s: another executor took it over; this attempt ends without writing", run_id)
             return  # its holder acks the message; acking it here could lose the run
-        await self._finish(msg, request, run.events, outcome, attempt=attempt)
+        await self._finish_durably(run, outcome)
+
+    async def _finish_durably(self, run: _ActiveRun, outcome: Outcome) -> None:
+        """Store a computed outcome, retrying while the bus cannot take it (a full store, an
+        outage) instead of handing the request back: a redelivery would run the agent, and
+        pay its model calls, again. The run stays held (heartbeated) meanwhile; only a drain
+        gives it up."""
+        assert self._js is not None
+        for attempt in itertools.count():
+            try:
+                if run.events_lost or attempt:  # continue after what the stream really holds
+                    run.events = await RunEventLog.resume(self._js, run.request.tenant, run.request.run_id)
+                await self._finish(run.msg, run.request, run.events, outcome, attempt=run.attempt)
+                return
+            except Exception as exc:  # noqa: BLE001 - a stored outcome is the goal; keep trying
+                if self._draining.is_set() or run.stale:
+                    raise
+                delay = FINISH_RETRY_S[min(attempt, len(FINISH_RETRY_S) - 1)]
+                log.warning("run %s: storing its outcome failed (%s); retrying in %.0f s",
+                            run.request.run_id, _describe_bus_error(exc), delay)
+                await asyncio.sleep(delay)
 
     async def _finish(
         self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome, *, attempt: int | None = None
@@ -370,8 +404,9 @@ class Executor:
         executor still holds that claim (None: a run that was never claimed, e.g. cancelled
         while queued).
         """
-        assert self._store is not None
+        assert self._store is not None and self._outputs is not None
         now = utcnow()
+        outcome, output_ref = await self._place_output(request, outcome)
         status = RunStatus(outcome.status)
 
         def to_terminal(r: RunRecord) -> RunRecord | None:
@@ -380,7 +415,8 @@ class Executor:
             if attempt is not None and (r.executor_id != self.executor_id or r.attempts != attempt):
                 return None  # the claim moved on: another executor owns this run now
             return r.model_copy(update={
-                "status": status, "output": outcome.output, "error": outcome.error, "usage": outcome.usage,
+                "status": status, "output": outcome.output, "output_ref": output_ref, "error": outcome.error,
+                "usage": outcome.usage,
                 "agents": outcome.agents, "cost_usd": outcome.cost_usd, "cost_note": outcome.cost_note,
                 "finished_at": now, "started_at": r.started_at or now,
                 "mode": RunMode.DEGRADED if status == RunStatus.FAILED else r.mode,
@@ -389,15 +425,37 @@ class Executor:
         stored, changed = await self._store.change(request.tenant, request.run_id, to_terminal)
         if stored is not None and changed:
             await self._publish_terminal(stored, events, request)
-        elif stored is not None and not stored.terminal:
+        elif stored is not None and stored.terminal:
+            # Ended by someone else (a cancel), or by an earlier try of ours whose terminal
+            # event did not go out: announce it unless it already was (once, by its id).
+            await self._republish_terminal(stored)
+        elif stored is not None:
             log.warning("run %s: attempt %s is no longer the run's claim; its outcome is dropped", request.run_id, attempt)
             return
         await msg.ack()
+
+    async def _place_output(self, request: RunRequested, outcome: Outcome) -> tuple[Outcome, OutputRef | None]:
+        """Keep an output too large for the record in the object store (and link it), and
+        fail a run whose output is larger than FLOWRELAY_MAX_OUTPUT_BYTES."""
+        assert self._outputs is not None
+        if outcome.output is None:
+            return outcome, None
+        data = output_bytes(outcome.output)
+        if len(data) <= self.settings.max_inline_output_bytes:
+            return outcome, None
+        if len(data) > self.settings.max_output_bytes:
+            return outcome.model_copy(update={"status": "failed", "output": None, "error": RunError(
+                code=ErrorCode.OUTPUT_TOO_LARGE,
+                message=f"the output is {len(data)} bytes, above the limit of {self.settings.max_output_bytes} "
+                "(FLOWRELAY_MAX_OUTPUT_BYTES)")}), None
+        ref = await self._outputs.put(request.tenant, request.run_id, data)
+        return outcome.model_copy(update={"output": None}), ref
 
     async def _publish_terminal(self, record: RunRecord, events: RunEventLog, request: RunRequested | None) -> None:
         assert self._js is not None
         data: dict[str, Any] = {
             "status": record.status.value, "output": record.output,
+            "output_ref": record.output_ref.model_dump() if record.output_ref else None,
             "error": record.error.model_dump(mode="json") if record.error else None,
             "usage": record.usage.model_dump(), "cost_usd": record.cost_usd, "cost_note": record.cost_note,
             "agents": [a.model_dump(mode="json") for a in record.agents], "mode": record.mode.value,
@@ -406,7 +464,8 @@ class Executor:
         }
         # One terminal event per run even if two executors race to announce the same end:
         # JetStream drops the second publish with this id inside the duplicate window.
-        terminal = await events.emit(_STATUS_EVENT[record.status.value], data, msg_id=terminal_msg_id(record.run_id))
+        terminal = await events.emit(_STATUS_EVENT[record.status.value], fit_event(data),
+                                     msg_id=terminal_msg_id(record.run_id))
         if record.status == RunStatus.FAILED and record.error is not None:
             started = record.started_at or record.created_at
             report = RunFailed(
@@ -436,7 +495,7 @@ class Executor:
             if run.stale:
                 continue
             type_, data, at = item
-            await run.events.emit_nowait(type_, data, at=at)
+            await run.events.emit_nowait(type_, fit_event(data), at=at)
         if not run.stale:
             await run.events.flush()
 
@@ -477,9 +536,19 @@ class Executor:
                     self.pool.cancel(run.request.run_id, "another executor took this run over")
 
     async def _close_outbox(self, run: _ActiveRun) -> None:
+        """Wait for the run's step events to be stored. Steps the bus could not take (a full
+        store, an outage) are left out of the trace rather than failing a run whose outcome
+        is known: the log is re-read so the events that follow keep a gapless ``seq``."""
+        assert self._js is not None
         run.outbox.put_nowait(None)
-        if run.pump is not None:
+        if run.pump is None:
+            return
+        try:
             await run.pump
+        except Exception as exc:  # noqa: BLE001 - the outcome still has to be stored
+            log.warning("run %s: some step events could not be stored (%s); the trace skips them",
+                        run.request.run_id, _describe_bus_error(exc))
+            run.events_lost = True
 
     async def _heartbeat(self) -> None:
         """Tell JetStream every held run is still in progress (one loop for all runs)."""
@@ -496,6 +565,7 @@ class Executor:
             caps = ExecutorCapabilities(
                 executor_id=self.executor_id, frameworks=self.pool.frameworks,
                 framework_versions=self.pool.framework_versions, tools=self.pool.tools,
+                mcp_stdio_commands=sorted(c.strip() for c in self.settings.mcp_stdio_allowlist.split(",") if c.strip()),
                 slots=self.pool.slots, isolation=Isolation(self.pool.isolation),
             )
             with contextlib.suppress(Exception):
@@ -643,6 +713,15 @@ def consumer_config(settings: ExecutorSettings) -> ConsumerConfig:
     )
 
 
+def _over_limits(request: RunRequested, settings: ExecutorSettings) -> list[WorkflowProblem]:
+    problems = workflow_problems(request.workflow, settings.workflow_limits())
+    if (size := len(request.input.encode())) > settings.max_input_bytes:
+        problems.append(WorkflowProblem(
+            pointer="/input", message=f"{size} bytes is above the limit of {settings.max_input_bytes} "
+            "(FLOWRELAY_MAX_INPUT_BYTES)"))
+    return problems
+
+
 def _decode(msg: Msg) -> RunRequested:
     """The request, with its tenant taken from the subject: the publisher's NATS permissions
     vouch for the subject, not for what the payload claims."""
@@ -654,6 +733,11 @@ def _decode(msg: Msg) -> RunRequested:
         raise ValueError(f"invalid run id {request.run_id[:140]!r}: use 1-128 letters, digits, '-' or '_'")
     request.tenant = tenant
     return request
+
+
+def _describe_bus_error(exc: BaseException) -> str:
+    description = getattr(exc, "description", None)
+    return f"{type(exc).__name__}: {description}" if description else type(exc).__name__
 
 
 def _deliveries(msg: Msg) -> int:

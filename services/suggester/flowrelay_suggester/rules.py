@@ -264,6 +264,20 @@ RULES: tuple[Rule, ...] = (
         "(FLOWRELAY_MAX_TIMEOUT_S).",
     ),
     Rule(
+        code=ErrorCode.QUEUE_FULL,
+        title="Too many runs were queued",
+        detail="The run queue (queued and running runs) was at its limit when this run was submitted.",
+        fix="Retry after the Retry-After the API answered, submitting fewer runs at once; start more executors "
+        "so runs finish sooner, or raise FLOWRELAY_MAX_QUEUED_RUNS / FLOWRELAY_MAX_QUEUED_RUNS_PER_TENANT.",
+    ),
+    Rule(
+        code=ErrorCode.OUTPUT_TOO_LARGE,
+        title="The run's output is too large to keep",
+        detail="The final output is larger than the executors may store for one run.",
+        fix="Ask the last agent for a shorter answer (or a summary, with the bulk written somewhere "
+        "by a tool and referenced by name), or raise FLOWRELAY_MAX_OUTPUT_BYTES on the executors.",
+    ),
+    Rule(
         code=ErrorCode.INTERNAL_ERROR,
         title="Internal error in flowrelay",
         detail="The run failed inside flowrelay, not in the agent or the provider.",

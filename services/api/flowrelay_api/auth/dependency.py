@@ -58,9 +58,11 @@ async def principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """FastAPI dependency: the authenticated caller (401 otherwise)."""
-    authenticator: Authenticator = request.app.state.context.auth
-    return await authenticator.authenticate(credentials.credentials if credentials else None)
+    """FastAPI dependency: the authenticated caller (401 otherwise), within its rate (429)."""
+    context = request.app.state.context
+    caller = await context.auth.authenticate(credentials.credentials if credentials else None)
+    context.rate.hit(caller.key_id or f"{caller.via}:{caller.tenant}:{caller.name}")
+    return caller
 
 
 def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:

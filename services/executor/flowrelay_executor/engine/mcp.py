@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -19,8 +20,12 @@ from any_agent import AgentFramework
 from any_agent.config import MCPSse, MCPStdio, MCPStreamableHttp
 from any_agent.tools import MCPClient
 
+from flowrelay_bus.outbound import Allowlist, refusal
 from flowrelay_executor.errors import ToolFailure
 from flowrelay_executor.tools import McpTarget
+
+#: The executors' outbound allowlist (see flowrelay_bus.outbound), read by the worker.
+MCP_URL_ALLOWLIST_ENV = "FLOWRELAY_MCP_URL_ALLOWLIST"
 
 if TYPE_CHECKING:
     from flowrelay_executor.engine.recipes import Recipe
@@ -50,7 +55,16 @@ def _mcp_params(target: McpTarget) -> MCPStdio | MCPSse | MCPStreamableHttp:
 
 
 async def connect_mcp(target: McpTarget, recipe: Recipe, clients: list[MCPClient]) -> list[Any]:
-    """Connect one MCP server (appending its client to ``clients``) and list its tools."""
+    """Connect one MCP server (appending its client to ``clients``) and list its tools.
+
+    A URL is checked against the outbound policy first, after this worker's own DNS lookup
+    (the API checked it at submission; a name may resolve differently by now).
+    """
+    if target.url is not None:
+        allowlist = Allowlist.parse(os.environ.get(MCP_URL_ALLOWLIST_ENV, ""))
+        if (reason := await refusal(target.url, allowlist)) is not None:
+            raise ToolFailure(f"agent '{recipe.name}' may not use MCP server {target.url}: {reason}",
+                              tool=f"mcp:{target.url}", exception_type="OutboundRefused", agent=recipe.name)
     with no_sse_warning():
         client = MCPClient(
             config=_mcp_params(target), framework=AgentFramework.from_string(recipe.framework)
@@ -75,8 +89,7 @@ async def connect_mcp(target: McpTarget, recipe: Recipe, clients: list[MCPClient
             raise  # this run itself is being cancelled: not the server's fault
         cause = _innermost(failure)
         raise ToolFailure(
-            f"agent '{recipe.name}' could not use MCP server {label}: "
-            f"{type(cause).__name__}: {cause}",
+            f"agent '{recipe.name}' could not use MCP server {label}: {_describe(cause)}",
             tool=f"mcp:{label}",
             exception_type=type(cause).__name__,
             agent=recipe.name,
@@ -90,6 +103,16 @@ async def disconnect(clients: list[MCPClient]) -> None:
         except (Exception, BaseExceptionGroup):  # a half-open connection may fail to close
             log.debug("disconnecting MCP client failed", exc_info=True)
     clients.clear()
+
+
+def _describe(cause: BaseException) -> str:
+    """What went wrong, without what the endpoint answered: an error text from an arbitrary
+    endpoint could carry anything (a refused internal service's banner, say), so only the
+    kind of failure and an HTTP status leave the executor."""
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return f"{type(cause).__name__} (HTTP {status})"
+    return type(cause).__name__
 
 
 def _innermost(exc: BaseException) -> BaseException:
