@@ -29,7 +29,7 @@ from bench import auth, model, phases
 from bench.measure import Latency, SystemFigures
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
-from flowrelay.natsconfig import Role
+from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL, Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 #: Provider keys that must not leak from the developer's shell into the services.
@@ -104,6 +104,8 @@ def _env(nats_url: str, model_url: str, api_port: int) -> dict[str, str]:
         "FLOWRELAY_API_HOST": "127.0.0.1",
         "FLOWRELAY_API_PORT": str(api_port),
         "FLOWRELAY_LOG_LEVEL": "INFO",  # the readiness lines are INFO; no per-run lines expected
+        # one key drives the whole load: its request rate is what is measured, not capped
+        "FLOWRELAY_RATE_LIMIT": "",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -130,7 +132,9 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
     root = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
     # As deployed: each service its own NATS user, the API behind keys (auth on).
     secrets = Secrets.ensure(root / "secrets")
-    nats = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log")
+    # The fsync policy flowrelay deploys with, unless the run asks for another to compare.
+    sync = os.environ.get("FLOWRELAY_NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)
+    nats = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log", sync_interval=sync)
     port = _free_port()
     env = _env(nats.url, model_url, port)
     os.environ["FLOWRELAY_API_KEY"] = secrets.admin_key()  # the load clients send it

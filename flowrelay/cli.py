@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from flowrelay.admin import DEFAULT_DATA_DIR, CliError
+from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL
 from flowrelay.up import UpOptions, up
 
 app = typer.Typer(help="flowrelay: run any-agent workflows behind your backend, over NATS.", no_args_is_help=True)
@@ -129,7 +130,8 @@ def secrets_init(
     nats_host: str = typer.Option("0.0.0.0", help="Address the configured nats-server listens on."),
     nats_port: int = typer.Option(4222, help="Port the configured nats-server listens on."),
     nats_store: Path = typer.Option(Path("/data"), help="JetStream store directory of the configured nats-server."),
-    sync_interval: str | None = typer.Option(None, help="JetStream fsync period ('always' fsyncs every write)."),
+    sync_interval: str = typer.Option(DEFAULT_SYNC_INTERVAL,
+                                      help="JetStream fsync period ('always' fsyncs every write before acking it)."),
 ) -> None:
     """Create the admin API key and the NATS users' passwords (keeps what exists)."""
     from flowrelay.credentials import Secrets

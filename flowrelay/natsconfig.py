@@ -26,6 +26,13 @@ import bcrypt
 
 from flowrelay_contracts import subjects
 
+#: JetStream fsync period of deployments flowrelay configures (``flowrelay up``, compose):
+#: "always" fsyncs every write before acknowledging it. The server's own default (2 min)
+#: acknowledges writes that a power loss then loses (Jepsen, NATS 2.12, 2025): an accepted
+#: run could vanish. Override with FLOWRELAY_NATS_SYNC_INTERVAL (e.g. "1s") to trade that
+#: window for latency; the benchmark measures both.
+DEFAULT_SYNC_INTERVAL = "always"
+
 #: bcrypt cost of stored password hashes (nats-server checks one per connection, ~60 ms).
 BCRYPT_ROUNDS = 10
 

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
-from flowrelay.natsconfig import Role
+from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL, Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
 #: Provider keys whose presence means "a real model is configured".
@@ -65,7 +65,8 @@ def up(options: UpOptions, console: Console | None = None) -> int:
     try:
         nats_url = env.get("FLOWRELAY_NATS_URL")
         if not nats_url:
-            server = natsserver.start_secure(data_dir / "nats", secrets, port=options.nats_port,
+            sync = env.get("FLOWRELAY_NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)
+            server = natsserver.start_secure(data_dir / "nats", secrets, port=options.nats_port, sync_interval=sync,
                                              log_file=logs / "nats.log")
             nats_url = server.url
         env["FLOWRELAY_NATS_URL"] = nats_url

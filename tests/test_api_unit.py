@@ -395,6 +395,7 @@ async def test_capabilities_of_live_executors_are_checked(api: Api) -> None:
         "status": "ok",
         "nats": "connected",
         "executors": 1,
+        "problems": [],
     }
 
 
@@ -736,6 +737,7 @@ async def test_health_and_metrics(api: Api) -> None:
         "status": "ok",
         "nats": "connected",
         "executors": 0,
+        "problems": [],
     }
     await api.client.post("/runs", json=submission())
     await api.client.post("/runs", json={"input": "no workflow"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
         for file in [secrets / "admin.key", *sorted((secrets / "nats").iterdir())]:
             assert file.stat().st_mode & 0o777 == 0o600, file
         assert secrets.stat().st_mode & 0o777 == 0o700
+        config = json.loads((tmp_path / "data" / "nats" / "nats.conf").read_text())
+        assert config["jetstream"]["sync_interval"] == "always"  # acked means on disk (see natsconfig)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as api:
             assert (await api.post("/execute", json=run_body(one_agent(), "anonymous"))).status_code == 401
             result = (await api.post("/execute", json=run_body(one_agent(), "hello up"),

@@ -19,6 +19,7 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from flowrelay_api.errors import ApiError
 from flowrelay_contracts import subjects
@@ -66,7 +67,14 @@ class QueueGauge:
         self._tenants: dict[str, tuple[float, int]] = {}
 
     async def check(self, tenant: str) -> None:
-        """429 if the queue, or the tenant's share of it, is full."""
+        """429 if the queue, or the tenant's share of it, is full. Advisory: the stream's
+        limits decide; if its state cannot be read the publish that follows will tell."""
+        try:
+            await self._check(tenant)
+        except NotFoundError:  # the stream is being re-declared: let the publish decide
+            return
+
+    async def _check(self, tenant: str) -> None:
         if await self._total_count() >= self.max_runs:
             raise TooManyRequests(
                 f"{self.max_runs} runs are queued or running, the limit (FLOWRELAY_MAX_QUEUED_RUNS); retry later",

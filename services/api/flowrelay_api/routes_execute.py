@@ -19,6 +19,7 @@ from flowrelay_api.context import ApiContext, get_context
 from flowrelay_api.errors import ApiError, GatewayTimeout
 from flowrelay_api.schemas import (
     AUTH_ERRORS,
+    BODY_ERRORS,
     ErrorResponse,
     ExecuteResult,
     RunSubmission,
@@ -45,6 +46,8 @@ router = APIRouter(tags=["execute"], responses=AUTH_ERRORS)
             "description": "Idempotency-Key reused with a different body.",
         },
         413: {"model": ErrorResponse, "description": "Body larger than FLOWRELAY_MAX_BODY_BYTES."},
+        429: {"model": ErrorResponse, "description": "Rate limit or run queue full; see Retry-After."},
+        **BODY_ERRORS,
         422: {
             "model": ValidationErrorResponse,
             "description": "Malformed request or unrunnable workflow.",

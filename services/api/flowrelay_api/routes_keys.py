@@ -12,14 +12,17 @@ from flowrelay_api.context import ApiContext, get_context
 from flowrelay_api.errors import ApiError
 from flowrelay_api.schemas import (
     AUTH_ERRORS,
+    BODY_ERRORS,
     ErrorResponse,
     Identity,
     KeyCreate,
     KeyCreated,
     KeyList,
     KeyView,
+    ValidationErrorResponse,
     json_response,
 )
+from flowrelay_contracts.tenants import TENANT_PATTERN
 
 router = APIRouter(responses=AUTH_ERRORS)
 
@@ -50,6 +53,7 @@ async def me(caller: Annotated[Principal, Depends(principal)]) -> Response:
     summary="Create an API key (admin)",
     description="The key is in the answer once and stored only as a hash: keep it. Without `scopes` it "
     "may submit, read and cancel runs of its tenant.",
+    responses={**BODY_ERRORS, 422: {"model": ValidationErrorResponse, "description": "Malformed body."}},
 )
 async def create_key(body: KeyCreate, ctx: Context, caller: Admin) -> Response:
     record, key = await ctx.keys.create(
@@ -63,7 +67,9 @@ async def create_key(body: KeyCreate, ctx: Context, caller: Admin) -> Response:
 async def list_keys(
     ctx: Context,
     caller: Admin,
-    tenant: Annotated[str | None, Query(max_length=63, description="Only this tenant's keys.")] = None,
+    tenant: Annotated[
+        str | None, Query(pattern=f"^{TENANT_PATTERN.pattern}$", description="Only this tenant's keys.")
+    ] = None,
 ) -> Response:
     keys = [k for k in await ctx.keys.list() if tenant is None or k.tenant == tenant]
     return json_response(KeyList(keys=[_view(k) for k in keys]))

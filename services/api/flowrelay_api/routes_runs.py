@@ -13,6 +13,7 @@ from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
 from flowrelay_api.schemas import (
     AUTH_ERRORS,
+    BODY_ERRORS,
     CancelAccepted,
     ErrorResponse,
     RunAccepted,
@@ -25,6 +26,7 @@ from flowrelay_api.schemas import (
 )
 from flowrelay_api.submit import MAX_IDEMPOTENCY_KEY_LENGTH, submit
 from flowrelay_contracts import RunStatus
+from flowrelay_contracts.tenants import TENANT_PATTERN
 
 #: Largest page of ``GET /runs``.
 MAX_PAGE_SIZE = 100
@@ -68,6 +70,8 @@ _UNAVAILABLE = {
             "description": "Idempotency-Key reused with a different body.",
         },
         413: {"model": ErrorResponse, "description": "Body larger than FLOWRELAY_MAX_BODY_BYTES."},
+        429: {"model": ErrorResponse, "description": "Rate limit or run queue full; see Retry-After."},
+        **BODY_ERRORS,
         **_INVALID,
         **_UNAVAILABLE,
     },
@@ -113,7 +117,8 @@ async def list_runs(
     caller: Reader,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
     tenant: Annotated[
-        str | None, Query(description="Admin keys: only this tenant's runs.", max_length=63)
+        str | None,
+        Query(description="Admin keys: only this tenant's runs.", pattern=f"^{TENANT_PATTERN.pattern}$"),
     ] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description="Runs per page.")
@@ -178,12 +183,11 @@ async def run_events(
     run_id: RunId,
     after: Annotated[int, Query(ge=0, description="Send only events with a greater seq.")] = 0,
     last_event_id: Annotated[
-        int | None,
-        Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect."),
-    ] = None,
+        int, Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect.")
+    ] = 0,
 ) -> EventSourceResponse:
     record = await runs.get_run(ctx, caller, run_id)
-    return sse.event_stream(ctx, record, max(after, last_event_id or 0))
+    return sse.event_stream(ctx, record, max(after, last_event_id))
 
 
 @router.post(

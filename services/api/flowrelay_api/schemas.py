@@ -60,7 +60,9 @@ class RunSubmission(BaseModel):
     workflow: Workflow = Field(
         description="The agent graph (designer nodes/edges, or the compact form)."
     )
-    input: str = Field(description="The user's prompt, given to the first agent.")
+    input: str = Field(
+        min_length=1, pattern=r"\S", description="The user's prompt, given to the first agent (not blank)."
+    )
     options: RunOptions = Field(
         default_factory=RunOptions, description="Per-run limits; omitted = server defaults."
     )
@@ -234,6 +236,11 @@ class ErrorResponse(BaseModel):
         default=None, description="'unauthenticated' (401) or 'forbidden' (403) where set."
     )
 
+
+#: What a route reading a JSON body answers when it is not JSON at all (or not UTF-8).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not JSON (send UTF-8 JSON)."},
+}
 
 #: What every authenticated route may answer: no or a bad key, a key without the scope.
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
