@@ -30,7 +30,7 @@ from flowrelay_contracts import subjects
 #: "always" fsyncs every write before acknowledging it. The server's own default (2 min)
 #: acknowledges writes that a power loss then loses (Jepsen, NATS 2.12, 2025): an accepted
 #: run could vanish. Override with FLOWRELAY_NATS_SYNC_INTERVAL (e.g. "1s") to trade that
-#: window for latency; the benchmark measures both.
+#: window for latency (the benchmark reports what it costs).
 DEFAULT_SYNC_INTERVAL = "always"
 
 #: bcrypt cost of stored password hashes (nats-server checks one per connection, ~60 ms).
