@@ -22,6 +22,7 @@ from flowrelay_testkit import Bus, Stack, free_port, one_agent, run_body
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
+from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL
 from flowrelay.natsserver import NatsServer
 from flowrelay_contracts import EventType, RunStatus
 
@@ -44,8 +45,10 @@ class Restartable:
         self.stack = Stack(nats_url=self.server.url, scripted_url=scripted_url, root=root, secrets=self.secrets)
 
     def _start(self) -> NatsServer:
+        # As flowrelay deploys it: fsync before every ack. Without it a SIGKILL lost acked
+        # events here (the server's write buffer had not reached the file yet).
         return natsserver.start_secure(self.root / "nats", self.secrets, port=self.port,
-                                       log_file=self.root / "logs" / "nats.log")
+                                       sync_interval=DEFAULT_SYNC_INTERVAL, log_file=self.root / "logs" / "nats.log")
 
     async def restart(self, *, down_s: float) -> None:
         """Kill the server (SIGKILL, as a crash), stay down ``down_s``, start it on the same

@@ -35,6 +35,10 @@ PUBLISH_ACK_TIMEOUT_S = 10.0
 #: A replay consumer left behind (its reader vanished) is removed by the server after this.
 REPLAY_INACTIVE_S = 10.0
 
+#: How long a follower holds events that arrived after a missing seq, waiting for it (an
+#: event re-sent after a broker crash arrives late, out of stream order).
+GAP_WAIT_S = 5.0
+
 #: Longest wait for the next replayed message before the replay is abandoned.
 REPLAY_MESSAGE_TIMEOUT_S = 10.0
 
@@ -52,6 +56,8 @@ class RunEventLog:
         self._subject = subjects.run_events(tenant, run_id)
         self._lock = asyncio.Lock()
         self._pending: list[asyncio.Future[Any]] = []
+        #: Pipelined events whose store JetStream has not confirmed yet: seq -> (payload, msg id).
+        self._unconfirmed: dict[int, tuple[bytes, str]] = {}
 
     @classmethod
     async def resume(cls, js: JetStreamContext, tenant: str, run_id: str) -> RunEventLog:
@@ -72,7 +78,7 @@ class RunEventLog:
         replaces the default ``<run_id>:<seq>`` de-duplication id, for events that must
         exist once per run whatever their sequence number (the terminal event).
         """
-        async with self._lock:  # seq order must equal stream order
+        async with self._lock:  # the terminal event comes after every step in the stream
             await self.flush()
             event = self._next(type, data, at)
             ack = await self._js.publish(
@@ -96,21 +102,37 @@ class RunEventLog:
         """
         async with self._lock:
             event = self._next(type, data, at)
-            self._pending.append(
-                await self._js.publish_async(
-                    self._subject,
-                    event.__pydantic_serializer__.to_json(event),
-                    headers={subjects.MSG_ID_HEADER: f"{self.run_id}:{event.seq}"},
-                )
-            )
+            payload, msg_id = event.__pydantic_serializer__.to_json(event), f"{self.run_id}:{event.seq}"
+            self._unconfirmed[event.seq] = (payload, msg_id)
+            future = await self._js.publish_async(self._subject, payload, headers={subjects.MSG_ID_HEADER: msg_id})
+            future.add_done_callback(lambda f, seq=event.seq: self._confirmed(seq, f))
+            self._pending.append(future)
             self.last_seq = event.seq
             return event
+
+    def _confirmed(self, seq: int, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._unconfirmed.pop(seq, None)
 
     async def flush(self, timeout: float = PUBLISH_ACK_TIMEOUT_S) -> None:
         """Wait until JetStream stored every event published with :meth:`emit_nowait`."""
         pending, self._pending = self._pending, []
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), timeout)
+
+    async def republish_unconfirmed(self) -> int:
+        """Publish again, in order and awaited, every event whose store was never confirmed
+        (after a reconnect: it may have been lost in flight, while later ones, buffered during
+        the outage, were stored). Each keeps its seq and message id, so one that was stored
+        after all is dropped by the duplicate window: the run's seq stays gapless, though a
+        re-sent event may sit after later ones in the stream (readers order by seq)."""
+        async with self._lock:
+            self._pending = []  # acks owed by the broken connection will not come
+            again = sorted(self._unconfirmed.items())
+            for seq, (payload, msg_id) in again:
+                await self._js.publish(self._subject, payload, headers={subjects.MSG_ID_HEADER: msg_id})
+                self._unconfirmed.pop(seq, None)
+            return len(again)
 
     def _next(self, type: EventType, data: dict[str, Any] | None, at: datetime | None) -> TraceEvent:
         event = TraceEvent(run_id=self.run_id, seq=self.last_seq + 1, type=type, data=data or {})
@@ -171,27 +193,46 @@ async def follow(
     try:
         next_seq = after_seq + 1
         async for event in stored(nc, tenant, run_id, after_seq):
-            next_seq = event.seq + 1
-            yield event
-            if until_terminal and event.type.terminal:
-                return
-        while True:
-            try:
-                data = await asyncio.wait_for(live.get(), idle_timeout_s)
-            except TimeoutError:
-                yield None
-                continue
-            event = TraceEvent.model_validate_json(data)
             if event.seq < next_seq:
-                continue  # already read from the stream
-            if event.seq > next_seq:  # a live message was missed: read the gap from the stream
-                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=event.seq):
-                    next_seq = missed.seq + 1
-                    yield missed
+                continue
             next_seq = event.seq + 1
             yield event
             if until_terminal and event.type.terminal:
                 return
+        held: dict[int, TraceEvent] = {}  # arrived ahead of a missing seq
+        hole_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = idle_timeout_s
+            if held:
+                wait = max(0.0, (hole_since or 0) + GAP_WAIT_S - loop.time())
+                wait = min(wait, idle_timeout_s) if idle_timeout_s is not None else wait
+            try:
+                data = await asyncio.wait_for(live.get(), wait)
+            except TimeoutError:
+                if not held:
+                    yield None
+                    continue
+                data = None
+            if data is not None:
+                event = TraceEvent.model_validate_json(data)
+                if event.seq >= next_seq:
+                    held[event.seq] = event
+            if held and next_seq not in held:  # a hole: the stream may have it (missed live)
+                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=min(held)):
+                    held.setdefault(missed.seq, missed)
+            if held and next_seq not in held:
+                hole_since = hole_since if hole_since is not None else loop.time()
+                if loop.time() - hole_since < GAP_WAIT_S:
+                    continue  # re-sent after a broker crash: it arrives out of order
+                next_seq = min(held)  # give up on the hole rather than stall the follower
+            hole_since = None
+            while next_seq in held:
+                event = held.pop(next_seq)
+                next_seq += 1
+                yield event
+                if until_terminal and event.type.terminal:
+                    return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
@@ -204,17 +245,18 @@ async def _stored_direct(
     js = nc.jetstream()
     subject = subjects.run_events(tenant, run_id)
     stream_seq = 1
+    found: list[TraceEvent] = []
     while True:
         try:
             raw = await js.get_msg(subjects.EVENTS_STREAM, seq=stream_seq, subject=subject, next=True, direct=True)
         except NotFoundError:
-            return
+            break
         event = TraceEvent.model_validate_json(raw.data)
-        if before_seq is not None and event.seq >= before_seq:
-            return
-        if event.seq > after_seq:
-            yield event
+        if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
+            found.append(event)
         stream_seq = raw.seq + 1
+    for event in sorted(found, key=lambda e: e.seq):  # stream order may differ (republished)
+        yield event
 
 
 async def _stored_by_consumer(
@@ -249,12 +291,13 @@ async def _stored_by_consumer(
                 num_replicas=1,
             ),
         )
+        found: list[TraceEvent] = []
         for _ in range(info.num_pending or 0):
             event = TraceEvent.model_validate_json(await asyncio.wait_for(arrived.get(), REPLAY_MESSAGE_TIMEOUT_S))
-            if before_seq is not None and event.seq >= before_seq:
-                return
-            if event.seq > after_seq:
-                yield event
+            if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
+                found.append(event)
+        for event in sorted(found, key=lambda e: e.seq):  # stream order may differ (republished)
+            yield event
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -225,7 +225,8 @@ class Bus:
             subjects.run_events(self.tenant, run_id), ordered_consumer=True, stream=subjects.EVENTS_STREAM
         )
         try:
-            return [TraceEvent.model_validate_json((await sub.next_msg(timeout=10)).data) for _ in range(count)]
+            events = [TraceEvent.model_validate_json((await sub.next_msg(timeout=10)).data) for _ in range(count)]
+            return sorted(events, key=lambda e: e.seq)  # re-sent events may sit out of stream order
         finally:
             await sub.unsubscribe()
 

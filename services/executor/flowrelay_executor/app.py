@@ -92,7 +92,7 @@ def create_app(
     async def before_connect() -> None:
         await executor.start_pool()
         await broker.connect()
-        await executor.attach(broker.connection.jetstream())
+        await executor.attach(broker.connection)
 
 
     app = FastStream(

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
@@ -134,6 +135,7 @@ class Executor:
         self.settings = settings
         self.executor_id = executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.pool: ProcessPool | ThreadPool | None = None
+        self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._store: RunStore | None = None
         self._index: RunIndex | None = None
@@ -180,9 +182,10 @@ class Executor:
             self.executor_id, self.pool.isolation, self.pool.slots, self.pool.frameworks, len(self.pool.tools),
         )
 
-    async def attach(self, js: JetStreamContext) -> None:
+    async def attach(self, nc: Client) -> None:
         """Declare what the executor needs on the bus (before its subscriber binds)."""
-        self._js = js
+        self._nc = nc
+        self._js = js = nc.jetstream()
         await topology.declare(js, self.settings)
         self._store = await RunStore.open(js)
         self._index = RunIndex(js)
@@ -383,8 +386,8 @@ class Executor:
         assert self._js is not None
         for attempt in itertools.count():
             try:
-                if run.events_lost or attempt:  # continue after what the stream really holds
-                    run.events = await RunEventLog.resume(self._js, run.request.tenant, run.request.run_id)
+                if run.events_lost or attempt:  # first send what the stream may be missing
+                    await run.events.republish_unconfirmed()
                 await self._finish(run.msg, run.request, run.events, outcome, attempt=run.attempt)
                 return
             except Exception as exc:  # noqa: BLE001 - a stored outcome is the goal; keep trying
@@ -522,10 +525,15 @@ class Executor:
     async def _fence(self) -> None:
         """A run whose claim another executor took while this one was cut off (it thought us
         dead) is stopped here and nothing more is written for it: one owner per attempt."""
-        assert self._store is not None
+        assert self._store is not None and self._nc is not None
+        with contextlib.suppress(Exception):
+            await self._nc.flush()  # what was buffered during the outage is now on the server
         for run in list(self._active.values()):
             try:
                 record = await self._store.get(run.request.tenant, run.request.run_id)
+                # Step events in flight when the connection broke may be lost while later
+                # ones, buffered during the outage, were stored: send the unconfirmed again.
+                await run.events.republish_unconfirmed()
             except Exception:  # noqa: BLE001 - still reconnecting: the next reconnect checks again
                 continue
             if record is not None and (record.executor_id != self.executor_id or record.attempts != run.attempt):
