@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
 from flowrelay_api import routes_console, routes_execute, routes_keys, routes_ops, routes_runs
@@ -22,6 +23,10 @@ from flowrelay_api.settings import ApiSettings
 
 #: Paths whose requests are run submissions (for the submissions counter).
 _SUBMIT_PATHS = frozenset({"/runs", "/execute"})
+
+#: Where the Swagger UI and ReDoc assets (shipped by fastapi-offline) are served: under
+#: ``/docs`` so that one public prefix covers the docs pages and their files.
+DOCS_ASSETS_PATH = "/docs/assets"
 
 _DESCRIPTION = """\
 Runs any-agent workflows on a pool of executors over NATS JetStream.
@@ -50,7 +55,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         finally:
             await context.close()
 
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs and /redoc served from local copies of Swagger UI
+    # and ReDoc (FastAPI's own pages load them, and Google fonts, from CDNs: blank offline).
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_PATH,
         title="flowrelay",
         summary="Run any-agent workflows behind a web API.",
         description=_DESCRIPTION,

@@ -28,6 +28,7 @@ from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
 from flowrelay_bus.index import RunIndex
 from flowrelay_bus.outputs import OutputStore
+from flowrelay_bus.lifecycle import stop_broker
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import subjects
 from flowrelay_contracts.ids import RunIdGenerator
@@ -98,7 +99,7 @@ class ApiContext:
 
     async def close(self) -> None:
         await self.executors.stop()
-        await self.broker.stop()
+        await stop_broker(self.broker)
 
     @property
     def connected(self) -> bool:

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 Loc = tuple[str | int, ...]
 
+#: FastAPI's 400 for a body it could not decode (invalid UTF-8, a broken upload); it names
+#: neither cause nor fix, so it is replaced by :data:`UNREADABLE_BODY`.
+_FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
+UNREADABLE_BODY = "the request body could not be read: send JSON text encoded as UTF-8"
+
 #: What talking to NATS can raise: its own errors, timeouts, and socket failures.
 BUS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
 
@@ -205,7 +210,9 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail
     headers = exc.headers
-    if exc.status_code == 404 and detail == "Not Found":
+    if exc.status_code == 400 and detail == _FASTAPI_UNPARSABLE_BODY:
+        detail = UNREADABLE_BODY
+    elif exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         detail = f"method {request.method} is not allowed on {request.url.path}"

@@ -109,7 +109,7 @@ async def create_run(
     description="The runs of the key's tenant (an admin key: of every tenant, or of `tenant`). "
     "Cursor pagination: pass the `next_cursor` of a page as `cursor` to get the next one; it is null "
     "on the last page. With `status`, a page may hold fewer runs than `limit` and still have a cursor.",
-    responses=_INVALID,
+    responses={**_INVALID, **_UNAVAILABLE},
 )
 async def list_runs(
     request: Request,
@@ -139,7 +139,7 @@ async def list_runs(
     response_model=RunView,
     summary="Get a run",
     description="Status, output or error, the suggester's guidance, token usage and cost.",
-    responses=_NOT_FOUND,
+    responses={**_NOT_FOUND, **_INVALID, **_UNAVAILABLE},
 )
 async def get_run(request: Request, ctx: Context, caller: Reader, run_id: RunId) -> Response:
     record = await runs.get_run(ctx, caller, run_id)
@@ -175,6 +175,8 @@ async def run_output(ctx: Context, caller: Reader, run_id: RunId) -> Response:
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
         **_NOT_FOUND,
+        **_INVALID,
+        **_UNAVAILABLE,
     },
 )
 async def run_events(
@@ -201,6 +203,8 @@ async def run_events(
     responses={
         409: {"model": ErrorResponse, "description": "The run has already ended."},
         **_NOT_FOUND,
+        **_INVALID,
+        **_UNAVAILABLE,
     },
 )
 async def cancel_run(ctx: Context, caller: Canceller, run_id: RunId) -> Response:
