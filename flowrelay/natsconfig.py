@@ -116,6 +116,8 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             *_direct(f"KV_{subjects.IDEMPOTENCY_BUCKET}", body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}"), *_direct(f"KV_{subjects.API_KEYS_BUCKET}"),
             *_direct(f"OBJ_{subjects.OUTPUTS_BUCKET}"),  # GET /runs/{id}/output, without a consumer
+            # GET /executors reads the queue depth from the executors' consumer
+            f"{_API}.CONSUMER.INFO.{subjects.RUNS_STREAM}.{subjects.EXECUTORS_CONSUMER}",
             subjects.RUN_REQUESTED_ALL, subjects.RUN_ADVISE, subjects.RUN_CANCEL_ALL, subjects.EVENTS_ALL,
             subjects.INDEX_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.IDEMPOTENCY_BUCKET),
             _kv(subjects.API_KEYS_BUCKET),

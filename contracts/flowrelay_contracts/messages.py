@@ -257,6 +257,16 @@ class ExecutorCapabilities(_Message):
     isolation: Isolation
     execution: Literal["execute", "suggest"] = "execute"
     updated_at: datetime = Field(default_factory=utcnow)
+    #: Modules the executor loads tools from (``FLOWRELAY_TOOL_MODULES``), for advice.
+    tool_modules: list[str] = Field(default_factory=list)
+    #: Tools a workflow might expect that this executor does not offer, and why (a built-in
+    #: whose package is missing, a function of a tool module that could not be a tool).
+    unavailable_tools: dict[str, str] = Field(default_factory=dict)
+    #: Runs it holds right now (as of ``updated_at``).
+    running: int = 0
+    #: When it started, and where its Prometheus metrics are served (None: not served).
+    started_at: datetime | None = None
+    metrics_port: int | None = None
 
 
 class RunIndexEntry(_Message):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 
 from nats.aio.client import Client
@@ -136,12 +137,8 @@ def _unsupported(workflow: Workflow, executors: list[ExecutorCapabilities]) -> l
                 problems.append(
                     (
                         ("body", "workflow", "nodes", i, "data", "tools", j),
-                        (
-                            f"node {node.id!r} (agent {spec.name!r}) uses tool {tool!r}, which no "
-                            f"running executor registers (registered: "
-                            f"{', '.join(sorted(tools)) or 'none'}); add its module to "
-                            "FLOWRELAY_TOOL_MODULES on the executors"
-                        ),
+                        f"node {node.id!r} (agent {spec.name!r}) uses tool {tool!r}, "
+                        + _tool_advice(tool, tools, executors),
                         "tool_not_registered",
                     )
                 )
@@ -159,3 +156,31 @@ def _unsupported(workflow: Workflow, executors: list[ExecutorCapabilities]) -> l
                     )
                 )
     return problems
+
+
+def _tool_advice(tool: str, tools: set[str], executors: list[ExecutorCapabilities]) -> str:
+    """Why no executor offers ``tool`` and what fixes it, from what the executors reported.
+
+    In order: a reason an executor gave (a built-in's missing package, a function of a tool
+    module that could not be a tool), a registered name it is probably a typo of, or how to
+    add a tool, naming the modules the executors already load when there are some.
+    """
+    for executor in executors:
+        if reason := executor.unavailable_tools.get(tool):
+            return f"which the running executors do not offer: {reason}"
+    registered = ", ".join(sorted(tools)) or "none"
+    close = difflib.get_close_matches(tool, sorted(tools), n=1)
+    if close:
+        return f"which no running executor registers; did you mean {close[0]!r}? (registered: {registered})"
+    modules = sorted({m for e in executors for m in e.tool_modules})
+    where = (
+        f"in one of the modules they load tools from ({', '.join(modules)}) or in another module "
+        "listed in FLOWRELAY_TOOL_MODULES"
+        if modules
+        else "in a module on their PYTHONPATH listed in FLOWRELAY_TOOL_MODULES"
+    )
+    return (
+        f"which no running executor registers (registered: {registered}); to add it, define a "
+        f"public function {tool}() with a docstring and type hints {where}, and restart the "
+        "executors"
+    )

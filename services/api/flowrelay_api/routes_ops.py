@@ -1,15 +1,24 @@
-"""Operations endpoints: liveness for load balancers, metrics for Prometheus."""
+"""Operations endpoints: liveness for load balancers, metrics for Prometheus, the executors."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from nats.js.errors import NotFoundError
 from starlette.responses import Response
 
 from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
-from flowrelay_api.schemas import AUTH_ERRORS, Health, json_response
+from flowrelay_api.schemas import (
+    AUTH_ERRORS,
+    ErrorResponse,
+    ExecutorsOverview,
+    Health,
+    QueueDepth,
+    json_response,
+)
+from flowrelay_contracts import subjects
 
 router = APIRouter(tags=["operations"])
 
@@ -51,3 +60,31 @@ async def metrics(
 ) -> Response:
     body, content_type = ctx.metrics.render()
     return Response(body, media_type=content_type)
+
+
+@router.get(
+    "/executors",
+    response_model=ExecutorsOverview,
+    summary="Live executors and the run queue",
+    description="Each executor that advertised itself in the last few seconds, with its frameworks, "
+    "tools (and the tools it cannot offer, with the reason), slots, runs it holds, isolation and "
+    "metrics port; and the run queue's depth. `flowrelay status` shows this. Needs the `admin` "
+    "scope: it describes the whole deployment, every tenant's queue included.",
+    responses={503: {"model": ErrorResponse, "description": "NATS is unavailable."}, **AUTH_ERRORS},
+)
+async def executors(
+    ctx: Annotated[ApiContext, Depends(get_context)],
+    caller: Annotated[Principal, Depends(require(Scope.ADMIN))],
+) -> Response:
+    live = sorted(ctx.executors.live, key=lambda e: e.executor_id)
+    return json_response(ExecutorsOverview(executors=live, queue=await _queue_depth(ctx)))
+
+
+async def _queue_depth(ctx: ApiContext) -> QueueDepth:
+    """From the executors' shared consumer; before any executor created it, the stream's size."""
+    try:
+        info = await ctx.js.consumer_info(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER)
+    except NotFoundError:
+        stream = await ctx.js.stream_info(subjects.RUNS_STREAM)
+        return QueueDepth(waiting=stream.state.messages, held=0)
+    return QueueDepth(waiting=info.num_pending or 0, held=info.num_ack_pending or 0)

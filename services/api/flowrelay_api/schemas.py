@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from flowrelay_contracts import (
     AgentUsage,
+    ExecutorCapabilities,
     Isolation,
     OutputRef,
     RunError,
@@ -226,6 +227,22 @@ class Health(BaseModel):
     nats: str = Field(description="'connected' or 'disconnected'.")
     executors: int = Field(description="Executors that advertised their capabilities recently.")
     problems: list[str] = Field(default_factory=list, description="What is wrong, one sentence each.")
+
+
+class QueueDepth(BaseModel):
+    """The run queue as JetStream counts it (all executors share one consumer)."""
+
+    waiting: int = Field(description="Run requests queued that no executor has taken yet.")
+    held: int = Field(description="Run requests executors hold (running, or about to), not acked yet.")
+
+
+class ExecutorsOverview(BaseModel):
+    """Answer of ``GET /executors``: who runs work now, what they offer, what waits."""
+
+    executors: list[ExecutorCapabilities] = Field(
+        description="Executors that advertised themselves in the last few seconds."
+    )
+    queue: QueueDepth
 
 
 class ErrorResponse(BaseModel):

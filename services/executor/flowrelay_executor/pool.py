@@ -127,6 +127,9 @@ class ProcessPool:
         #: Frameworks installed here that failed the start-up self-check, and why.
         self.framework_failures: dict[str, str] = {}
         self.tools: list[str] = []
+        self.tool_modules: list[str] = []
+        self.unavailable_tools: dict[str, str] = {}
+        self.tool_warnings: list[str] = []
         self.crashes = 0
 
     @property
@@ -147,6 +150,8 @@ class ProcessPool:
             self.frameworks, self.tools = info["frameworks"], info["tools"]
             self.framework_versions = info["framework_versions"]
             self.framework_failures = info["framework_failures"]
+            self.tool_modules, self.unavailable_tools = info["tool_modules"], info["unavailable_tools"]
+            self.tool_warnings = info["warnings"]
             await asyncio.gather(*(self._spawn(self._options()) for _ in range(self._size - 1)))
         except Exception as exc:
             await self.close(grace_s=0)

@@ -149,6 +149,9 @@ class Executor:
         self._advertiser: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeater: asyncio.Task[None] | None = None
+        self._started_at = utcnow()
+        #: Port of this executor's Prometheus endpoint once it serves one (advertised).
+        self.metrics_port: int | None = None
 
     # -- 1. start -----------------------------------------------------------------------
 
@@ -178,9 +181,11 @@ class Executor:
         for name, why in self.pool.framework_failures.items():
             log.warning("framework %s is installed but not offered: its self-check failed: %s", name, why)
         log.info(
-            "executor %s: isolation=%s slots=%d frameworks=%s tools=%d",
-            self.executor_id, self.pool.isolation, self.pool.slots, self.pool.frameworks, len(self.pool.tools),
+            "executor %s: isolation=%s slots=%d frameworks=%s tools=%s",
+            self.executor_id, self.pool.isolation, self.pool.slots, self.pool.frameworks, ", ".join(self.pool.tools),
         )
+        for warning in self.pool.tool_warnings:  # once per executor, not once per worker
+            log.warning("tools: %s", warning)
 
     async def attach(self, nc: Client) -> None:
         """Declare what the executor needs on the bus (before its subscriber binds)."""
@@ -575,6 +580,8 @@ class Executor:
                 framework_versions=self.pool.framework_versions, tools=self.pool.tools,
                 mcp_stdio_commands=sorted(c.strip() for c in self.settings.mcp_stdio_allowlist.split(",") if c.strip()),
                 slots=self.pool.slots, isolation=Isolation(self.pool.isolation),
+                tool_modules=self.pool.tool_modules, unavailable_tools=self.pool.unavailable_tools,
+                running=len(self._active), started_at=self._started_at, metrics_port=self.metrics_port,
             )
             with contextlib.suppress(Exception):
                 await kv.put(self.executor_id, caps.model_dump_json().encode())

@@ -37,6 +37,9 @@ class ThreadPool:
         self.framework_versions: dict[str, str] = {}
         self.framework_failures: dict[str, str] = {}
         self.tools: list[str] = []
+        self.tool_modules: list[str] = []
+        self.unavailable_tools: dict[str, str] = {}
+        self.tool_warnings: list[str] = []
         self.pids: list[int] = []
         self.crashes = 0
 
@@ -93,6 +96,8 @@ class ThreadPool:
             self._runner = JobRunner(engine, self._send)
             self.frameworks, self.tools = engine.frameworks, tools.names()
             self.framework_versions = engine.framework_versions
+            self.tool_modules, self.unavailable_tools = tools.modules, tools.unavailable()
+            self.tool_warnings = tools.warnings
         except Exception as exc:
             self._main.call_soon_threadsafe(ready.set_exception, exc)
             return

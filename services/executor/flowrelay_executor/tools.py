@@ -7,7 +7,14 @@ Python callables. It holds
   ``visit_webpage``, ``search_tavily``),
 * operator tools from the modules named in ``FLOWRELAY_TOOL_MODULES`` (comma-separated) and
   from installed packages' ``flowrelay.tools`` entry points. A module contributes its
-  ``TOOLS`` list if it has one, else the callables named in ``__all__``.
+  ``TOOLS`` list if it has one, else the callables named in ``__all__``, else every public
+  function it defines itself (not the ones it imports, not ``_private`` ones).
+
+A listed tool (``TOOLS``, ``__all__``) that any-agent could not describe (no docstring, a
+parameter without a type hint) stops the worker at start: the operator said it is a tool. A
+discovered function that cannot be one is skipped with a reason, and a module that gives no
+tool at all is a start-up warning saying why (:attr:`ToolRegistry.warnings`); both reasons
+are advertised (:meth:`ToolRegistry.unavailable`) so the API can explain a refused workflow.
 
 It also checks MCP servers: a ``url`` server is allowed; a ``command`` (stdio) server starts
 a program on the executor, so it is allowed only if the command is in
@@ -21,6 +28,7 @@ operator installed. Unknown names fail the run as ``invalid_workflow`` naming th
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import importlib
 import importlib.metadata
@@ -130,6 +138,11 @@ class ToolRegistry:
     ) -> None:
         self._tools: dict[str, Callable[..., Any]] = {}
         self._sources: dict[str, str] = {}
+        self._skipped: dict[str, str] = {}
+        self._modules: list[str] = []
+        #: Start-up problems worth an operator's attention (a module that gave no tool...).
+        self.warnings: list[str] = []
+        self._offer_builtins = builtins
         self._builtins = {
             name: spec for name, spec in _BUILTINS.items() if builtins and _installed(spec.requires)
         }
@@ -147,6 +160,7 @@ class ToolRegistry:
         registry = cls(mcp_stdio_allowlist=_split_csv(os.environ.get(MCP_STDIO_ALLOWLIST_ENV, "")))
         for module_name in _split_csv(os.environ.get(TOOL_MODULES_ENV, "")):
             registry.add_module(importlib.import_module(module_name))
+            registry._modules.append(module_name)
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             registry._add_loaded(entry_point.load(), source=f"entry point {entry_point.value}")
         return registry
@@ -169,13 +183,34 @@ class ToolRegistry:
         self._tools[name] = function
         self._sources[name] = source or "code"
 
-    def add_module(self, module: ModuleType) -> None:
-        """Register the module's ``TOOLS`` list, or else the callables in its ``__all__``."""
-        self._add_loaded(module, source=f"module {module.__name__}")
+    def add_module(self, module: ModuleType) -> list[str]:
+        """Register the module's tools (see the module docstring); the names it gave."""
+        return self._add_loaded(module, source=f"module {module.__name__}")
 
     def names(self) -> list[str]:
         """Every tool name a workflow may use here, sorted."""
         return sorted({*self._tools, *self._builtins})
+
+    @property
+    def modules(self) -> list[str]:
+        """The ``FLOWRELAY_TOOL_MODULES`` this registry loaded."""
+        return list(self._modules)
+
+    def unavailable(self) -> dict[str, str]:
+        """Tool names a workflow might expect that are not offered here, and why.
+
+        any-agent built-ins whose packages are missing, and functions of tool modules that
+        were skipped; the API quotes these reasons when it refuses a workflow.
+        """
+        missing = {
+            name: (
+                "it needs the Python package(s) "
+                f"{', '.join(m for m in spec.requires if not _installed((m,)))} on the executors"
+            )
+            for name, spec in _BUILTINS.items()
+            if self._offer_builtins and not _installed(spec.requires) and name not in self._tools
+        }
+        return missing | {n: why for n, why in self._skipped.items() if n not in self._tools}
 
     def resolve(self, spec: str | McpServer) -> Callable[..., Any] | McpTarget:
         """The callable for a tool name, or the checked target of an MCP server.
@@ -195,8 +230,12 @@ class ToolRegistry:
                 f"tool {spec!r} is not available on this executor: it needs the Python "
                 f"package(s) {missing} (pip install them on the executor)"
             )
+        if spec in self._skipped:
+            raise UnknownToolError(f"tool {spec!r} is not available on this executor: {self._skipped[spec]}")
         known = ", ".join(self.names()) or "none"
-        raise UnknownToolError(f"unknown tool {spec!r}; this executor has: {known}")
+        close = difflib.get_close_matches(spec, self.names(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownToolError(f"unknown tool {spec!r}; {hint}this executor has: {known}")
 
     def _resolve_mcp(self, server: McpServer) -> McpTarget:
         tools = tuple(server.tools) if server.tools is not None else None
@@ -221,22 +260,53 @@ class ToolRegistry:
             unset_env=tuple(sorted(name for name in os.environ if is_secret_name(name))),
         )
 
-    def _add_loaded(self, loaded: Any, *, source: str) -> None:
+    def _add_loaded(self, loaded: Any, *, source: str) -> list[str]:
         if isinstance(loaded, ModuleType):
             listed = getattr(loaded, "TOOLS", None)
-            if listed is None:
-                public = getattr(loaded, "__all__", ())
-                listed = [getattr(loaded, name) for name in public]
+            if listed is None and hasattr(loaded, "__all__"):
+                listed = [getattr(loaded, name) for name in loaded.__all__]
                 listed = [t for t in listed if callable(t) and not inspect.isclass(t)]
-            for function in listed:
-                self.add(function, source=source)
+            if listed is None:
+                return self._add_discovered(loaded, source=source)
         elif isinstance(loaded, (list, tuple)):
-            for function in loaded:
-                self.add(function, source=source)
+            listed = loaded
         elif callable(loaded):
-            self.add(loaded, source=source)
+            listed = [loaded]
         else:
             raise TypeError(f"{source} is neither a module, a list of tools nor a callable")
+        for function in listed:
+            self.add(function, source=source)
+        if not listed:
+            self.warnings.append(f"{source} gave no tools: its TOOLS or __all__ list is empty")
+        return [getattr(f, "__name__", "") for f in listed]
+
+    def _add_discovered(self, module: ModuleType, *, source: str) -> list[str]:
+        """Every public function ``module`` defines is a tool, if any-agent can describe it."""
+        added: list[str] = []
+        skipped: list[str] = []
+        for name, function in vars(module).items():
+            if name.startswith("_") or not inspect.isfunction(function):
+                continue
+            if function.__module__ != module.__name__:  # imported from elsewhere
+                continue
+            try:
+                self.add(function, source=source)
+            except (TypeError, ValueError) as exc:
+                reason = f"{exc}, so it was not registered"
+                self._skipped[name] = reason
+                skipped.append(reason)
+            else:
+                added.append(name)
+        self.warnings.extend(skipped)
+        if not added:
+            why = (
+                "every public function it defines was skipped (see above)"
+                if skipped
+                else "it defines no public function (imported functions and names starting "
+                "with '_' are not tools; or list them in TOOLS or __all__)"
+            )
+            self.warnings.append(f"{source} gave no tools: {why}")
+        return added
 
 
 def _check_signature(function: Callable[..., Any], name: str, where: str) -> None:

@@ -9,7 +9,8 @@ The executor talks to a worker over a socket pair, one JSON document per line:
 * executor -> worker: ``{"op": "run", "job": {...}}``, ``{"op": "cancel", "run_id", "reason"}``,
   ``{"op": "stats"}``, ``{"op": "stop"}`` (finish what runs, then exit).
 * worker -> executor: ``{"op": "ready", "pid", "frameworks", "framework_versions",
-  "framework_failures", "tools"}`` once warm (and, for the worker told to, self-checked),
+  "framework_failures", "tools", "tool_modules", "unavailable_tools", "warnings"}`` once warm
+  (and, for the worker told to, self-checked),
   ``{"op": "event", "run_id", "type", "data", "at"}`` as steps happen,
   ``{"op": "done", "run_id", "outcome"}``, ``{"op": "stats", "rss_mb", "completed", "active"}``.
 
@@ -75,6 +76,7 @@ async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
         "op": "ready", "pid": os.getpid(), "frameworks": engine.frameworks,
         "framework_versions": engine.framework_versions, "framework_failures": failures,
         "tools": tools.names(),
+        "tool_modules": tools.modules, "unavailable_tools": tools.unavailable(), "warnings": tools.warnings,
     })
 
     while line := await reader.readline():  # EOF: the executor is gone, nobody to report to
