@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 
 
 async def stop_broker(broker: NatsBroker) -> None:
-    """Drain and close ``broker``'s connection; just close it if NATS is unreachable."""
+    """Drain and close ``broker``'s connection; just close it if NATS is unreachable.
+
+    Safe to call from a FastStream ``on_shutdown`` hook (the app's own stop follows).
+    """
     try:
         connection = broker.connection
     except Exception:  # noqa: BLE001 - never connected: nothing to close but the broker
@@ -30,3 +33,6 @@ async def stop_broker(broker: NatsBroker) -> None:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+        # FastStream's application stops its broker once more after the shutdown hooks;
+        # without a connection that stop has nothing to drain (and so cannot fail).
+        broker._connection = None

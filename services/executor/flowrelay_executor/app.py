@@ -5,11 +5,14 @@ The subscribers declared here are what ``faststream docs gen`` documents (AsyncA
 
 from __future__ import annotations
 
+import logging
+
 from faststream import AsyncAPI, FastStream
 from faststream.nats import JStream, PullSub
 from faststream.nats.annotations import NatsMessage
 
 from flowrelay_bus.connection import make_broker
+from flowrelay_bus.lifecycle import stop_broker
 from flowrelay_contracts import (
     CancelRequest,
     DeadLetter,
@@ -31,8 +34,12 @@ def create_app(
 ) -> tuple[FastStream, Executor]:
     settings = settings or ExecutorSettings()
     executor = Executor(settings)
+    # FastStream's default loggers write ANSI colour codes into log files: use ours.
     broker = make_broker(
-        settings, name=f"flowrelay-executor-{executor.executor_id}", reconnected_cb=executor.on_reconnected
+        settings,
+        name=f"flowrelay-executor-{executor.executor_id}",
+        reconnected_cb=executor.on_reconnected,
+        logger=logging.getLogger("flowrelay.executor.broker"),
     )
 
     if document_only:
@@ -95,10 +102,14 @@ def create_app(
         await executor.attach(broker.connection)
 
 
+    async def after_drain() -> None:
+        await stop_broker(broker)
+
     app = FastStream(
         broker,
+        logger=logging.getLogger("flowrelay.executor.app"),
         on_startup=[before_connect],
-        on_shutdown=[executor.drain],
+        on_shutdown=[executor.drain, after_drain],
         specification=AsyncAPI(title="flowrelay executor", version=SPEC_VERSION),
     )
     return app, executor

@@ -14,6 +14,9 @@ through the backlog:
     Suggestion-only mode: ``run.started``, ``suggestion``, ``run.completed``, and the record
     ends ``succeeded`` / ``degraded`` (:mod:`~flowrelay_suggester.advice`).
 
+The consumers are read by :class:`~flowrelay_suggester.consume.PullLoop` (plain nats-py,
+quiet when idle); FastStream connects, runs the app and documents the channels (AsyncAPI).
+
 Delivery: acknowledgements are manual. A message is acked only once its events and its
 record are written; a bus error naks it with a growing delay; a payload that cannot be
 decoded, or has an unknown ``schema_version``, is termed and dead-lettered at once (retrying
@@ -25,6 +28,7 @@ compare-and-set merges.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,7 +38,6 @@ from faststream import FastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
-from faststream.nats.message import NatsMessage as NatsMessageType
 from nats.errors import NotJSMessageError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
@@ -45,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
 from flowrelay_bus.events import RunEventLog, last_event, last_event_seq
+from flowrelay_bus.lifecycle import stop_broker
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     SCHEMA_VERSION,
@@ -64,6 +68,7 @@ from flowrelay_contracts.messages import utcnow
 from flowrelay_suggester import advice, rules
 from flowrelay_suggester.analysis import Hints
 from flowrelay_suggester.assist import Assistant
+from flowrelay_suggester.consume import Delivery, PullLoop
 from flowrelay_suggester.settings import SuggesterSettings
 
 log = logging.getLogger(__name__)
@@ -180,7 +185,7 @@ class Suggester:
 
     # -- failure reports -------------------------------------------------------------------
 
-    async def handle_failure(self, message: NatsMessageType) -> None:
+    async def handle_failure(self, message: Delivery) -> None:
         """Guidance for one ``RunFailed``; acks once it is published and stored."""
         failure = await self._decode_or_term(message, RunFailed)
         if failure is None:
@@ -232,7 +237,7 @@ class Suggester:
 
     # -- suggestion-only runs -----------------------------------------------------------
 
-    async def handle_advice(self, message: NatsMessageType) -> None:
+    async def handle_advice(self, message: Delivery) -> None:
         """Answer one suggestion-only ``RunRequested``; acks once the run is complete."""
         request = await self._decode_or_term(message, RunRequested)
         if request is None:
@@ -284,7 +289,7 @@ class Suggester:
     # -- delivery ------------------------------------------------------------------------
 
     async def _decode_or_term(
-        self, message: NatsMessageType, model: type[_Message]
+        self, message: Delivery, model: type[_Message]
     ) -> _Message | None:
         try:
             return decode(message.body, model)
@@ -294,7 +299,7 @@ class Suggester:
             await message.reject()
             return None
 
-    async def _retry_later(self, message: NatsMessageType, exc: Exception, *, run_id: str) -> bool:
+    async def _retry_later(self, message: Delivery, exc: Exception, *, run_id: str) -> bool:
         """Nak ``message`` with backoff; on its last delivery term it instead (returns True)."""
         deliveries = _deliveries(message)
         give_up = deliveries >= MAX_DELIVER
@@ -332,7 +337,7 @@ class Suggester:
             log.exception("run %s: could not mark the abandoned run failed", request.run_id)
 
     async def _dead_letter(
-        self, message: NatsMessageType, *, reason: str, run_id: str | None = None
+        self, message: Delivery, *, reason: str, run_id: str | None = None
     ) -> None:
         """Keep an unprocessable message for operators; best effort (the term matters more)."""
         js, _ = self._bound()
@@ -358,10 +363,15 @@ class Suggester:
         return self._js, self._store
 
 
-def create_app(settings: SuggesterSettings | None = None) -> FastStream:
-    """The suggester as a FastStream application (``python -m flowrelay_suggester`` runs it)."""
+def create_app(settings: SuggesterSettings | None = None, *, document_only: bool = False) -> FastStream:
+    """The suggester as a FastStream application (``python -m flowrelay_suggester`` runs it).
+
+    ``document_only``: declare the subscribers for ``faststream docs gen`` (see
+    :func:`asyncapi_app`); the running service reads its consumers with :class:`PullLoop`.
+    """
     settings = settings or SuggesterSettings()
-    broker = make_broker(settings, name=CLIENT_NAME)
+    # FastStream's default loggers write ANSI colour codes into log files: use ours.
+    broker = make_broker(settings, name=CLIENT_NAME, logger=logging.getLogger("flowrelay.suggester.broker"))
     assistant = Assistant.from_settings(settings)
     suggester = Suggester(
         hints=Hints(
@@ -371,12 +381,13 @@ def create_app(settings: SuggesterSettings | None = None) -> FastStream:
         ),
         assistant=assistant,
     )
-    _subscribe(broker, suggester)
-    app = FastStream(broker)
+    if document_only:
+        _document(broker)
+    app = FastStream(broker, logger=logging.getLogger("flowrelay.suggester.app"))
+    loops: list[PullLoop] = []
 
     @app.on_startup
     async def _connect() -> None:
-        # Streams and consumers must exist before FastStream binds its pull subscriptions.
         connection = await broker.connect()
         js = connection.jetstream()
         await topology.declare(js, settings)
@@ -384,22 +395,33 @@ def create_app(settings: SuggesterSettings | None = None) -> FastStream:
         suggester.bind(js=js, store=await RunStore.open(js))
         if assistant is not None:
             assistant.start()
+        for durable, handler in (
+            (subjects.SUGGESTER_FAILURES_CONSUMER, suggester.handle_failure),
+            (subjects.SUGGESTER_ADVISE_CONSUMER, suggester.handle_advice),
+        ):
+            loop = PullLoop(js, stream=subjects.SUGGESTER_STREAM, durable=durable, handler=handler,
+                            batch=BATCH_SIZE, fetch_timeout_s=FETCH_TIMEOUT_S)
+            loop.start()
+            loops.append(loop)
 
     @app.on_shutdown
-    async def _stop_assistant() -> None:
+    async def _stop() -> None:
+        await asyncio.gather(*(loop.stop() for loop in loops))
         if assistant is not None:
             await assistant.stop()
+        await stop_broker(broker)
 
     return app
 
 
 def asyncapi_app() -> FastStream:
-    """The app for ``faststream docs gen --factory``, naming the suggester's NATS user so the
-    document shows how it authenticates (nothing starts)."""
-    return create_app(SuggesterSettings(nats_user="suggester"))
+    """The app with its channels declared, for ``faststream docs gen --factory``, naming the
+    suggester's NATS user so the document shows how it authenticates (nothing starts)."""
+    return create_app(SuggesterSettings(nats_user="suggester"), document_only=True)
 
 
-def _subscribe(broker: NatsBroker, suggester: Suggester) -> None:
+def _document(broker: NatsBroker) -> None:
+    """The consumers as FastStream subscribers, for the AsyncAPI document only."""
     stream = JStream(subjects.SUGGESTER_STREAM, declare=False)  # topology.declare owns streams
 
     def pull(durable: str, filter_subject: str, description: str) -> Any:
@@ -418,16 +440,16 @@ def _subscribe(broker: NatsBroker, suggester: Suggester) -> None:
         subjects.RUN_FAILED,
         "Failure reports (RunFailed) -> a suggestion event and guidance on the run record.",
     )
-    async def on_run_failed(message: NatsMessage) -> None:
-        await suggester.handle_failure(message)
+    async def on_run_failed(message: NatsMessage) -> None:  # pragma: no cover - docs only
+        raise NotImplementedError
 
     @pull(
         subjects.SUGGESTER_ADVISE_CONSUMER,
         subjects.RUN_ADVISE,
         "Suggestion-only runs (RunRequested) -> started, suggestion, completed; record succeeded.",
     )
-    async def on_run_advise(message: NatsMessage) -> None:
-        await suggester.handle_advice(message)
+    async def on_run_advise(message: NatsMessage) -> None:  # pragma: no cover - docs only
+        raise NotImplementedError
 
 
 # -- events and records -----------------------------------------------------------------
@@ -518,14 +540,14 @@ def _has_explanation(record: RunRecord | None) -> bool:
     return record is not None and any(s.code == Assistant.CODE for s in record.suggestions)
 
 
-def _deliveries(message: NatsMessageType) -> int:
+def _deliveries(message: Delivery) -> int:
     try:
         return int(message.raw_message.metadata.num_delivered)
     except _NOT_JETSTREAM:  # a core NATS message (tests): treat as the first delivery
         return 1
 
 
-def _stream_seq(message: NatsMessageType) -> int | None:
+def _stream_seq(message: Delivery) -> int | None:
     try:
         return int(message.raw_message.metadata.sequence.stream)
     except _NOT_JETSTREAM:
