@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,10 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+# Services started inside the test process (in-process apps) serve their Prometheus metrics
+# on a free port, never on the defaults a developer's `make up` uses.
+os.environ.setdefault("FLOWRELAY_METRICS_PORT", "0")
 
 from flowrelay_testkit import Bus, Stack
 

@@ -78,6 +78,7 @@ class Stack:
             "FLOWRELAY_LOG_LEVEL": "INFO",
             # the suite's own requests come fast from one admin key; the limit has its own test
             "FLOWRELAY_RATE_LIMIT": "10000/second",
+            "FLOWRELAY_METRICS_PORT": "0",  # a free port each (logged): never the defaults
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
             "EXAMPLE_SERVICE_API_KEY": TEST_SECRET,

@@ -107,6 +107,7 @@ class ProcessPool:
         start_timeout_s: float,
         frameworks: list[str] | None = None,
         env: dict[str, str] | None = None,
+        on_worker_replaced: Callable[[str], None] | None = None,
     ) -> None:
         self._size = size
         self._slots_per_worker = slots_per_worker
@@ -115,6 +116,8 @@ class ProcessPool:
         self._recycle_rss_mb = recycle_rss_mb
         self._start_timeout_s = start_timeout_s
         self._env = env
+        #: Told why each worker is replaced: ``crashed``, ``deadline`` (killed) or ``recycled``.
+        self._on_worker_replaced = on_worker_replaced or (lambda reason: None)
         self._workers: list[_Worker] = []
         self._numbers = itertools.count(1)
         self._closing = False
@@ -297,6 +300,7 @@ class ProcessPool:
         if worker.retiring or self._closing:
             return
         log.info("recycling worker %d (pid %d): %s", worker.number, worker.pid, why)
+        self._on_worker_replaced("recycled")
         worker.retiring = True
         with contextlib.suppress(Exception):
             worker.send({"op": "stop"})  # it finishes its runs, then exits
@@ -323,6 +327,7 @@ class ProcessPool:
                 if not assignment.future.done():
                     assignment.future.set_exception(WorkerLost(reason, crashed=crashed))
         if not self._closing and not worker.retiring:
+            self._on_worker_replaced("deadline" if worker.killed_for else "crashed")
             await self._replace()
         self._notify_capacity()
 

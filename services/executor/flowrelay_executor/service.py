@@ -72,6 +72,7 @@ from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tenants import is_valid_tenant
 from flowrelay_contracts.workflow import WorkflowError, WorkflowProblem
 from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
+from flowrelay_executor.metrics import ExecutorMetrics
 from flowrelay_executor.payloads import fit_event, output_bytes
 from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
 from flowrelay_executor.settings import ExecutorSettings
@@ -150,6 +151,7 @@ class Executor:
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeater: asyncio.Task[None] | None = None
         self._started_at = utcnow()
+        self.metrics = ExecutorMetrics()
         #: Port of this executor's Prometheus endpoint once it serves one (advertised).
         self.metrics_port: int | None = None
 
@@ -167,6 +169,7 @@ class Executor:
                 recycle_rss_mb=s.recycle_rss_mb,
                 start_timeout_s=s.worker_start_timeout_s,
                 frameworks=s.framework_list,
+                on_worker_replaced=lambda reason: self.metrics.worker_restarts.labels(reason).inc(),
             )
             try:
                 await pool.start()
@@ -186,6 +189,12 @@ class Executor:
         )
         for warning in self.pool.tool_warnings:  # once per executor, not once per worker
             log.warning("tools: %s", warning)
+        pool = self.pool
+        self.metrics.observe_state(
+            in_flight=lambda: len(self._active), slots=lambda: pool.slots, workers=lambda: len(pool.pids)
+        )
+        if s.metrics_port >= 0:
+            self.metrics_port = self.metrics.server.serve(s.metrics_host, s.metrics_port)
 
     async def attach(self, nc: Client) -> None:
         """Declare what the executor needs on the bus (before its subscriber binds)."""
@@ -334,6 +343,8 @@ class Executor:
             return
 
         attempt = record.attempts
+        if attempt == 1:
+            self.metrics.queue_wait_seconds.observe(max(0.0, (utcnow() - record.created_at).total_seconds()))
         events = RunEventLog(self._js, tenant, run_id) if attempt == 1 else await RunEventLog.resume(self._js, tenant, run_id)
         run = _ActiveRun(msg=msg, request=request, events=events, attempt=attempt)
         self._active[run_id] = run
@@ -373,6 +384,7 @@ class Executor:
                 if not lost.crashed or self.settings.worker_crash_policy == "retry":
                     if _deliveries(msg) < self.settings.max_deliver:
                         log.warning("run %s: %s; queueing it again", run_id, lost.reason)
+                        self.metrics.handed_back.inc()
                         await self._close_outbox(run)
                         await msg.nak(delay=NAK_BACKOFF_S[0])
                         return
@@ -433,6 +445,11 @@ class Executor:
         stored, changed = await self._store.change(request.tenant, request.run_id, to_terminal)
         if stored is not None and changed:
             await self._publish_terminal(stored, events, request)
+            active = self._active.get(request.run_id)
+            self.metrics.run_ended(
+                status.value, outcome.error.code.value if outcome.error else None,
+                time.monotonic() - active.started if active else None,
+            )
         elif stored is not None and stored.terminal:
             # Ended by someone else (a cancel), or by an earlier try of ours whose terminal
             # event did not go out: announce it unless it already was (once, by its id).
@@ -504,6 +521,8 @@ class Executor:
                 continue
             type_, data, at = item
             await run.events.emit_nowait(type_, fit_event(data), at=at)
+            if type_ == EventType.LLM_FINISHED:
+                self.metrics.model_call(data)
         if not run.stale:
             await run.events.flush()
 
@@ -585,6 +604,10 @@ class Executor:
             )
             with contextlib.suppress(Exception):
                 await kv.put(self.executor_id, caps.model_dump_json().encode())
+            with contextlib.suppress(Exception):
+                queue = await self._js.consumer_info(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER)
+                self.metrics.queue_waiting.set(queue.num_pending or 0)
+                self.metrics.queue_held.set(queue.num_ack_pending or 0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), CAPABILITIES_INTERVAL_S)
         with contextlib.suppress(Exception):
@@ -634,6 +657,7 @@ class Executor:
             stored, changed = await self._store.change(tenant, run_id, to_failed)
             if stored is not None and changed:
                 await self._publish_terminal(stored, await RunEventLog.resume(self._js, tenant, run_id), None)
+                self.metrics.run_ended(RunStatus.FAILED.value, ErrorCode.INVALID_REQUEST.value, None)
         await msg.term()
 
     async def _give_up(self, msg: Msg, request: RunRequested, record: RunRecord) -> None:
@@ -655,6 +679,7 @@ class Executor:
             status="failed", error=RunError(code=ErrorCode.INTERNAL_ERROR, message=reason, retryable=True)))
 
     async def _hand_back(self, msg: Msg) -> None:
+        self.metrics.handed_back.inc()
         with contextlib.suppress(Exception):
             await msg.nak(delay=NAK_BACKOFF_S[min(_deliveries(msg), len(NAK_BACKOFF_S)) - 1])
 
@@ -675,6 +700,7 @@ class Executor:
             _, pending = await asyncio.wait(running, timeout=self.settings.drain_grace_s)
             if pending:
                 log.warning("handing back %d unfinished runs to other executors", len(pending))
+                self.metrics.handed_back.inc(len(self._active))
                 for run in list(self._active.values()):
                     with contextlib.suppress(Exception):
                         await run.msg.nak()
@@ -688,6 +714,7 @@ class Executor:
                 await self._advertiser
         if self.pool is not None:
             await self.pool.close(grace_s=2.0)
+        self.metrics.server.close()
 
     # -- helpers --------------------------------------------------------------------------
 

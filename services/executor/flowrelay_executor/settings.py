@@ -64,6 +64,13 @@ class ExecutorSettings(BusSettings):
         default="", description="Comma-separated commands MCP stdio servers may run (stdio MCP is code execution)."
     )
 
+    # -- observability -------------------------------------------------------------------
+    metrics_host: str = Field(default="127.0.0.1", description="Interface the Prometheus endpoint (/metrics) binds to.")
+    metrics_port: int = Field(
+        default=9101, ge=-1, le=65535,
+        description="Port of the Prometheus endpoint; 0 picks a free port (logged), -1 turns it off.",
+    )
+
     @property
     def heartbeat_interval_s(self) -> float:
         """In-progress heartbeats well inside ``ack_wait`` so slow runs are not redelivered."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -69,6 +70,7 @@ from flowrelay_suggester import advice, rules
 from flowrelay_suggester.analysis import Hints
 from flowrelay_suggester.assist import Assistant
 from flowrelay_suggester.consume import Delivery, PullLoop
+from flowrelay_suggester.metrics import Kind, Outcome, SuggesterMetrics
 from flowrelay_suggester.settings import SuggesterSettings
 
 log = logging.getLogger(__name__)
@@ -173,9 +175,12 @@ async def declare_consumers(js: JetStreamContext) -> None:
 class Suggester:
     """Handles the suggester's two kinds of messages; bound to the bus at startup."""
 
-    def __init__(self, *, hints: Hints, assistant: Assistant | None = None) -> None:
+    def __init__(
+        self, *, hints: Hints, assistant: Assistant | None = None, metrics: SuggesterMetrics | None = None
+    ) -> None:
         self._hints = hints
         self._assistant = assistant
+        self.metrics = metrics or SuggesterMetrics()
         self._js: JetStreamContext | None = None
         self._store: RunStore | None = None
 
@@ -187,25 +192,32 @@ class Suggester:
 
     async def handle_failure(self, message: Delivery) -> None:
         """Guidance for one ``RunFailed``; acks once it is published and stored."""
+        started = time.perf_counter()
         failure = await self._decode_or_term(message, RunFailed)
         if failure is None:
+            self.metrics.settled(Kind.FAILURE, Outcome.DEAD_LETTERED, time.perf_counter() - started)
             return
         try:
-            await self.guide(failure, heartbeat=message.in_progress)
+            guided = await self.guide(failure, heartbeat=message.in_progress)
         except Exception as exc:  # noqa: BLE001 - every failure here is retried, then dead-lettered
-            await self._retry_later(message, exc, run_id=failure.run_id)
+            gave_up = await self._retry_later(message, exc, run_id=failure.run_id)
+            outcome = Outcome.DEAD_LETTERED if gave_up else Outcome.RETRIED
+            self.metrics.settled(Kind.FAILURE, outcome, time.perf_counter() - started)
             return
         await message.ack()
+        if guided:
+            self.metrics.guidance.labels(failure.error.code.value).inc()
+        self.metrics.settled(Kind.FAILURE, Outcome.HANDLED, time.perf_counter() - started)
 
     async def guide(
         self, failure: RunFailed, *, heartbeat: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
-        """Publish and store the guidance for ``failure``; safe to repeat."""
+    ) -> bool:
+        """Publish and store the guidance for ``failure``; safe to repeat. False: none applies."""
         js, store = self._bound()
         suggestions = rules.suggest(failure, hints=self._hints)
         if not suggestions:
             log.info("run %s: %s gets no guidance", failure.run_id, failure.error.code.value)
-            return
+            return False
         await _publish_suggestions(js, failure.tenant, failure.run_id, suggestions, after_seq=failure.last_seq)
         record = await store.update(failure.tenant, failure.run_id, _with_suggestions(suggestions))
         if record is None:
@@ -219,12 +231,13 @@ class Suggester:
             failure.error.code.value,
         )
         if self._assistant is None or _has_explanation(record):
-            return
+            return True
         if heartbeat is not None:
             await heartbeat()  # the model call may take a while: reset ack_wait first
         explanation = await self._assistant.explain(failure, suggestions)
+        self.metrics.explanations.labels("skipped" if explanation is None else "written").inc()
         if explanation is None:
-            return
+            return True
         await _publish_suggestions(
             js,
             failure.tenant,
@@ -234,21 +247,28 @@ class Suggester:
             source=Assistant.SOURCE,
         )
         await store.update(failure.tenant, failure.run_id, _with_suggestions([explanation]))
+        return True
 
     # -- suggestion-only runs -----------------------------------------------------------
 
     async def handle_advice(self, message: Delivery) -> None:
         """Answer one suggestion-only ``RunRequested``; acks once the run is complete."""
+        started = time.perf_counter()
         request = await self._decode_or_term(message, RunRequested)
         if request is None:
+            self.metrics.settled(Kind.ADVICE, Outcome.DEAD_LETTERED, time.perf_counter() - started)
             return
         try:
             await self.advise(request)
         except Exception as exc:  # noqa: BLE001 - every failure here is retried, then dead-lettered
-            if await self._retry_later(message, exc, run_id=request.run_id):
+            gave_up = await self._retry_later(message, exc, run_id=request.run_id)
+            if gave_up:
                 await self._abandon(request, exc)
+            outcome = Outcome.DEAD_LETTERED if gave_up else Outcome.RETRIED
+            self.metrics.settled(Kind.ADVICE, outcome, time.perf_counter() - started)
             return
         await message.ack()
+        self.metrics.settled(Kind.ADVICE, Outcome.HANDLED, time.perf_counter() - started)
 
     async def advise(self, request: RunRequested) -> None:
         """Run ``request`` in suggestion-only mode; safe to repeat (resumes where it stopped)."""
@@ -395,6 +415,8 @@ def create_app(settings: SuggesterSettings | None = None, *, document_only: bool
         suggester.bind(js=js, store=await RunStore.open(js))
         if assistant is not None:
             assistant.start()
+        if settings.metrics_port >= 0:
+            suggester.metrics.server.serve(settings.metrics_host, settings.metrics_port)
         for durable, handler in (
             (subjects.SUGGESTER_FAILURES_CONSUMER, suggester.handle_failure),
             (subjects.SUGGESTER_ADVISE_CONSUMER, suggester.handle_advice),
@@ -410,6 +432,7 @@ def create_app(settings: SuggesterSettings | None = None, *, document_only: bool
         if assistant is not None:
             await assistant.stop()
         await stop_broker(broker)
+        suggester.metrics.server.close()
 
     return app
 

@@ -45,6 +45,17 @@ class SuggesterSettings(BusSettings):
         description="Deadline of one model call; on expiry the explanation is skipped.",
     )
 
+    # -- observability -------------------------------------------------------------------
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Interface the Prometheus endpoint (/metrics) binds to."
+    )
+    metrics_port: int = Field(
+        default=9102,
+        ge=-1,
+        le=65535,
+        description="Port of the Prometheus endpoint; 0 picks a free port (logged), -1 turns it off.",
+    )
+
     # -- deployment facts shared with the executor and the API ----------------------------
     default_model: str | None = Field(
         default=None, description="FLOWRELAY_DEFAULT_MODEL: model of nodes without model_id."
