@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import Response
 
 from flowrelay_api import runs
@@ -57,6 +57,7 @@ router = APIRouter(tags=["execute"], responses=AUTH_ERRORS)
     },
 )
 async def execute(
+    request: Request,
     body: RunSubmission,
     ctx: Annotated[ApiContext, Depends(get_context)],
     caller: Annotated[Principal, Depends(require(Scope.SUBMIT))],
@@ -65,7 +66,9 @@ async def execute(
     ] = None,
 ) -> Response:
     async with RunWaiter(ctx, caller.tenant) as waiter:
-        submitted = await submit(ctx, caller, body, idempotency_key, before_publish=waiter.start)
+        submitted = await submit(
+            ctx, caller, body, idempotency_key, before_publish=waiter.start, trace=request.headers
+        )
         run_id = submitted.record.run_id
         await waiter.start(run_id)  # no-op unless the submission was a replay
         settings = ctx.settings

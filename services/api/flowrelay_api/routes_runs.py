@@ -90,7 +90,7 @@ async def create_run(
         ),
     ] = None,
 ) -> Response:
-    submitted = await submit(ctx, caller, body, idempotency_key)
+    submitted = await submit(ctx, caller, body, idempotency_key, trace=request.headers)
     record = submitted.record
     links = RunLinks.for_run(record.run_id, request.scope.get("root_path", ""))
     headers = {"Location": links.self}

@@ -8,7 +8,8 @@ The order is what makes a run never vanish:
 3. store the ``RunRecord`` (``queued``), so the run is visible from now on;
    and its entry in the run index (what ``GET /runs`` pages through);
 4. publish ``RunRequested`` on ``flowrelay.runs.requested.<tenant>`` with
-   ``Nats-Msg-Id: <run_id>`` and wait for the PubAck. If
+   ``Nats-Msg-Id: <run_id>`` (and the caller's W3C trace context, so the run's spans
+   continue the caller's trace) and wait for the PubAck. If
    that fails the record is marked ``failed`` (``internal_error``), the key is released so
    a retry starts afresh, and the client gets a 503.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,6 +61,7 @@ from flowrelay_contracts import (
     subjects,
 )
 from flowrelay_contracts.messages import utcnow
+from flowrelay_contracts.tracing import trace_context
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,15 @@ async def submit(
     body: RunSubmission,
     idempotency_key: str | None = None,
     before_publish: BeforePublish | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> Submitted:
     """Check, store and queue a run; raise an ``ApiError``/``InvalidRequest`` to refuse it.
 
     ``before_publish`` runs once the run id is known and before anything can happen to the
-    run, so a caller can start listening to it without missing a thing.
+    run, so a caller can start listening to it without missing a thing. ``trace``: the
+    request's headers; their valid W3C trace context goes along with the run request.
     """
+    headers = trace_context(trace)
     if not ctx.connected:
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
         raise ServiceUnavailable(_UNAVAILABLE)
@@ -120,8 +125,8 @@ async def submit(
     )
     if idempotency_key is None:
         request.run_id = ctx.ids.new()
-        return await _store_and_queue(ctx, request, None, before_publish)
-    return await _submit_once(ctx, request, body, idempotency_key, before_publish)
+        return await _store_and_queue(ctx, request, None, before_publish, headers)
+    return await _submit_once(ctx, request, body, idempotency_key, before_publish, headers)
 
 
 def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
@@ -194,6 +199,7 @@ async def _submit_once(
     body: RunSubmission,
     key: str,
     before_publish: BeforePublish | None,
+    headers: dict[str, str],
 ) -> Submitted:
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         ctx.metrics.submitted(SubmitOutcome.INVALID)
@@ -213,7 +219,7 @@ async def _submit_once(
         except KeyWrongLastSequenceError:
             pass
         else:
-            return await _store_and_queue(ctx, request, slot, before_publish)
+            return await _store_and_queue(ctx, request, slot, before_publish, headers)
         try:
             stored = _KeyEntry.model_validate_json((await ctx.idempotency.get(slot)).value or b"")
         except KeyNotFoundError:
@@ -224,7 +230,7 @@ async def _submit_once(
                 "Idempotency-Key was already used with a different request body "
                 f"(for run {stored.run_id}); use a new key for a new request"
             )
-        return await _replay(ctx, request, stored.run_id, before_publish)
+        return await _replay(ctx, request, stored.run_id, before_publish, headers)
     ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
     raise ServiceUnavailable(
         "could not reserve the Idempotency-Key (NATS keeps failing); retry later"
@@ -232,7 +238,11 @@ async def _submit_once(
 
 
 async def _replay(
-    ctx: ApiContext, request: RunRequested, run_id: str, before_publish: BeforePublish | None
+    ctx: ApiContext,
+    request: RunRequested,
+    run_id: str,
+    before_publish: BeforePublish | None,
+    headers: dict[str, str],
 ) -> Submitted:
     """A repeat of an accepted request: answer with its run, finishing its submission if needed."""
     request.run_id = run_id
@@ -240,14 +250,14 @@ async def _replay(
         await before_publish(run_id)
     record = await ctx.runs.get(request.tenant, run_id)
     if record is None:  # the first request is in flight or died before storing: do it here
-        submitted = await _store_and_queue(ctx, request, None, None)
+        submitted = await _store_and_queue(ctx, request, None, None, headers)
         return Submitted(submitted.record, request.options, replayed=True)
     window = timedelta(seconds=ctx.settings.dedup_window_s - _REPUBLISH_SAFETY_S)
     if record.status == RunStatus.QUEUED and utcnow() - record.created_at < window:
         # The first request may have died between storing and publishing. Inside the
         # window this publish is dropped if the first one went through.
         request.created_at = record.created_at
-        await _publish(ctx, request, record, key_slot=None)
+        await _publish(ctx, request, record, key_slot=None, headers=headers)
     ctx.metrics.submitted(SubmitOutcome.REPLAYED)
     return Submitted(record, request.options, replayed=True)
 
@@ -257,6 +267,7 @@ async def _store_and_queue(
     request: RunRequested,
     key_slot: str | None,
     before_publish: BeforePublish | None,
+    headers: dict[str, str],
 ) -> Submitted:
     if before_publish is not None:
         await before_publish(request.run_id)
@@ -281,14 +292,18 @@ async def _store_and_queue(
         raise ServiceUnavailable(
             f"run {record.run_id} could not be queued: NATS did not acknowledge it; retry the request"
         ) from None
-    await _publish(ctx, request, record, key_slot)
+    await _publish(ctx, request, record, key_slot, headers)
     ctx.queue.accepted(request.tenant)
     ctx.metrics.submitted(SubmitOutcome.ACCEPTED)
     return Submitted(record, request.options)
 
 
 async def _publish(
-    ctx: ApiContext, request: RunRequested, record: RunRecord, key_slot: str | None
+    ctx: ApiContext,
+    request: RunRequested,
+    record: RunRecord,
+    key_slot: str | None,
+    headers: dict[str, str],
 ) -> None:
     if ctx.settings.execution == "suggest":
         subject, stream = subjects.RUN_ADVISE, subjects.SUGGESTER_STREAM
@@ -299,7 +314,7 @@ async def _publish(
             subject,
             request.__pydantic_serializer__.to_json(request),
             stream=stream,
-            headers={subjects.MSG_ID_HEADER: request.run_id},
+            headers={subjects.MSG_ID_HEADER: request.run_id, **headers},
         )
     except Exception as exc:  # noqa: BLE001 - whatever failed, the run must not stay "queued"
         log.warning(

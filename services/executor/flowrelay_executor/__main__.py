@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from flowrelay_executor.app import create_app
 from flowrelay_executor.settings import ExecutorSettings
+from flowrelay_executor.tracing import SERVICE_NAME
 
 
 def main() -> None:
+    # Read by the OpenTelemetry SDK when a TracerProvider is created (in the fork server).
+    os.environ.setdefault("OTEL_SERVICE_NAME", SERVICE_NAME)
     settings = ExecutorSettings()
     logging.basicConfig(
         level=settings.log_level,

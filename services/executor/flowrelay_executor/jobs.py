@@ -33,6 +33,9 @@ class Job(BaseModel):
     max_turns: int
     defaults: ModelDefaults
     attempt: int = 1
+    #: The caller's W3C trace context (``traceparent``, ``tracestate``): the run's spans
+    #: continue that trace. Empty: the run starts a trace of its own.
+    trace_context: dict[str, str] = Field(default_factory=dict)
 
 
 class Outcome(BaseModel):

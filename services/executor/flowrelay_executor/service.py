@@ -70,6 +70,7 @@ from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.limits import workflow_problems
 from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tenants import is_valid_tenant
+from flowrelay_contracts.tracing import trace_context
 from flowrelay_contracts.workflow import WorkflowError, WorkflowProblem
 from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
 from flowrelay_executor.metrics import ExecutorMetrics
@@ -371,6 +372,7 @@ class Executor:
                 max_turns=limits.max_turns,
                 defaults=defaults,
                 attempt=attempt,
+                trace_context=trace_context(msg.headers),
             )
             log.debug("run %s: %s pattern, attempt %d", run_id, pattern, attempt)
             try:

@@ -82,6 +82,7 @@ class ThreadPool:
     # -- internals ---------------------------------------------------------------------
 
     def _thread_main(self, ready: asyncio.Future[None]) -> None:
+        from flowrelay_executor import tracing
         from flowrelay_executor.engine import Engine, ToolRegistry
         from flowrelay_executor.runner import JobRunner
         from flowrelay_executor.worker import SELF_CHECK_TIMEOUT_S
@@ -90,6 +91,7 @@ class ThreadPool:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
+            tracing.configure_export()
             tools = ToolRegistry.from_environment()
             engine = Engine(tools=tools, frameworks=self._enabled)
             self.framework_failures = loop.run_until_complete(engine.self_check(timeout_s=SELF_CHECK_TIMEOUT_S))

@@ -142,5 +142,11 @@ def run_worker(channel: socket.socket, options: WorkerOptions | None = None) -> 
         loop_factory = uvloop.new_event_loop
     except ImportError:  # plain asyncio is fine, only slower
         loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(channel, options or WorkerOptions()))
+    from flowrelay_executor import tracing
+
+    tracing.configure_export()  # here, after the fork: exporter threads do not survive one
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve(channel, options or WorkerOptions()))
+    finally:
+        tracing.flush()

@@ -11,11 +11,12 @@ the small state any-agent leaves behind.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from any_agent import AgentConfig, AnyAgent
@@ -58,6 +59,8 @@ class Lease:
     in_flight: int = 0
     runs: int = 0
     retired: bool = False
+    #: Trace ids of the runs using the instance now (any-agent keys its state by them).
+    traces: collections.Counter[int] = field(default_factory=collections.Counter)
 
     @property
     def agent(self) -> AnyAgent:
@@ -131,6 +134,10 @@ class AgentPool:
     instance is retired after :data:`AGENT_MAX_RUNS` runs and closed once its last run ends.
     Frameworks that cannot share an instance between concurrent runs get one instance per
     concurrent run, kept idle between runs for the next.
+
+    Runs that continue one caller trace share a trace id, and any-agent would mix the
+    callback state of two such runs on one instance: a run whose trace id is already using
+    the shared instance gets an instance of its own for the run instead.
     """
 
     def __init__(self, build: Callable[[Recipe], Awaitable[Built]]) -> None:
@@ -140,7 +147,7 @@ class AgentPool:
         self._closing: set[asyncio.Task[None]] = set()
         self._idle: dict[Recipe, list[Lease]] = {}
 
-    async def acquire(self, recipe: Recipe) -> Lease:
+    async def acquire(self, recipe: Recipe, trace_id: int = 0) -> Lease:
         if recipe.per_run:
             lease = Lease(built=await self._build(recipe), recipe=recipe, shared=False)
         elif not adapter(recipe.framework).concurrent_runs:
@@ -152,6 +159,9 @@ class AgentPool:
                 lease = Lease(built=built, recipe=recipe, shared=False, exclusive=True)
         else:
             lease = self._shared.get(recipe) or await asyncio.shield(self._creation(recipe))
+            if lease.traces[trace_id]:
+                lease = Lease(built=await self._build(recipe), recipe=recipe, shared=False)
+        lease.traces[trace_id] += 1
         lease.in_flight += 1
         lease.runs += 1
         if lease.runs >= AGENT_MAX_RUNS:
@@ -164,9 +174,12 @@ class AgentPool:
         if self._shared.get(lease.recipe) is lease:
             del self._shared[lease.recipe]
 
-    async def release_all(self, leases: dict[Recipe, Lease]) -> None:
+    async def release_all(self, leases: dict[Recipe, Lease], trace_id: int = 0) -> None:
         for lease in leases.values():
             lease.in_flight -= 1
+            lease.traces[trace_id] -= 1
+            if not lease.traces[trace_id]:
+                del lease.traces[trace_id]
             if lease.exclusive and not lease.retired:
                 self._idle.setdefault(lease.recipe, []).append(lease)
             elif not lease.shared:

@@ -8,7 +8,7 @@ from typing import Final
 
 from opentelemetry import context as otel_context
 
-from flowrelay_executor import costs
+from flowrelay_executor import costs, tracing
 from flowrelay_executor.engine.agents import AgentFactory, AgentPool
 from flowrelay_executor.engine.frameworks import ADAPTERS, available_frameworks
 from flowrelay_executor.engine.patterns import Orchestrator
@@ -99,9 +99,26 @@ class Engine:
             max_chars=self._max_chars,
         )
         run_token = CURRENT_RUN.set(run)
-        # An empty OpenTelemetry context makes this run's agent spans a new trace, whatever
-        # span the caller is in: any-agent keys per-run callback state by trace id.
-        otel_token = otel_context.attach(otel_context.Context())
+        # The run's span is a child of the caller's span (the trace context its request
+        # carried) or the root of a new trace, never a child of whatever span this task is
+        # in. any-agent keys per-run callback state by trace id: AgentPool never lets two
+        # runs of one trace share an agent instance.
+        run_context, span = tracing.start_run(job)
+        run.trace_id = span.get_span_context().trace_id
+        otel_token = otel_context.attach(run_context)
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._outcome(run)
+            return outcome
+        finally:
+            await self._pool.release_all(run.leases, run.trace_id)
+            otel_context.detach(otel_token)
+            CURRENT_RUN.reset(run_token)
+            error = outcome.error.code.value if outcome and outcome.error else None
+            tracing.end_run(span, outcome.status if outcome else "cancelled", error)
+
+    async def _outcome(self, run: RunState) -> Outcome:
+        """Run it; every failure becomes a failed outcome (cancellation propagates)."""
         try:
             output = await self._orchestrator.execute(run)
         except Failed:
@@ -114,10 +131,6 @@ class Engine:
         else:
             # The answer may quote a secret (a tool echoed a key): redact it like events.
             return run.outcome(status="succeeded", output=run.redact(output))
-        finally:
-            await self._pool.release_all(run.leases)
-            otel_context.detach(otel_token)
-            CURRENT_RUN.reset(run_token)
 
     async def aclose(self) -> None:
         """Close the cached agents' model clients (optional; for a clean worker shutdown)."""

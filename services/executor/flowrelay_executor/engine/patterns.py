@@ -166,7 +166,7 @@ class Orchestrator:
         if recipe in run.leases:
             return
         try:
-            run.leases[recipe] = await self._pool().acquire(recipe)
+            run.leases[recipe] = await self._pool().acquire(recipe, run.trace_id)
         except Exception as exc:
             raise run.fail(exc, recipe=recipe) from exc
 

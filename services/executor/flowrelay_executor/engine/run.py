@@ -97,6 +97,8 @@ class RunState:
         self.pattern = Pattern.SIMPLE
         self.failure: RunError | None = None
         self.leases: dict[Recipe, Lease] = {}
+        #: OpenTelemetry trace id of the run (the caller's, or its own).
+        self.trace_id = 0
         #: Set when the run's task was cancelled (deadline, cancel request): an agent still
         #: running in a thread (smolagents) stops at its next hook.
         self.cancelled = False
