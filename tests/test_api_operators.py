@@ -6,16 +6,30 @@ real executor writes) and, for the queue, by a consumer shaped like theirs.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from test_api_unit import Api, api, nats_url, submission  # noqa: F401 - fixtures
+from test_api_unit import Api, running_api, submission
 
+from flowrelay import natsserver
 from flowrelay_contracts import ExecutorCapabilities, Isolation, subjects
 from flowrelay_executor.service import consumer_config
 from flowrelay_executor.settings import ExecutorSettings
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """The API in this process against a nats-server of its own (as in test_api_unit)."""
+    server = natsserver.start(tmp_path / "nats")
+    try:
+        async with running_api(server.url, sse_ping_s=0) as app:
+            yield app
+    finally:
+        server.stop()
 
 
 async def advertise(api: Api, executor_id: str = "ex-1", **fields: Any) -> ExecutorCapabilities:

@@ -42,7 +42,7 @@ class _ScriptedSubscription:
 async def test_the_suggester_loop_treats_both_fetch_timeouts_as_idle(caplog: pytest.LogCaptureFixture) -> None:
     message = SimpleNamespace(data=b"payload")
     subscription = _ScriptedSubscription(
-        [asyncio.TimeoutError(), nats.errors.TimeoutError(), ConnectionResetError(), [message, message]]
+        [TimeoutError(), nats.errors.TimeoutError(), ConnectionResetError(), [message, message]]
     )
 
     async def pull_subscribe_bind(durable: str, stream: str) -> _ScriptedSubscription:

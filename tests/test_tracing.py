@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,13 +23,25 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from test_api_unit import Api, api, nats_url, submission  # noqa: F401 - fixtures
+from test_api_unit import Api, running_api, submission
 
+from flowrelay import natsserver
 from flowrelay_contracts import subjects
 from flowrelay_contracts.tracing import trace_context
 
 #: Upper bound for spans to arrive (the test sets a 100 ms export delay).
 WAIT_S = 30.0
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """The API in this process against a nats-server of its own (as in test_api_unit)."""
+    server = natsserver.start(tmp_path / "nats")
+    try:
+        async with running_api(server.url, sse_ping_s=0) as app:
+            yield app
+    finally:
+        server.stop()
 
 
 @dataclass(frozen=True)
@@ -213,7 +225,7 @@ def test_malformed_traceparents_are_dropped(value: str) -> None:
     assert trace_context({"traceparent": value}) == {}
 
 
-def test_tracestate_goes_only_with_a_valid_traceparent(tmp_path: Path) -> None:
+def test_tracestate_goes_only_with_a_valid_traceparent() -> None:
     header, _, _ = traceparent()
     assert trace_context({"TraceParent": header, "tracestate": "a=1"}) == {"traceparent": header, "tracestate": "a=1"}
     assert trace_context({"traceparent": header, "tracestate": "a=1\x00"}) == {"traceparent": header}
