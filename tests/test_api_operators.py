@@ -6,11 +6,14 @@ real executor writes) and, for the queue, by a consumer shaped like theirs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from flowrelay_testkit import Stack
 from test_api_unit import Api, running_api, submission
 
 from flowrelay import natsserver
@@ -109,3 +112,19 @@ async def test_executors_lists_capabilities_and_the_queue_depth(api: Api) -> Non
     shown = overview["executors"][1]
     assert shown == caps.model_dump(mode="json")
     assert shown["running"] == 1 and shown["unavailable_tools"] == {"search_web": "needs duckduckgo_search"}
+
+
+async def test_the_live_executor_is_listed_for_an_admin_key(stack: Stack) -> None:
+    executor = stack.executors[0]
+    port = int(executor.wait_for(r"metrics on http://\S+:(\d+)/metrics", timeout=30).group(1))
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers=stack.auth_headers) as admin:
+        async with asyncio.timeout(20):  # the API re-reads the executors' entries every 2 s
+            while True:
+                overview = (await admin.get("/executors")).json()
+                listed = [e for e in overview["executors"] if e["metrics_port"] == port]
+                if listed:
+                    break
+                await asyncio.sleep(0.2)
+    (listed_one,) = listed
+    assert listed_one["frameworks"] == ["tinyagent"] and "calculator" in listed_one["tools"]
+    assert set(overview["queue"]) == {"waiting", "held"}

@@ -28,8 +28,8 @@ def metrics_url(service: ServiceProcess) -> str:
     return match.group(1)
 
 
-async def scrape(url: str) -> Samples:
-    async with httpx.AsyncClient(timeout=10) as client:
+async def scrape(url: str, headers: dict[str, str] | None = None) -> Samples:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
         text = (await client.get(url)).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -52,7 +52,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
 async def test_executor_counts_runs_tokens_and_durations(stack: Stack) -> None:
     url = metrics_url(stack.executors[0])
     before = await scrape(url)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
         ok = (await api.post("/execute", json=run_body(one_agent(), "count me"))).json()
         failed = (await api.post("/execute", json=run_body(one_agent(), "#fail=401 no"))).json()
     assert ok["status"] == "succeeded" and failed["error"]["code"] == "invalid_api_key"
@@ -66,9 +66,10 @@ async def test_executor_counts_runs_tokens_and_durations(stack: Stack) -> None:
     assert delta("flowrelay_executor_run_seconds_count", status="succeeded") == 1
     assert delta("flowrelay_executor_queue_wait_seconds_count") == 2
     model = "scripted:gpt-4o-mini"
-    assert delta("flowrelay_executor_tokens_total", model=model, direction="input") == ok["usage"]["input_tokens"]
-    assert delta("flowrelay_executor_tokens_total", model=model, direction="output") == ok["usage"]["output_tokens"]
-    assert delta("flowrelay_executor_cost_usd_total", model=model) == pytest.approx(ok["cost_usd"])
+    tenant = "default"  # the tenant of the stack's admin key
+    assert delta("flowrelay_executor_tokens_total", model=model, tenant=tenant, direction="input") == ok["usage"]["input_tokens"]
+    assert delta("flowrelay_executor_tokens_total", model=model, tenant=tenant, direction="output") == ok["usage"]["output_tokens"]
+    assert delta("flowrelay_executor_cost_usd_total", model=model, tenant=tenant) == pytest.approx(ok["cost_usd"])
     assert value(after, "flowrelay_executor_runs_in_flight") == 0
     assert value(after, "flowrelay_executor_workers") == 1 and value(after, "flowrelay_executor_slots") > 0
     assert ("flowrelay_queue_waiting", frozenset()) in after and ("flowrelay_queue_held", frozenset()) in after
@@ -77,7 +78,7 @@ async def test_executor_counts_runs_tokens_and_durations(stack: Stack) -> None:
 async def test_a_crashed_worker_counts_as_a_restart(stack: Stack) -> None:
     url = metrics_url(stack.executors[0])
     before = value(await scrape(url), "flowrelay_executor_worker_restarts_total", reason="crashed")
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
         body = run_body(one_agent(tools=["crash_worker"]), "#call=crash_worker {}")
         result = (await api.post("/execute", json=body)).json()
     assert result["error"]["code"] == "worker_crashed"
@@ -94,7 +95,7 @@ async def test_suggester_counts_the_failures_it_guided(stack: Stack) -> None:
     url = metrics_url(stack.suggester)
     name = "flowrelay_suggester_guidance_total"
     before = await scrape(url)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
         failed = (await api.post("/execute", json=run_body(one_agent(), "#fail=429 slow down"))).json()
     assert failed["error"]["code"] == "rate_limited"
 
@@ -109,7 +110,7 @@ async def test_suggester_counts_the_failures_it_guided(stack: Stack) -> None:
 
 
 async def test_api_metrics_are_on_its_own_port(stack: Stack) -> None:
-    samples = await scrape(f"{stack.api_url}/metrics")
+    samples = await scrape(f"{stack.api_url}/metrics", stack.auth_headers)
     assert any(name == "flowrelay_api_runs_submitted_total" for name, _ in samples)
 
 

@@ -97,6 +97,7 @@ async def test_a_key_without_the_scope_is_403_naming_the_scope(api: httpx.AsyncC
         assert (await reader.get("/metrics")).status_code == 403
         assert (await reader.get("/keys")).status_code == 403
         assert (await reader.post("/keys", json={"tenant": tenant})).status_code == 403
+        assert (await reader.get("/executors")).status_code == 403
     submitter = await make_key(api, tenant, "submit")
     async with client_for(stack, submitter) as writer:
         accepted = await writer.post("/runs", json=run_body(one_agent(), "submit only"))

@@ -194,7 +194,7 @@ async def test_readme_add_your_own_tool_example_runs(tmp_path: Path, scripted_mo
             FLOWRELAY_TOOL_MODULES="my_tools,no_tools_here",
             PYTHONPATH=f"{tools_dir}:{stack.env['PYTHONPATH']}",
         )
-        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
             result = (await api.post("/execute", json=request)).json()
         assert result["status"] == "succeeded", result
         assert result["output"] == "HELLO!"

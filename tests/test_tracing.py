@@ -27,6 +27,7 @@ from test_api_unit import Api, running_api, submission
 
 from flowrelay import natsserver
 from flowrelay_contracts import subjects
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 from flowrelay_contracts.tracing import trace_context
 
 #: Upper bound for spans to arrive (the test sets a 100 ms export delay).
@@ -138,7 +139,7 @@ async def test_spans_continue_the_callers_trace(traced: tuple[Stack, OtlpReceive
     stack, receiver = traced
     header, trace_id, caller_span = traceparent()
     body = run_body(one_agent(tools=["calculator"]), '#call=calculator {"expression": "6*7"}')
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as client:
         result = (await client.post("/execute", json=body, headers={"traceparent": header})).json()
     assert result["status"] == "succeeded" and result["output"] == "42"
 
@@ -161,7 +162,7 @@ async def test_runs_of_one_trace_at_once_each_keep_their_own_agent_state(traced:
     stack, receiver = traced
     header, trace_id, _ = traceparent(sampled=False)  # not sampled by the caller: still recorded
     bodies = [run_body(one_agent(), f"#delay=0.5 run {i}") for i in range(3)]
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as client:
         results = await asyncio.gather(
             *(client.post("/execute", json=b, headers={"traceparent": header}) for b in bodies)
         )
@@ -173,7 +174,7 @@ async def test_runs_of_one_trace_at_once_each_keep_their_own_agent_state(traced:
 
 async def test_a_run_without_trace_context_starts_its_own_trace(traced: tuple[Stack, OtlpReceiver]) -> None:
     stack, receiver = traced
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as client:
         first = (await client.post("/execute", json=run_body(one_agent(), "alone"))).json()
         second = (await client.post("/execute", json=run_body(one_agent(), "alone too"))).json()
 
@@ -192,7 +193,7 @@ async def test_secrets_are_redacted_from_exported_spans(traced: tuple[Stack, Otl
     stack, receiver = traced
     header, trace_id, _ = traceparent()
     body = run_body(one_agent(tools=["lookup_secret_echo"]), f'#call=lookup_secret_echo {{"text": "{TEST_SECRET}"}}')
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as client:
         result = (await client.post("/execute", json=body, headers={"traceparent": header})).json()
     assert result["status"] == "succeeded"
     spans = await asyncio.to_thread(receiver.wait_for, trace_id, {"flowrelay.run", "execute_tool"})
@@ -207,12 +208,12 @@ async def test_the_api_puts_the_callers_trace_context_in_the_request_headers(api
     header, _, _ = traceparent()
     sent = {"traceparent": header, "tracestate": "vendor=abc"}
     assert (await api.client.post("/runs", json=submission(), headers=sent)).status_code == 202
-    raw = await api.ctx.js.get_last_msg(subjects.RUNS_STREAM, subjects.RUN_REQUESTED)
+    raw = await api.ctx.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(DEFAULT_TENANT))
     assert raw.headers is not None and trace_context(raw.headers) == sent
 
     bogus = {"traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01", "tracestate": "x=1"}
     assert (await api.client.post("/runs", json=submission(), headers=bogus)).status_code == 202
-    raw = await api.ctx.js.get_last_msg(subjects.RUNS_STREAM, subjects.RUN_REQUESTED)
+    raw = await api.ctx.js.get_last_msg(subjects.RUNS_STREAM, subjects.run_requested(DEFAULT_TENANT))
     assert raw.headers is not None and "traceparent" not in raw.headers and "tracestate" not in raw.headers
 
 

@@ -1,14 +1,16 @@
 """Prometheus metrics of one executor, served by prometheus-client's own HTTP server.
 
 What: run outcomes by status and error code, run and queue-wait durations, the shared run
-queue's depth, runs in flight, worker restarts, and model tokens and cost by model. Each
+queue's depth, runs in flight, worker restarts, and model tokens and cost by model and
+tenant. Each
 executor serves its own (``FLOWRELAY_METRICS_PORT``); Prometheus sums across them.
 
 Why these shapes: counters and histograms are updated where the event happens (one
 increment on the hot path); gauges that describe state (in flight, slots, workers) are
 read at scrape time from the executor, so nothing keeps them in step by hand. Label
-values that come from workflows (model ids) are bounded: past :data:`MAX_MODEL_LABELS`
-distinct models the rest are counted as ``other``, so hostile input cannot grow the series.
+values that come from requests (model ids from workflows, tenants from keys or JWTs) are
+bounded: past :data:`MAX_MODEL_LABELS` distinct models (:data:`MAX_TENANT_LABELS` tenants)
+the rest are counted as ``other``, so hostile input cannot grow the series.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 #: Distinct model label values kept; further models are counted as :data:`OTHER`.
 MAX_MODEL_LABELS: Final = 64
+#: Distinct tenant label values kept; further tenants are counted as :data:`OTHER`.
+MAX_TENANT_LABELS: Final = 256
 OTHER: Final = "other"
 
 #: Error code label of runs that did not fail.
@@ -60,12 +64,12 @@ class ExecutorMetrics:
             ["reason"], registry=r,
         )
         self.tokens = Counter(
-            "flowrelay_executor_tokens", "Model tokens of the runs' model calls, by model and direction.",
-            ["model", "direction"], registry=r,
+            "flowrelay_executor_tokens", "Model tokens of the runs' model calls, by model, tenant and direction.",
+            ["model", "tenant", "direction"], registry=r,
         )
         self.cost_usd = Counter(
-            "flowrelay_executor_cost_usd", "Cost in USD of model calls with a known price, by model.",
-            ["model"], registry=r,
+            "flowrelay_executor_cost_usd", "Cost in USD of model calls with a known price, by model and tenant.",
+            ["model", "tenant"], registry=r,
         )
         self.queue_waiting = Gauge(
             "flowrelay_queue_waiting", "Run requests queued that no executor has taken yet (all executors).",
@@ -80,8 +84,8 @@ class ExecutorMetrics:
         self.workers = Gauge("flowrelay_executor_workers", "Live worker processes (0 with thread isolation).", registry=r)
         for reason in ("crashed", "deadline", "recycled"):  # zeros from the first scrape
             self.worker_restarts.labels(reason)
-        self._models: set[str] = set()
-        self._lock = threading.Lock()
+        self._models = _BoundedLabels(MAX_MODEL_LABELS)
+        self._tenants = _BoundedLabels(MAX_TENANT_LABELS)
         self.server = MetricsServer(self.registry)
 
     def observe_state(self, *, in_flight: Callable[[], float], slots: Callable[[], float],
@@ -96,19 +100,29 @@ class ExecutorMetrics:
         if seconds is not None:
             self.run_seconds.labels(status).observe(seconds)
 
-    def model_call(self, data: dict[str, Any]) -> None:
-        """Count one ``llm.finished`` event's tokens and cost."""
-        model = self._model_label(str(data.get("model") or "unknown"))
-        self.tokens.labels(model, "input").inc(data.get("input_tokens") or 0)
-        self.tokens.labels(model, "output").inc(data.get("output_tokens") or 0)
+    def model_call(self, data: dict[str, Any], *, tenant: str) -> None:
+        """Count one ``llm.finished`` event's tokens and cost for ``tenant``'s run."""
+        model = self._models.label(str(data.get("model") or "unknown"))
+        who = self._tenants.label(tenant)
+        self.tokens.labels(model, who, "input").inc(data.get("input_tokens") or 0)
+        self.tokens.labels(model, who, "output").inc(data.get("output_tokens") or 0)
         if data.get("cost_usd"):
-            self.cost_usd.labels(model).inc(data["cost_usd"])
+            self.cost_usd.labels(model, who).inc(data["cost_usd"])
 
-    def _model_label(self, model: str) -> str:
+
+class _BoundedLabels:
+    """The first ``limit`` distinct values pass as themselves, later ones as :data:`OTHER`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def label(self, value: str) -> str:
         with self._lock:
-            if model in self._models:
-                return model
-            if len(self._models) < MAX_MODEL_LABELS:
-                self._models.add(model)
-                return model
+            if value in self._seen:
+                return value
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
         return OTHER

@@ -524,7 +524,7 @@ class Executor:
             type_, data, at = item
             await run.events.emit_nowait(type_, fit_event(data), at=at)
             if type_ == EventType.LLM_FINISHED:
-                self.metrics.model_call(data)
+                self.metrics.model_call(data, tenant=run.request.tenant)
         if not run.stale:
             await run.events.flush()
 
