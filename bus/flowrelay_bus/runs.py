@@ -43,7 +43,9 @@ class RunStore:
 
     It remembers the revision of records it last read or wrote, so a writer that changes
     the same run again (an executor moving it to running, then to its end) writes without
-    reading first; a stale guess just fails the compare-and-set and is retried with a read.
+    reading first; a stale guess just fails the compare-and-set and is retried with a read,
+    and a mutation that finds nothing to do on a remembered copy is asked again on a fresh
+    read (the stored record may have moved on: a no-op is never decided on stale state).
     """
 
     def __init__(self, kv: KeyValue, js: JetStreamContext | None = None) -> None:
@@ -109,6 +111,7 @@ class RunStore:
         """
         key = subjects.run_key(tenant, run_id)
         known = self._seen.pop(key, None)
+        remembered = known is not None
         for _ in range(MAX_CAS_ATTEMPTS):
             if known is None:
                 try:
@@ -121,12 +124,15 @@ class RunStore:
             current, revision = known
             changed = mutate(current.model_copy())  # shallow: mutations rebind fields
             if changed is None:
+                if remembered:  # "nothing to do" on a remembered copy: another writer may have
+                    known, remembered = None, False  # moved it since; decide on the stored one
+                    continue
                 self._remember(key, current, revision)
                 return current, False
             try:
                 revision = await self._kv.update(key, changed.__pydantic_serializer__.to_json(changed), last=revision)
             except KeyWrongLastSequenceError:
-                known = None  # someone else wrote it: read and try again
+                known, remembered = None, False  # someone else wrote it: read and try again
                 continue
             self._remember(key, changed, revision)
             return changed, True
