@@ -64,7 +64,8 @@ class ApiContext:
     @classmethod
     async def open(cls, settings: ApiSettings, metrics: Metrics) -> ApiContext:
         """Connect, make sure the streams and buckets exist, open the handles."""
-        broker = make_broker(settings, name=CONNECTION_NAME)
+        # FastStream's default logger writes ANSI colour codes into log files: use ours.
+        broker = make_broker(settings, name=CONNECTION_NAME, logger=logging.getLogger("flowrelay.api.broker"))
         nc = await broker.connect()
         try:
             _check_payload_budget(settings, nc.max_payload)
