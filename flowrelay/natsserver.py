@@ -24,7 +24,7 @@ from pathlib import Path
 
 from flowrelay.credentials import Secrets
 from flowrelay.natsconfig import TlsFiles, authorization, server_config
-from flowrelay.stack import terminate
+from flowrelay.stack import die_with_parent, terminate
 
 #: Names of the files nats-server gets in its directory.
 CONFIG_FILE = "nats.conf"
@@ -160,7 +160,13 @@ def start(
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    process = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=False)
+    # A session of its own: a Ctrl-C in the terminal must not reach it before the services
+    # that use it have stopped (``flowrelay up`` stops it last).
+    try:
+        process = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True, preexec_fn=die_with_parent)
+    finally:
+        if log_file:
+            out.close()  # type: ignore[union-attr]  # the child has its own copy
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

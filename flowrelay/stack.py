@@ -75,7 +75,8 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
     return process.returncode
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies (no orphans after a crash)."""
     try:
         import ctypes
 
@@ -120,7 +121,7 @@ class ServiceProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C goes to the supervisor, which stops us in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
         self._reader.start()
@@ -140,6 +141,15 @@ class ServiceProcess:
                     raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
                 if not self._changed.wait(timeout):
                     raise TimeoutError(f"{self.name}: no line matching {pattern!r} in {timeout} s; see {self.log_path}")
+
+    def find(self, pattern: str) -> re.Match[str] | None:
+        """The last line so far matching ``pattern``, without waiting."""
+        regex = re.compile(pattern)
+        with self._changed:
+            for line in reversed(self._lines):
+                if match := regex.search(line):
+                    return match
+        return None
 
     def wait_ready(self, *, timeout: float = 60.0) -> re.Match[str]:
         return self.wait_for(READY_MARKERS[self.name], timeout=timeout)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +16,7 @@ import nats
 import nats.errors
 import psutil
 import pytest
-from flowrelay_testkit import free_port, one_agent, run_body
+from flowrelay_testkit import REPO, UP_BANNER_END, UpStack, free_port, one_agent, run_body
 
 from flowrelay.stack import ServiceProcess
 
@@ -82,3 +86,78 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
     finally:
         again.process.send_signal(signal.SIGINT)
         assert again.process.wait(60) == 0
+
+
+# -- stopping: Ctrl-C in the terminal of `make up` -------------------------------------------------
+
+#: Generous outer bound on how long an idle stack takes to stop (issue 14: within 5 s on a
+#: quiet machine; the figure is printed, not asserted: speed belongs to the benchmark).
+STOP_BOUND_S = 60.0
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return [psutil.Process(pid), *_tree(pid)]
+
+
+def _no_tracebacks(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text and "Task exception was never retrieved" not in text, text[-3000:]
+
+
+def test_ctrl_c_on_make_up_stops_everything_in_order_without_tracebacks(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    stack = UpStack(data)
+    args = " ".join(stack.argv[2:])  # the options after "flowrelay up"
+    make = subprocess.Popen(["make", "-s", "up", f"ARGS={args}"], cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # a terminal's process group
+    assert make.stdout is not None
+    console = ""
+    try:
+        while UP_BANNER_END not in console:
+            line = make.stdout.readline().decode(errors="replace")
+            assert line, f"make up ended: {console}"
+            console += line
+        processes = _descendants(make.pid)
+        names = " ".join(" ".join(p.cmdline()) for p in processes)
+        for part in ("nats-server", "flowrelay-api", "flowrelay-executor", "flowrelay-suggester"):
+            assert part in names
+        begun = time.monotonic()
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
+        console += make.stdout.read().decode(errors="replace")
+        make.wait(STOP_BOUND_S)
+        gone, alive = psutil.wait_procs(processes, timeout=STOP_BOUND_S)
+        took = time.monotonic() - begun
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+    assert alive == [], f"left behind: {alive}"
+    print(f"idle stack stopped in {took:.1f} s")
+    logs = "".join(p.read_text(errors="replace") for p in (data / "logs").glob("*.log"))
+    _no_tracebacks(console, logs)
+    tail = console.split("stopping flowrelay")[1]
+    order = [line.split()[2] for line in tail.splitlines() if re.search(r"\| +\S+ +stopped after", line)]
+    assert sorted(order[:2]) == ["api", "suggester"] and order[2:] == ["executor-1", "scripted-model", "nats"], tail
+    assert "stopped with exit status" not in tail and "killed" not in tail
+
+
+def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
+    # A run in flight keeps the executor draining (up to 20 s): the second signal cuts that short.
+    stack = UpStack(tmp_path / "data").start()
+    assert stack.process is not None and stack.process.process is not None
+    processes = _descendants(stack.process.pid)
+    response = httpx.post(f"{stack.api_url}/runs", json=run_body(one_agent(), "#delay=120 keep draining"),
+                          headers=stack.auth_headers, timeout=30)
+    run_id = response.json()["run_id"]
+    deadline = time.monotonic() + STOP_BOUND_S
+    while httpx.get(f"{stack.api_url}/runs/{run_id}", headers=stack.auth_headers).json()["status"] != "running":
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.1)
+    mark = stack.process.line_count
+    stack.process.process.send_signal(signal.SIGINT)
+    stack.process.wait_for(r"api +stopped after", after=mark, timeout=STOP_BOUND_S)
+    stack.process.process.send_signal(signal.SIGINT)
+    assert stack.process.process.wait(STOP_BOUND_S) == 130
+    stack.process.wait_for(r"killing everything now", after=mark, timeout=5)
+    gone, alive = psutil.wait_procs(processes, timeout=STOP_BOUND_S)
+    assert alive == [], f"left behind: {alive}"
+    _no_tracebacks(stack.process.output())

@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ from flowrelay_contracts.tenants import DEFAULT_TENANT
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent
+#: Console scripts of this environment (flowrelay, flowrelay-api, ...).
+BIN = Path(sys.executable).parent
 
 #: A secret the executors hold; tests check it never appears in events, records or logs.
 TEST_SECRET = "sk-flowrelay-test-0123456789abcdef"
@@ -244,6 +249,70 @@ class Bus:
         async for event in follow(self.nc, self.tenant, run_id):
             if event is not None:
                 yield event
+
+
+# -- flowrelay up as a user runs it --------------------------------------------------------
+
+#: The console line ``flowrelay up`` ends its banner with.
+UP_BANNER_END = "Press Ctrl-C to stop"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without provider keys or FLOWRELAY_* settings."""
+    base = {k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS and not k.startswith("FLOWRELAY_")}
+    return base | {"COLUMNS": "200", "PYTHONUNBUFFERED": "1"} | extra
+
+
+class UpStack:
+    """``flowrelay up`` as a child process on free ports, with its own data dir, and the CLI
+    pointed at it (``cli``)."""
+
+    def __init__(self, data_dir: Path, *, executors: int = 1, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.api_port, self.nats_port = free_port(), free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        self.env = clean_env(**(env or {}))
+        self.argv = [str(BIN / "flowrelay"), "up", "--data-dir", str(data_dir), "--api-port", str(self.api_port),
+                     "--nats-port", str(self.nats_port), "--scripted-port", "0", "--metrics-port", "0",
+                     "--workers", "1", "--executors", str(executors)]
+        self.process: ServiceProcess | None = None
+
+    def start(self, *, timeout: float = 240) -> UpStack:
+        data = self.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.process = ServiceProcess("up", self.argv, env=self.env, log_path=data / "up-console.log").start()
+        self.process.wait_for(UP_BANNER_END, timeout=timeout)
+        return self
+
+    @property
+    def key(self) -> str:
+        return (self.data_dir / "secrets" / "admin.key").read_text().strip()
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``flowrelay ARGS`` against this stack (its API, its data dir); output captured."""
+        command = [str(BIN / "flowrelay"), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=stdin,
+                              env=self.cli_env() | (env or {}), cwd=self.data_dir.parent)
+
+    def cli_env(self) -> dict[str, str]:
+        return self.env | {"FLOWRELAY_API_URL": self.api_url, "FLOWRELAY_DATA_DIR": str(self.data_dir),
+                           "FLOWRELAY_NATS_URL": self.nats_url}
+
+    def stop(self, *, timeout: float = 90) -> int | None:
+        if self.process is None or self.process.process is None:
+            return None
+        if self.process.process.poll() is None:
+            self.process.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.process.wait(timeout)
+        finally:
+            self.process.kill()
 
 
 # -- workflows ---------------------------------------------------------------------------
