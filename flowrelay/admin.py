@@ -12,23 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 from rich.console import Console
 from rich.table import Table
 
 from flowrelay import natsserver
+from flowrelay.api_client import ApiClient
 from flowrelay.credentials import Secrets
+from flowrelay.errors import CliError
 
 #: Where ``flowrelay up`` keeps its state unless told otherwise.
 DEFAULT_DATA_DIR = Path(".flowrelay")
 
 #: How long ``nats-user`` waits for a reloaded server to accept the new user.
 RELOAD_WAIT_S = 10.0
-
-
-class CliError(Exception):
-    """A one-line, actionable error for the user (no traceback)."""
 
 
 def api_key(data_dir: Path) -> str:
@@ -44,34 +41,30 @@ def api_key(data_dir: Path) -> str:
         ) from None
 
 
-def client(api_url: str, data_dir: Path, **options: Any) -> httpx.Client:
-    return httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {api_key(data_dir)}"}, **options)
+def key_source(data_dir: Path) -> str:
+    """Where :func:`api_key` finds the key, for error messages (never the key itself)."""
+    return "FLOWRELAY_API_KEY" if os.environ.get("FLOWRELAY_API_KEY") else str(data_dir / "secrets" / "admin.key")
 
 
-def _checked(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = response.text
-        raise CliError(f"{response.request.method} {response.request.url.path} answered {response.status_code}: {detail}")
-    return response.json()
+def client(api_url: str, data_dir: Path, **options: Any) -> ApiClient:
+    """An API client acting with the CLI's key (see :func:`api_key`)."""
+    return ApiClient(api_url, api_key(data_dir), key_source=key_source(data_dir), **options)
 
 
 def create_key(api_url: str, data_dir: Path, *, tenant: str, scopes: list[str], name: str, console: Console) -> None:
     body: dict[str, Any] = {"tenant": tenant, "name": name}
     if scopes:
         body["scopes"] = scopes
-    with client(api_url, data_dir, timeout=30) as http:
-        created = _checked(http.post("/keys", json=body))
+    with client(api_url, data_dir) as http:
+        created = http.post("/keys", json=body)
     console.print(f"key {created['key_id']} for tenant {created['tenant']} (scopes: {', '.join(created['scopes'])}); "
                   "it is shown once, keep it:", highlight=False, soft_wrap=True)
     print(created["key"], flush=True)  # alone on the last line, for scripts
 
 
 def list_keys(api_url: str, data_dir: Path, *, as_json: bool, console: Console) -> None:
-    with client(api_url, data_dir, timeout=30) as http:
-        keys = _checked(http.get("/keys"))["keys"]
+    with client(api_url, data_dir) as http:
+        keys = http.get("/keys")["keys"]
     if as_json:
         print(json.dumps(keys, indent=2))
         return
@@ -83,8 +76,8 @@ def list_keys(api_url: str, data_dir: Path, *, as_json: bool, console: Console) 
 
 
 def revoke_key(api_url: str, data_dir: Path, key_id: str, *, console: Console) -> None:
-    with client(api_url, data_dir, timeout=30) as http:
-        revoked = _checked(http.delete(f"/keys/{key_id}"))
+    with client(api_url, data_dir) as http:
+        revoked = http.delete(f"/keys/{key_id}", not_found=f"no API key {key_id} ('flowrelay keys list' shows them)")
     console.print(f"key {revoked['key_id']} revoked at {revoked['revoked_at']}")
 
 

@@ -1,18 +1,29 @@
-"""The ``flowrelay`` command: ``up`` runs the stack locally, ``run`` submits and follows a workflow,
-``keys`` and ``nats-user`` manage credentials, ``secrets init`` prepares a deployment."""
+"""The ``flowrelay`` command.
+
+``up`` runs the stack locally under a supervisor; ``run``, ``follow``, ``cancel``, ``runs`` and
+``status`` talk to the API; ``logs`` reads what ``up`` logged; ``keys`` and ``nats-user``
+manage credentials; ``secrets init`` prepares a deployment. Expected failures (the API is
+down, a key is refused, a run does not exist) are one line on stderr and exit status 2;
+``--json`` prints data for scripts instead of tables.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flowrelay.admin import DEFAULT_DATA_DIR, CliError
 from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL
 from flowrelay.up import UpOptions, up
 
-app = typer.Typer(help="flowrelay: run any-agent workflows behind your backend, over NATS.", no_args_is_help=True)
+# No locals in tracebacks: they would show keys and passwords.
+app = typer.Typer(help="flowrelay: run any-agent workflows behind your backend, over NATS.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
 keys_app = typer.Typer(help="API keys (needs the admin key: FLOWRELAY_API_KEY or <data dir>/secrets/admin.key).",
                        no_args_is_help=True)
 secrets_app = typer.Typer(help="A deployment's generated secrets.", no_args_is_help=True)
@@ -22,11 +33,23 @@ app.add_typer(secrets_app, name="secrets")
 _API = typer.Option("http://127.0.0.1:8000", "--api", envvar="FLOWRELAY_API_URL", help="Base URL of the API.")
 _DATA = typer.Option(DEFAULT_DATA_DIR, "--data-dir", envvar="FLOWRELAY_DATA_DIR",
                      help="Where 'flowrelay up' keeps its state (secrets/admin.key is read from there).")
+_JSON = typer.Option(False, "--json", help="Print JSON (one document, or one event per line) for scripts.")
+_CANCEL_ON_EXIT = typer.Option(False, "--cancel-on-exit", help="On Ctrl-C, cancel the run without asking.")
+
+_T = TypeVar("_T")
 
 
 def _fail(exc: CliError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
+
+
+def _guarded(call: Callable[[], _T]) -> _T:
+    """Run ``call``; a :class:`CliError` becomes one line on stderr and exit status 2."""
+    try:
+        return call()
+    except CliError as exc:
+        raise _fail(exc) from None
 
 
 @app.command("up")
@@ -38,10 +61,17 @@ def up_command(
     api_port: int = typer.Option(8000, envvar="FLOWRELAY_API_PORT"),
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server."),
     scripted_port: int = typer.Option(9100, help="Port of the scripted model (when no provider key is set)."),
+    metrics_port: int = typer.Option(9101, min=-1, help="First Prometheus port: executors get it and the next "
+                                     "ones, the suggester the one after them; 0: free ports; -1: off."),
 ) -> None:
-    """Start NATS (embedded unless FLOWRELAY_NATS_URL is set), the API, executors and the suggester."""
+    """Run the stack: NATS, API, executors, suggester; restarts what crashes, Ctrl-C stops it in order.
+
+    NATS is embedded unless FLOWRELAY_NATS_URL is set; the scripted model stands in when no
+    provider key is set. A second Ctrl-C kills everything at once.
+    """
     code = up(UpOptions(executors=executors, workers=workers, data_dir=data_dir, api_host=api_host,
-                        api_port=api_port, nats_port=nats_port, scripted_port=scripted_port))
+                        api_port=api_port, nats_port=nats_port, scripted_port=scripted_port,
+                        metrics_port=metrics_port))
     raise typer.Exit(code)
 
 
@@ -52,19 +82,131 @@ def run_command(
     follow: bool = typer.Option(False, "--follow", "-f", help="Show the live trace until the run ends."),
     timeout_s: float | None = typer.Option(None, "--timeout", help="options.timeout_s"),
     max_turns: int | None = typer.Option(None, "--max-turns", help="options.max_turns"),
+    cancel_on_exit: bool = _CANCEL_ON_EXIT,
+    as_json: bool = _JSON,
     api_url: str = _API,
     data_dir: Path = _DATA,
 ) -> None:
-    """Submit a workflow to the API and, with --follow, show each step with tokens and cost."""
-    from flowrelay.admin import api_key
-    from flowrelay.follow import load_request, run
+    """Submit a workflow; with --follow, show each step with tokens and cost.
+
+    Ctrl-C while following asks whether to cancel the run (--cancel-on-exit: cancel, no question).
+    """
+    import json
+
+    from flowrelay.admin import client
+    from flowrelay.follow import follow as follow_run
+    from flowrelay.follow import load_request, submit
 
     options = {k: v for k, v in {"timeout_s": timeout_s, "max_turns": max_turns}.items() if v is not None}
-    try:
-        key = api_key(data_dir)
-    except CliError as exc:
-        raise _fail(exc) from None
-    raise typer.Exit(run(api_url, load_request(file, input_text, options), follow=follow, console=Console(), key=key))
+    console = Console()
+
+    def run() -> int:
+        body = load_request(file, input_text, options)
+        with client(api_url, data_dir) as api:
+            accepted = submit(api, body)
+            if as_json and not follow:
+                print(json.dumps(accepted))
+                return 0
+            if not as_json:
+                console.print(f"run [bold]{accepted['run_id']}[/] queued", highlight=False)
+            if not follow:
+                return 0
+            return follow_run(api, accepted["run_id"], console=console, as_json=as_json, cancel_on_exit=cancel_on_exit)
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command("follow")
+def follow_command(
+    run_id: str = typer.Argument(..., help="The run's id."),
+    cancel_on_exit: bool = _CANCEL_ON_EXIT,
+    as_json: bool = _JSON,
+    api_url: str = _API,
+    data_dir: Path = _DATA,
+) -> None:
+    """Show a run's trace from its first event, live until it ends (exit 0: succeeded)."""
+    from flowrelay.admin import client
+    from flowrelay.follow import follow
+
+    def run() -> int:
+        with client(api_url, data_dir) as api:
+            return follow(api, run_id, console=Console(), as_json=as_json, cancel_on_exit=cancel_on_exit)
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command("cancel")
+def cancel_command(
+    run_id: str = typer.Argument(..., help="The run's id."),
+    as_json: bool = _JSON,
+    api_url: str = _API,
+    data_dir: Path = _DATA,
+) -> None:
+    """Cancel a run: a queued one never starts, a running one is stopped by its executor."""
+    import json
+
+    from flowrelay.admin import client
+    from flowrelay.follow import cancel_run
+
+    def run() -> None:
+        with client(api_url, data_dir) as api:
+            answer = cancel_run(api, run_id)
+        if as_json:
+            print(json.dumps(answer))
+        elif answer["status"] == "cancelled":
+            Console().print(f"run {run_id} cancelled (it had not started)", highlight=False)
+        else:
+            Console().print(f"run {run_id}: its executor was asked to stop it "
+                            f"('flowrelay follow {run_id}' shows the end)", highlight=False)
+
+    _guarded(run)
+
+
+@app.command("runs")
+def runs_command(
+    status: str | None = typer.Option(None, "--status", "-s", help="queued, running, succeeded, failed or cancelled."),
+    tenant: str | None = typer.Option(None, "--tenant", "-t", help="Admin keys: only this tenant's runs."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=100, help="How many runs (newest first)."),
+    as_json: bool = _JSON,
+    api_url: str = _API,
+    data_dir: Path = _DATA,
+) -> None:
+    """List runs, newest first: status, age, duration, tokens, cost, error."""
+    from flowrelay.admin import client
+    from flowrelay.runs import list_runs
+
+    def run() -> None:
+        with client(api_url, data_dir) as api:
+            list_runs(api, status=status, tenant=tenant, limit=limit, as_json=as_json, console=Console())
+
+    _guarded(run)
+
+
+@app.command("status")
+def status_command(as_json: bool = _JSON, api_url: str = _API, data_dir: Path = _DATA) -> None:
+    """The stack at a glance: services (of a local 'flowrelay up'), executors, frameworks, the queue."""
+    from flowrelay.admin import client
+    from flowrelay.status import status
+
+    def run() -> int:
+        with client(api_url, data_dir) as api:
+            return status(api, data_dir, as_json=as_json, console=Console())
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command("logs")
+def logs_command(
+    service: str | None = typer.Argument(None, help="api, executor (all of them), executor-1, suggester, nats, "
+                                         "scripted-model; all without one."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until Ctrl-C."),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, help="Lines to show from the end of each log."),
+    data_dir: Path = _DATA,
+) -> None:
+    """Show the logs 'flowrelay up' writes (one file per service in <data dir>/logs)."""
+    from flowrelay.logs import show
+
+    raise typer.Exit(_guarded(lambda: show(data_dir / "logs", service, lines=lines, follow=follow, console=Console())))
 
 
 @keys_app.command("create")
@@ -79,21 +221,16 @@ def keys_create(
     """Create an API key; the key is printed alone on the last line (shown once)."""
     from flowrelay.admin import create_key
 
-    try:
-        create_key(api_url, data_dir, tenant=tenant, scopes=scope, name=name, console=Console(stderr=True))
-    except CliError as exc:
-        raise _fail(exc) from None
+    _guarded(lambda: create_key(api_url, data_dir, tenant=tenant, scopes=scope, name=name,
+                                console=Console(stderr=True)))
 
 
 @keys_app.command("list")
-def keys_list(as_json: bool = typer.Option(False, "--json"), api_url: str = _API, data_dir: Path = _DATA) -> None:
+def keys_list(as_json: bool = _JSON, api_url: str = _API, data_dir: Path = _DATA) -> None:
     """List API keys (never their secrets)."""
     from flowrelay.admin import list_keys
 
-    try:
-        list_keys(api_url, data_dir, as_json=as_json, console=Console())
-    except CliError as exc:
-        raise _fail(exc) from None
+    _guarded(lambda: list_keys(api_url, data_dir, as_json=as_json, console=Console()))
 
 
 @keys_app.command("revoke")
@@ -101,10 +238,7 @@ def keys_revoke(key_id: str = typer.Argument(...), api_url: str = _API, data_dir
     """Revoke an API key: every API process refuses it within a few seconds."""
     from flowrelay.admin import revoke_key
 
-    try:
-        revoke_key(api_url, data_dir, key_id, console=Console())
-    except CliError as exc:
-        raise _fail(exc) from None
+    _guarded(lambda: revoke_key(api_url, data_dir, key_id, console=Console()))
 
 
 @app.command("nats-user")
