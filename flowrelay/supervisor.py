@@ -264,7 +264,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 program.handle.process.send_signal(signal.SIGTERM)
             pending[program.name] = program
-        killed: set[str] = set()
+        killed: set[str] = set()  # those past their stop timeout, SIGKILLed
         while pending:
             now = time.monotonic()
             for name, program in list(pending.items()):
@@ -273,8 +273,7 @@ class Supervisor:
                     _kill_group(program)  # anything it left behind
                     program.state = "stopped"
                     del pending[name]
-                    self._say(f"  {name:<14} {_ending(code, killed=name in killed or self._forced)} "
-                              f"after {now - begun:.1f} s")
+                    self._say(f"  {name:<14} {_ending(code)} after {now - begun:.1f} s")
                 elif now - begun >= program.stop_timeout_s and name not in killed:
                     killed.add(name)
                     self._say(f"  {name:<14} did not stop within {program.stop_timeout_s:.3g} s: killing it")
@@ -297,8 +296,8 @@ def _kill_group(program: Program) -> None:
         os.killpg(program.handle.process.pid, signal.SIGKILL)
 
 
-def _ending(code: int, *, killed: bool) -> str:
-    if killed:
+def _ending(code: int) -> str:
+    if code == -signal.SIGKILL:
         return "killed"
     # uvicorn shuts down cleanly on SIGTERM and then re-raises it, so it ends "killed by SIGTERM"
     clean = code in (0, -signal.SIGTERM)

@@ -158,6 +158,7 @@ def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
     stack.process.process.send_signal(signal.SIGINT)
     assert stack.process.process.wait(STOP_BOUND_S) == 130
     stack.process.wait_for(r"killing everything now", after=mark, timeout=5)
+    stack.process.wait_for(r"executor-1 +killed after", after=mark, timeout=5)  # not drained to the end
     gone, alive = psutil.wait_procs(processes, timeout=STOP_BOUND_S)
     assert alive == [], f"left behind: {alive}"
     _no_tracebacks(stack.process.output())
