@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import psutil
 import pytest
 from flowrelay_testkit import Bus, Stack, isolated_stack, one_agent, run_body
 
@@ -112,6 +113,20 @@ async def test_sigterm_drains_in_flight_runs_before_exiting(client, fbus, execut
     assert code == 0
     record = await fbus.store.get(run_id)
     assert record is not None and record.status == RunStatus.SUCCEEDED
+
+
+async def test_sigterm_hands_back_a_run_longer_than_the_drain_grace_and_exits(client, fbus, executors) -> None:
+    executor = executors.start_executor(FLOWRELAY_DRAIN_GRACE_S="1")
+    run_id = await _submit(client, "#delay=120 longer than the drain grace")
+    await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
+    workers = psutil.Process(executor.pid).children(recursive=True)
+    code = await asyncio.to_thread(executor.terminate, 30)  # SIGKILL after 30 s would make it -9
+    assert code == 0, "the executor exited by itself, not waiting for its worker's run"
+    gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 10)
+    assert alive == [], "its worker processes are stopped with it"
+    output = executor.output()
+    assert "handing back 1 unfinished runs" in output and "died" not in output
+    assert (await client.post(f"/runs/{run_id}/cancel")).status_code == 202  # not for the next executor here
 
 
 async def test_poison_message_gets_a_failure_event_and_the_consumer_keeps_going(client, fbus, executors) -> None:

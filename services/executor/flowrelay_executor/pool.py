@@ -315,7 +315,9 @@ class ProcessPool:
         if not worker.ready.done():
             worker.ready.set_exception(WorkerStartError(f"worker exited with {code} before it was ready"))
         if orphans or (not worker.retiring and not self._closing):
-            if worker.killed_for:
+            if self._closing:  # stopped by close(): its runs were handed back already
+                reason, crashed = "the executor stopped its worker", False
+            elif worker.killed_for:
                 reason = f"its worker was killed because run {worker.killed_for} overran its deadline"
                 crashed = False
             else:
@@ -356,14 +358,21 @@ class ProcessPool:
                         worker.send({"op": "stats"})
 
     async def _reap(self, worker: _Worker, grace_s: float) -> None:
-        try:
-            await asyncio.wait_for(worker.process.wait(), grace_s)
-        except TimeoutError:
-            worker.process.kill()
-            await worker.process.wait()
-        if worker.reader:
-            with contextlib.suppress(BaseException):
-                await worker.reader
+        """Give ``worker`` ``grace_s`` to exit, then kill it; return once it is collected.
+
+        Its reader ends when the worker exits (EOF) after joining the process. A worker left
+        running would keep the executor from exiting: multiprocessing joins non-daemon
+        children at interpreter exit, so one busy with a long run held it until that run ended.
+        """
+        if worker.reader is None:
+            worker.kill()
+            return
+        with contextlib.suppress(Exception):  # a timeout, or a failed reader: kill it then
+            await asyncio.wait_for(asyncio.shield(worker.reader), grace_s)
+            return
+        worker.kill()
+        with contextlib.suppress(Exception):
+            await worker.reader
 
 
 def _secrets(job: Job) -> dict[str, Any]:
