@@ -21,7 +21,7 @@ from flowrelay.admin import DEFAULT_DATA_DIR, CliError
 from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL
 from flowrelay.up import UpOptions, up
 
-# No locals in tracebacks: they would show keys and passwords.
+# Never locals in tracebacks (typer's default today; kept explicit): they would show keys.
 app = typer.Typer(help="flowrelay: run any-agent workflows behind your backend, over NATS.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 keys_app = typer.Typer(help="API keys (needs the admin key: FLOWRELAY_API_KEY or <data dir>/secrets/admin.key).",
