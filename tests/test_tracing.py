@@ -166,9 +166,10 @@ async def test_runs_of_one_trace_at_once_each_keep_their_own_agent_state(traced:
         results = await asyncio.gather(
             *(client.post("/execute", json=b, headers={"traceparent": header}) for b in bodies)
         )
-    outputs = sorted(r.json()["output"] for r in results)
-    assert outputs == [f"echo: #delay=0.5 run {i}" for i in range(3)]
-    assert all(r.json()["usage"]["input_tokens"] > 0 for r in results), "token counts come from spans"
+    answers = [r.json() for r in results]
+    assert [a["status"] for a in answers] == ["succeeded"] * 3, [a.get("error") for a in answers]
+    assert sorted(a["output"] for a in answers) == [f"echo: #delay=0.5 run {i}" for i in range(3)]
+    assert all(a["usage"]["input_tokens"] > 0 for a in answers), "token counts come from spans"
     await asyncio.to_thread(receiver.wait_for, trace_id, {"flowrelay.run", "invoke_agent"}, runs=3)
 
 
@@ -179,11 +180,15 @@ async def test_a_run_without_trace_context_starts_its_own_trace(traced: tuple[St
         second = (await client.post("/execute", json=run_body(one_agent(), "alone too"))).json()
 
     def run_span(run_id: str) -> ReceivedSpan:
+        def found() -> ReceivedSpan | None:
+            return next((s for s in receiver.spans if s.attributes.get("flowrelay.run_id") == run_id), None)
+
         with receiver._changed:
-            receiver._changed.wait_for(
-                lambda: any(s.attributes.get("flowrelay.run_id") == run_id for s in receiver.spans), WAIT_S
-            )
-            return next(s for s in receiver.spans if s.attributes.get("flowrelay.run_id") == run_id)
+            if not receiver._changed.wait_for(lambda: found() is not None, WAIT_S):
+                raise TimeoutError(f"no flowrelay.run span for run {run_id} arrived")
+            span = found()
+            assert span is not None
+            return span
 
     a, b = [await asyncio.to_thread(run_span, r["run_id"]) for r in (first, second)]
     assert a.parent_span_id == "" and b.parent_span_id == "" and a.trace_id != b.trace_id

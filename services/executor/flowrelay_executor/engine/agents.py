@@ -2,8 +2,10 @@
 
 Concurrency (checked in any-agent 1.18's source): a run keeps its conversation in locals of
 the framework's run, and any-agent keys its callback contexts by OpenTelemetry trace id, so
-one agent instance serves many concurrent runs as long as every run has its own trace
-(ensured by ``Engine.run``, which starts each run from an empty OpenTelemetry context).
+one agent instance serves many concurrent runs as long as every run has its own trace id.
+``Engine.run`` gives each run a span of its own, in the caller's trace when its request
+carried one (runs of one trace then share a trace id: :class:`AgentPool` gives such a run an
+instance of its own while another run of that trace uses the shared one).
 Instances are therefore shared per recipe and reused across runs; :class:`AgentPool` bounds
 the small state any-agent leaves behind.
 """
