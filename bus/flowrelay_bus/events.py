@@ -267,7 +267,12 @@ async def _stored_by_consumer(
     The server refuses a create whose body filter differs from the subject's, so a user
     permitted ``$JS.API.CONSUMER.CREATE.FLOWRELAY_EVENTS.*.flowrelay.events.<tenant>.>``
     can replay its own runs and nothing else. It holds exactly the messages stored when it
-    was created (``num_pending``); the server removes it once it goes idle.
+    was created; the server removes it once it goes idle.
+
+    How many: ``num_pending`` plus ``delivered`` of the create answer. The server may start
+    delivering before it answers, and what it delivered is no longer pending: counting
+    ``num_pending`` alone stopped short of a finished run's terminal event, and the follower
+    then waited forever for a live event that would never come.
     """
     js = nc.jetstream()
     inbox = nc.new_inbox()
@@ -292,7 +297,8 @@ async def _stored_by_consumer(
             ),
         )
         found: list[TraceEvent] = []
-        for _ in range(info.num_pending or 0):
+        stored = (info.num_pending or 0) + (info.delivered.consumer_seq if info.delivered else 0)
+        for _ in range(stored):
             event = TraceEvent.model_validate_json(await asyncio.wait_for(arrived.get(), REPLAY_MESSAGE_TIMEOUT_S))
             if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
                 found.append(event)
