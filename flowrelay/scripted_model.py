@@ -19,8 +19,8 @@ after whitespace:
 ``(none)``
     Answer ``echo: <the whole last user text, unchanged>``.
 ``#delay=<seconds>``
-    ``asyncio.sleep`` before answering (other requests are not blocked). Capped at
-    ``_MAX_DELAY_S``.
+    Wait before answering (other requests are not blocked); a client that hangs up ends
+    the wait (outcome ``client_gone`` in ``/stats``). Capped at ``_MAX_DELAY_S``.
 ``#fail=<http status>``
     Answer with that status (400-599) and an OpenAI-style error body; 429 also carries
     ``retry-after: 0``.
@@ -714,6 +714,27 @@ def _stream_response(body: dict[str, Any], include_usage: bool) -> Response:
     )
 
 
+async def _wait_unless_gone(request: Request, seconds: float) -> bool:
+    """Wait ``seconds`` unless the client hangs up first; whether it is still there.
+
+    A caller killed in the middle of a delayed call (a worker a draining executor stopped)
+    must not leave its request parked for the rest of the delay: that held the server's
+    shutdown until uvicorn cancelled it, with a traceback in the log.
+    """
+
+    async def hung_up() -> None:
+        # The body is read: the next ASGI message is the disconnect, whenever it comes.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(hung_up())
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=seconds)
+    finally:
+        watcher.cancel()
+    return not done
+
+
 def create_app() -> Starlette:
     """The ASGI app (for uvicorn or in-process httpx use). Stats start when it is created."""
     stats = _Stats()
@@ -747,8 +768,9 @@ def create_app() -> Starlette:
         stats.in_flight += 1
         stats.in_flight_peak = max(stats.in_flight_peak, stats.in_flight)
         try:
-            if script.delay_s:
-                await asyncio.sleep(script.delay_s)
+            if script.delay_s and not await _wait_unless_gone(request, script.delay_s):
+                stats.by_outcome["client_gone"] += 1
+                return Response(status_code=499)  # nobody reads it: the connection is closed
         finally:
             stats.in_flight -= 1
         if script.fail_status is not None:

@@ -360,6 +360,33 @@ async def test_delay_requests_overlap(fresh_server: _ScriptedServer) -> None:
     assert max(finished) - started < count * delay / 2
 
 
+async def test_a_delayed_request_ends_when_its_client_hangs_up() -> None:
+    # A worker killed in the middle of a model call (a draining executor handing its run back)
+    # leaves its request behind: it must end then, not hold the server's shutdown until
+    # uvicorn cancels it with a traceback in the log.
+    srv = _ScriptedServer()
+    try:
+        async with httpx.AsyncClient(base_url=srv.root, timeout=30) as stats:
+
+            async def until(predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+                while not predicate(current := (await stats.get("/stats")).json()):
+                    await asyncio.sleep(0.02)  # GET /stats is the server's only window
+                return current
+
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as caller:
+                call = asyncio.create_task(caller.post("/chat/completions", json=_chat("hi #delay=120")))
+                await asyncio.wait_for(until(lambda s: s["in_flight"] == 1), 30)
+                call.cancel()  # the caller goes away; its connection closes with the client
+            gone = await asyncio.wait_for(until(lambda s: s["in_flight"] == 0), 30)
+        assert gone["requests_by_outcome"] == {"client_gone": 1}
+        srv.proc.send_signal(signal.SIGTERM)
+        _, err = srv.proc.communicate(timeout=30)
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0
+    assert "Traceback" not in err and "graceful shutdown exceeded" not in err, err
+
+
 async def test_usage_is_deterministic_and_follows_the_documented_formula(
     http: httpx.AsyncClient,
 ) -> None:
