@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,7 +18,9 @@ import psutil
 import pytest
 from flowrelay_testkit import Bus, Stack, isolated_stack, one_agent, run_body
 
-from flowrelay_contracts import EventType, RunStatus, subjects
+from flowrelay_contracts import EventType, RunStatus, Workflow, subjects
+from flowrelay_executor.jobs import Job, ModelDefaults
+from flowrelay_executor.worker import WorkerOptions, run_worker
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +107,38 @@ async def test_sigkill_of_the_executor_holding_a_run_hands_it_to_another(client,
     assert record.executor_id != running.executor_id
     assert record.attempts == 2
     assert len(await fbus.terminal_events(run_id)) == 1
+
+
+def test_a_worker_whose_executor_vanished_stops_its_runs_quietly(
+    scripted_model: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # An executor SIGKILLed (or OOM-killed) leaves its worker to notice the closed socket:
+    # it must end its runs and exit, not report them into the closed socket ("unhandled
+    # exception during asyncio.run() shutdown" with a traceback in the executor's log).
+    parent_end, child_end = socket.socketpair()
+    worker = multiprocessing.get_context("spawn").Process(
+        target=run_worker, args=(child_end, WorkerOptions(frameworks=("tinyagent",))), daemon=True
+    )
+    worker.start()
+    child_end.close()
+    try:
+        lines = parent_end.makefile("rb")
+        assert json.loads(lines.readline())["op"] == "ready"
+        job = Job(run_id="orphan", workflow=Workflow.model_validate(one_agent()), input="#delay=60 orphaned",
+                  timeout_s=120, max_turns=5, defaults=ModelDefaults(model_id="scripted:gpt-4o-mini",
+                                                                     scripted_url=scripted_model))
+        parent_end.sendall(json.dumps({"op": "run", "job": job.model_dump(mode="json")}).encode() + b"\n")
+        while (message := json.loads(lines.readline())).get("type") != "llm.started":  # in the model call
+            assert message["op"] == "event", message
+        lines.close()
+        parent_end.close()  # the executor is gone
+        worker.join(60)
+    finally:
+        if worker.is_alive():
+            worker.kill()
+    assert worker.exitcode == 0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err, err
 
 
 async def test_sigterm_drains_in_flight_runs_before_exiting(client, fbus, executors) -> None:

@@ -46,6 +46,10 @@ class JobRunner:
             self._cancel_reasons[run_id] = reason
             task.cancel()
 
+    def cancel_all(self, reason: str) -> None:
+        for run_id in list(self._tasks):
+            self.cancel(run_id, reason)
+
     async def wait_idle(self) -> None:
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)

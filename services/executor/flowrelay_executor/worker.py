@@ -62,6 +62,8 @@ async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
 
     def send(message: dict[str, Any]) -> None:
         nonlocal completed
+        if writer.is_closing():  # the executor is gone: nobody to report to
+            return
         if message["op"] == "done":
             completed += 1
         # One write per message: the socket is local, lines are small, and ordering is kept.
@@ -91,6 +93,13 @@ async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
         elif op == "stop":
             await runner.wait_idle()
             break
+    else:
+        # EOF: the executor died (SIGKILL, OOM). Its runs are redelivered elsewhere; end them
+        # here rather than leave them to asyncio's shutdown, with nowhere to report to.
+        writer.close()
+        runner.cancel_all("the executor is gone")
+        await runner.wait_idle()
+        return
     await writer.drain()
     writer.close()
 
