@@ -62,15 +62,6 @@ def record(live: UpStack, run_id: str) -> dict:
     return httpx.get(f"{live.api_url}/runs/{run_id}", headers=live.auth_headers, timeout=30).json()
 
 
-def wait_status(live: UpStack, run_id: str, *statuses: str, timeout: float = WAIT_S) -> dict:
-    """Follow the run's events (SSE) to its end, or poll until it reaches ``statuses``."""
-    deadline = time.monotonic() + timeout
-    while (current := record(live, run_id))["status"] not in statuses:
-        assert time.monotonic() < deadline, f"run {run_id} is {current['status']}, not {statuses}"
-        time.sleep(0.1)
-    return current
-
-
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
@@ -114,10 +105,10 @@ def test_run_follow_runs_and_cancel(live: UpStack, tmp_path: Path) -> None:
     assert replay.returncode == 0 and "run.completed" in replay.stdout and "echo: hello cli" in replay.stdout
 
     slow = submit(live, "#delay=60 until cancelled")
-    wait_status(live, slow, "running")
+    live.wait_event(slow, "run.started")
     cancelled = live.cli("cancel", slow)
     assert cancelled.returncode == 0 and "asked to stop" in cancelled.stdout, cancelled.stdout + cancelled.stderr
-    assert wait_status(live, slow, "cancelled", "succeeded", "failed")["status"] == "cancelled"
+    assert live.wait_end(slow)["status"] == "cancelled"
     after = live.cli("follow", slow)
     assert after.returncode == 1 and "run.cancelled" in after.stdout
     assert "already ended (cancelled)" in one_error_line(live.cli("cancel", slow))
@@ -176,7 +167,7 @@ def test_ctrl_c_on_run_follow_asks_whether_to_cancel(live: UpStack, tmp_path: Pa
             proc.kill()
         os.close(master)
     assert "Traceback" not in screen
-    assert wait_status(live, run_id, "cancelled", "succeeded", "failed")["status"] == "cancelled"
+    assert live.wait_end(run_id)["status"] == "cancelled"
 
 
 def test_ctrl_c_without_a_terminal_cancels_only_when_told(live: UpStack, tmp_path: Path) -> None:
@@ -202,7 +193,7 @@ def test_ctrl_c_without_a_terminal_cancels_only_when_told(live: UpStack, tmp_pat
 
     run_id, out = interrupt("--cancel-on-exit")
     assert "cancel requested" in out
-    assert wait_status(live, run_id, "cancelled", "succeeded", "failed")["status"] == "cancelled"
+    assert live.wait_end(run_id)["status"] == "cancelled"
 
 
 # -- logs -----------------------------------------------------------------------------------------
@@ -295,7 +286,7 @@ def test_a_killed_executor_is_restarted_and_its_runs_finish(live: UpStack) -> No
     assert live.process is not None
     runs = [submit(live, f"#delay=3 survive {i}") for i in range(3)]
     for run_id in runs:
-        wait_status(live, run_id, "running")
+        live.wait_event(run_id, "run.started")
     state = json.loads((live.data_dir / "up.json").read_text())
     (executor,) = [s for s in state["services"] if s["name"] == "executor-1"]
     mark = live.process.line_count
@@ -307,7 +298,7 @@ def test_a_killed_executor_is_restarted_and_its_runs_finish(live: UpStack) -> No
     live.process.wait_for(r"executor-1 exited with -9 \(SIGKILL\); restarting it in \d+ s", timeout=WAIT_S, after=mark)
     live.process.wait_for(r"executor-1 is back \(pid \d+, restart 1\)", timeout=240, after=mark)
     for run_id in runs:
-        done = wait_status(live, run_id, "succeeded", "failed", "cancelled", timeout=120)
+        done = live.wait_end(run_id)
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
     report = json.loads(live.cli("status", "--json").stdout)
     (restarted,) = [s for s in report["supervisor"]["services"] if s["name"] == "executor-1"]
@@ -326,7 +317,8 @@ def test_a_killed_nats_server_is_restarted_and_the_services_reconnect(live: UpSt
     live.process.wait_for(r"nats exited with -9 \(SIGKILL\); restarting it", timeout=WAIT_S, after=mark)
     live.process.wait_for(r"nats is back", timeout=WAIT_S, after=mark)
     deadline = time.monotonic() + WAIT_S
-    while httpx.get(f"{live.api_url}/healthz", timeout=10).status_code != 200:  # the API reconnects
+    # the API reconnects; /healthz is the only sign of it (nothing announces a reconnect)
+    while httpx.get(f"{live.api_url}/healthz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the API did not reconnect"
         time.sleep(0.1)
     done = live.cli("run", str(workflow_file(tmp_path, "after nats came back")), "--follow", "--json", timeout=180)

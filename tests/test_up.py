@@ -147,11 +147,7 @@ def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
     processes = _descendants(stack.process.pid)
     response = httpx.post(f"{stack.api_url}/runs", json=run_body(one_agent(), "#delay=120 keep draining"),
                           headers=stack.auth_headers, timeout=30)
-    run_id = response.json()["run_id"]
-    deadline = time.monotonic() + STOP_BOUND_S
-    while httpx.get(f"{stack.api_url}/runs/{run_id}", headers=stack.auth_headers).json()["status"] != "running":
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.1)
+    stack.wait_event(response.json()["run_id"], "run.started")
     mark = stack.process.line_count
     stack.process.process.send_signal(signal.SIGINT)
     stack.process.wait_for(r"api +stopped after", after=mark, timeout=STOP_BOUND_S)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 from nats.aio.client import Client
 
@@ -292,6 +294,26 @@ class UpStack:
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    def wait_event(self, run_id: str, *types: str, timeout: float = 240) -> dict[str, Any]:
+        """Follow the run's events over SSE (replayed from its start) until one of ``types``;
+        that event (TraceEvent JSON). ``timeout`` bounds each wait for the next line."""
+        with httpx.stream("GET", f"{self.api_url}/runs/{run_id}/events", headers=self.auth_headers,
+                          timeout=httpx.Timeout(30, read=timeout)) as response:
+            assert response.status_code == 200, response.read()
+            kind = ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind in types:
+                    return dict(json.loads(line.split(":", 1)[1]))
+        raise AssertionError(f"the events of run {run_id} ended without {types}")
+
+    def wait_end(self, run_id: str, *, timeout: float = 240) -> dict[str, Any]:
+        """The run's record once its terminal event was published (the record is stored first)."""
+        self.wait_event(run_id, "run.completed", "run.failed", "run.cancelled", timeout=timeout)
+        response = httpx.get(f"{self.api_url}/runs/{run_id}", headers=self.auth_headers, timeout=30)
+        return dict(response.json())
 
     def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
