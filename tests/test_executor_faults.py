@@ -151,8 +151,9 @@ async def test_sigterm_drains_in_flight_runs_before_exiting(client, fbus, execut
     assert record is not None and record.status == RunStatus.SUCCEEDED
 
 
-async def test_sigterm_hands_back_a_run_longer_than_the_drain_grace_and_exits(client, fbus, executors) -> None:
-    executor = executors.start_executor(FLOWRELAY_DRAIN_GRACE_S="1")
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+async def test_sigterm_hands_back_a_run_longer_than_the_drain_grace_and_exits(client, fbus, executors, isolation) -> None:
+    executor = executors.start_executor(FLOWRELAY_DRAIN_GRACE_S="1", FLOWRELAY_ISOLATION=isolation)
     run_id = await _submit(client, "#delay=120 longer than the drain grace")
     await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
     workers = psutil.Process(executor.pid).children(recursive=True)
@@ -162,6 +163,8 @@ async def test_sigterm_hands_back_a_run_longer_than_the_drain_grace_and_exits(cl
     assert alive == [], "its worker processes are stopped with it"
     output = executor.output()
     assert "handing back 1 unfinished runs" in output and "died" not in output
+    # the handed-back run was stopped at once, not left to run until its worker was killed
+    assert "did not stop" not in output and "still busy" not in output
     assert (await client.post(f"/runs/{run_id}/cancel")).status_code == 202  # not for the next executor here
 
 

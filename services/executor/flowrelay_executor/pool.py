@@ -175,6 +175,14 @@ class ProcessPool:
         worker.send({"op": "run", "job": job.model_dump(mode="json") | _secrets(job)})
         try:
             return await assignment.future
+        except asyncio.CancelledError:
+            # Handed back to the queue (a drain ran out of time): another executor will run
+            # it, so stop it here now rather than let it call models and tools until its
+            # worker is killed. Its events and outcome are no longer ours to forward.
+            if worker.runs.pop(job.run_id, None) is not None and not worker.exited:
+                with contextlib.suppress(Exception):
+                    worker.send({"op": "cancel", "run_id": job.run_id, "reason": "handed back to the queue"})
+            raise
         finally:
             assignment.timer.cancel()
 
@@ -370,6 +378,8 @@ class ProcessPool:
         with contextlib.suppress(Exception):  # a timeout, or a failed reader: kill it then
             await asyncio.wait_for(asyncio.shield(worker.reader), grace_s)
             return
+        if grace_s > 0:
+            log.warning("worker %d (pid %d) did not stop within %.0f s; killing it", worker.number, worker.pid, grace_s)
         worker.kill()
         with contextlib.suppress(Exception):
             await worker.reader

@@ -59,6 +59,9 @@ class ThreadPool:
             timer = self._main.call_later(job.timeout_s + self._kill_grace_s, self._overrun, job)
             try:
                 return await future
+            except asyncio.CancelledError:  # handed back to the queue: stop it here (see pool.py)
+                self._loop.call_soon_threadsafe(self._runner.cancel, job.run_id, "handed back to the queue")
+                raise
             finally:
                 timer.cancel()
                 self._sinks.pop(job.run_id, None)
