@@ -306,6 +306,8 @@ def test_a_killed_executor_is_restarted_and_its_runs_finish(live: UpStack) -> No
     assert live.process.process is not None and live.process.process.poll() is None, "the stack keeps running"
     gone, alive = psutil.wait_procs(workers, timeout=WAIT_S)
     assert alive == [], "the killed executor's worker processes were stopped with it"
+    log = (live.data_dir / "logs" / "executor-1.log").read_text(errors="replace")
+    assert "Traceback" not in log, "an orphaned worker ends its runs quietly"
 
 
 def test_a_killed_nats_server_is_restarted_and_the_services_reconnect(live: UpStack, tmp_path: Path) -> None:
