@@ -27,8 +27,8 @@ from flowrelay_api.settings import ApiSettings
 from flowrelay_bus import topology
 from flowrelay_bus.connection import make_broker
 from flowrelay_bus.index import RunIndex
-from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.lifecycle import stop_broker
+from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import subjects
 from flowrelay_contracts.ids import RunIdGenerator
