@@ -13,11 +13,13 @@ __all__ = [
     "add",
     "block",
     "crash_worker",
+    "crash_worker_once",
     "explode",
     "lookup_secret_echo",
     "needs_key",
     "sleep_async",
     "spin",
+    "worker_pid",
 ]
 
 #: Variable ``needs_key`` reads; tests leave it unset.
@@ -72,6 +74,22 @@ def explode(reason: str) -> str:
 def crash_worker() -> str:
     """Kill the whole process at once, as a segfaulting native extension would."""
     os._exit(CRASH_EXIT_STATUS)
+
+
+def crash_worker_once(marker: str) -> str:
+    """Crash the worker the first time (leaving the file ``marker``), succeed afterwards:
+    a run that a fresh worker can finish."""
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return "survived"
+    os._exit(CRASH_EXIT_STATUS)
+
+
+def worker_pid() -> str:
+    """The process id of the worker running the call (which worker ran a run)."""
+    return str(os.getpid())
 
 
 def needs_key() -> str:

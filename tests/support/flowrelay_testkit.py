@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import nats
 from nats.aio.client import Client
+from nats.js.api import ConsumerInfo
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
@@ -251,6 +252,37 @@ class Bus:
         async for event in follow(self.nc, self.tenant, run_id):
             if event is not None:
                 yield event
+
+    async def run_consumer(self) -> ConsumerInfo:
+        """The executors' shared consumer: ``delivered.consumer_seq`` counts every delivery,
+        redeliveries included, so a test can tell how often requests were handed out."""
+        return await self.js.consumer_info(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER)
+
+    async def wait_queue_settled(self, *, timeout: float = 60.0) -> ConsumerInfo:
+        """Wait until no run request is waiting or unacknowledged (JetStream has no event for
+        this, so its state is read until it holds)."""
+
+        async def settled() -> ConsumerInfo:
+            while True:
+                info = await self.run_consumer()
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return info
+                await asyncio.sleep(0.1)
+
+        return await asyncio.wait_for(settled(), timeout)
+
+
+async def model_calls(scripted_url: str, token: str) -> int:
+    """How many chat completions the scripted model received with ``#count=<token>``."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        counted = (await http.get(scripted_url.removesuffix("/v1") + "/stats")).json()["counted"]
+    return int(counted.get(token, 0))
+
+
+def executor_pid(record: RunRecord) -> int:
+    """The process id of the executor that claimed the run (executor ids embed it)."""
+    assert record.executor_id, record
+    return int(record.executor_id.split("-")[-2])
 
 
 # -- flowrelay up as a user runs it --------------------------------------------------------

@@ -1,0 +1,232 @@
+"""Worker-pool guarantees of the README's "Execution: isolation, deadlines, delivery",
+against real executors (and their real worker processes) on a nats-server of this module's own.
+
+Which worker ran a run is its output: the agent calls the ``worker_pid`` tool and answers
+with the result. How often a run called the model comes from the scripted model
+(``#count=<token>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from flowrelay_testkit import Bus, Stack, executor_pid, isolated_stack, model_calls, one_agent, run_body
+
+from flowrelay.stack import ServiceProcess
+from flowrelay_contracts import EventType, ExecutorCapabilities, RunRecord, RunStatus, subjects
+
+pytestmark = pytest.mark.timeout(240)
+
+TOOLS = ["worker_pid", "block", "spin", "sleep_async", "crash_worker", "crash_worker_once"]
+
+#: Asks the agent for the pid of the worker running it, and answers with it.
+WHICH_WORKER = "#call=worker_pid {}"
+
+#: What a deadline enforced by cancelling the run in its worker says (``runner.py``) ...
+COOPERATIVE = "stopped after"
+#: ... and what one enforced by killing the worker says (``pool.py``).
+KILLED = "its worker process was killed"
+
+
+@pytest.fixture(scope="module")
+def worker_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack(tmp_path_factory.mktemp("workers"), scripted_model, FLOWRELAY_FRAMEWORKS="tinyagent") as (stack, _):
+        yield stack
+
+
+@pytest.fixture
+async def client(worker_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=worker_stack.api_url, timeout=60, headers=worker_stack.auth_headers) as http:
+        yield http
+
+
+@pytest.fixture
+async def wbus(worker_stack: Stack) -> AsyncIterator[Bus]:
+    connection = await worker_stack.bus()
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def executors(worker_stack: Stack) -> Iterator[Stack]:
+    yield worker_stack
+    for executor in worker_stack.executors:
+        executor.kill()
+    worker_stack.executors.clear()
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+async def _submit(client: httpx.AsyncClient, text: str, **options: object) -> str:
+    response = await client.post("/runs", json=run_body(one_agent(tools=TOOLS), text, **options))
+    assert response.status_code == 202, response.text
+    return response.json()["run_id"]
+
+
+async def _worker_of_next_run(client: httpx.AsyncClient, bus: Bus) -> int:
+    record = await bus.wait_record(await _submit(client, WHICH_WORKER), timeout=60)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    return int(record.output)
+
+
+def _workers(executor: ServiceProcess) -> set[int]:
+    """Live worker processes of an executor: the children of its fork server."""
+    (server,) = [p for p in psutil.Process(executor.pid).children() if "forkserver" in " ".join(p.cmdline())]
+    return {p.pid for p in server.children() if p.status() != psutil.STATUS_ZOMBIE}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _running(record: RunRecord) -> bool:
+    return record.status == RunStatus.RUNNING
+
+
+async def _capabilities(bus: Bus, executor: ServiceProcess) -> ExecutorCapabilities:
+    """The executor's capabilities entry (its advertiser writes it right after start)."""
+    kv = await bus.js.key_value(subjects.EXECUTORS_BUCKET)
+    watcher = await kv.watchall()
+    try:
+        async for entry in watcher:
+            if entry is not None and entry.value and entry.key.split("-")[-2] == str(executor.pid):
+                return ExecutorCapabilities.model_validate_json(entry.value)
+    finally:
+        await watcher.stop()
+    raise AssertionError("the executor is not advertised")
+
+
+# -- pool size and slots ---------------------------------------------------------------------
+
+
+async def test_workers_setting_runs_that_many_worker_processes_and_spreads_runs_over_them(
+    client, wbus, executors
+) -> None:
+    executor = executors.start_executor(FLOWRELAY_WORKERS="2", FLOWRELAY_SLOTS_PER_WORKER="1")
+    assert len(_workers(executor)) == 2
+    assert (await _capabilities(wbus, executor)).slots == 2
+    # Both at once: one slot per worker, so each goes to a worker of its own.
+    ids = [await _submit(client, f"#delay=2 {WHICH_WORKER}") for _ in range(2)]
+    records = [await wbus.wait_record(r, timeout=60) for r in ids]
+    assert all(r.status == RunStatus.SUCCEEDED and r.attempts == 1 for r in records), [r.error for r in records]
+    assert {int(r.output) for r in records} == _workers(executor)
+
+
+async def test_slots_per_worker_bounds_the_runs_a_worker_runs_at_once(client, wbus, executors) -> None:
+    executor = executors.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="2")
+    assert (await _capabilities(wbus, executor)).slots == 2
+    ids = [await _submit(client, f"#delay=2 slot {i}") for i in range(3)]
+    first, second, third = [await wbus.wait_record(r, timeout=60) for r in ids]
+    assert all(r.status == RunStatus.SUCCEEDED for r in (first, second, third))
+    assert second.started_at < first.finished_at, "two slots: the first two ran side by side"
+    assert third.started_at >= min(first.finished_at, second.finished_at), "the third waited for a free slot"
+
+
+async def test_workers_above_the_rss_limit_are_recycled_after_their_runs_finish(client, wbus, executors) -> None:
+    # Every worker is above 64 MB (any-agent alone is more): the first stats poll retires it.
+    executor = executors.start_executor(FLOWRELAY_RECYCLE_RSS_MB="64")
+    (old,) = _workers(executor)
+    in_flight = await _submit(client, '#call=sleep_async {"seconds": 12} ' + WHICH_WORKER)
+    await asyncio.to_thread(executor.wait_for, r"recycling worker 1 \(pid \d+\): RSS \d+ MB above 64 MB", timeout=60)
+    record = await wbus.wait_record(in_flight, timeout=60)
+    assert record.status == RunStatus.SUCCEEDED and record.attempts == 1, "the retiring worker finished its run"
+    assert int(record.output) == old
+    new = await _worker_of_next_run(client, wbus)
+    assert new != old and not _alive(old)
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+
+async def test_a_deadline_first_cancels_the_run_in_its_worker(client, wbus, executors) -> None:
+    executor = executors.start_executor()
+    worker = await _worker_of_next_run(client, wbus)
+    run_id = await _submit(client, "#delay=30 slow model", timeout_s=1)
+    record = await wbus.wait_record(run_id, timeout=30)
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+    assert COOPERATIVE in record.error.message and KILLED not in record.error.message
+    assert await _worker_of_next_run(client, wbus) == worker, "the worker was not replaced"
+    assert "killing worker" not in executor.output()
+
+
+async def test_a_spinning_tool_at_the_deadline_gets_its_worker_killed_and_the_run_a_terminal_event(
+    client, wbus, executors
+) -> None:
+    executor = executors.start_executor()
+    worker = await _worker_of_next_run(client, wbus)
+    run_id = await _submit(client, '#call=spin {"seconds": 600}', timeout_s=2)
+    record = await wbus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+    assert KILLED in record.error.message
+    (terminal,) = await wbus.terminal_events(run_id)
+    assert terminal.type == EventType.RUN_FAILED
+    assert terminal.data["error"]["code"] == "timeout" and KILLED in terminal.data["error"]["message"]
+    assert "killing worker" in executor.output()
+    replacement = await _worker_of_next_run(client, wbus)
+    assert replacement != worker and not _alive(worker)
+
+
+async def test_kill_grace_gives_a_blocked_run_that_long_to_stop_by_itself(client, wbus, executors) -> None:
+    executors.start_executor(FLOWRELAY_KILL_GRACE_S="60")
+    worker = await _worker_of_next_run(client, wbus)
+    run_id = await _submit(client, '#call=block {"seconds": 4}', timeout_s=1)
+    record = await wbus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+    assert COOPERATIVE in record.error.message, "stopped once the tool returned, within the grace"
+    assert await _worker_of_next_run(client, wbus) == worker
+
+
+async def test_other_runs_of_a_worker_killed_at_a_deadline_are_queued_again(
+    client, wbus, executors, scripted_model
+) -> None:
+    executors.start_executor()  # one worker: both runs share it
+    token = _token()
+    bystander = await _submit(client, f"#delay=8 #count={token} bystander")
+    async for event in wbus.stream_events(bystander):
+        if event.type == EventType.LLM_STARTED:  # its model call is under way
+            break
+    culprit = await _submit(client, '#call=block {"seconds": 600}', timeout_s=1)
+
+    record = await wbus.wait_record(culprit, timeout=60)
+    assert record.error.code == "timeout" and KILLED in record.error.message
+    record = await wbus.wait_record(bystander, timeout=90)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    assert record.attempts == 2 and await model_calls(scripted_model, token) == 2
+    events = await wbus.stored_events(bystander)
+    assert [e.data["attempt"] for e in events if e.type == EventType.RUN_STARTED] == [1, 2]
+    assert len(await wbus.terminal_events(bystander)) == 1
+
+
+# -- crashes ---------------------------------------------------------------------------------
+
+
+async def test_crash_policy_retry_runs_a_crashed_run_again_on_a_fresh_worker(
+    client, wbus, executors, tmp_path: Path
+) -> None:
+    executor = executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry")
+    marker = tmp_path / "crashed-once"
+    run_id = await _submit(client, f'#call=crash_worker_once {{"marker": "{marker}"}}')
+    record = await wbus.wait_record(run_id, timeout=90)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    assert record.output == "survived" and record.attempts == 2
+    assert "died" in executor.output()
+    assert len(await wbus.terminal_events(run_id)) == 1
+
+
+async def test_crash_policy_retry_gives_up_after_max_deliver(client, wbus, executors) -> None:
+    executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry", FLOWRELAY_MAX_DELIVER="2")
+    run_id = await _submit(client, "#call=crash_worker {}")
+    record = await wbus.wait_record(run_id, timeout=90)
+    assert record.status == RunStatus.FAILED and record.error.code == "worker_crashed"
+    assert record.attempts == 2
