@@ -1,46 +1,118 @@
-"""A run survives a restart of the NATS server (same store): nothing is lost or doubled."""
+"""Broker restarts: on the same store a run in flight survives (nothing lost or doubled); on
+an empty store the next start of the services declares the topology again."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import nats
 import pytest
-from flowrelay_testkit import Bus, Stack, free_port, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, free_port, model_calls, one_agent, run_body
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
-from flowrelay_contracts import RunStatus
+from flowrelay.natsconfig import Role
+from flowrelay.natsserver import NatsServer
+from flowrelay_contracts import EventType, RunStatus, subjects
 
 
-async def test_runs_survive_a_broker_restart(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+@dataclass
+class Deployment:
+    root: Path
+    port: int
+    secrets: Secrets
+    server: NatsServer
+    stack: Stack
+
+    def start_server(self, store: str) -> None:
+        self.server = natsserver.start_secure(self.root / store, self.secrets, port=self.port,
+                                              log_file=self.root / "logs" / f"{store}.log")
+
+
+@pytest.fixture(scope="module")
+def deployment(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("restart")
     port = free_port()
     secrets = Secrets.ensure(root / "secrets")
     server = natsserver.start_secure(root / "nats", secrets, port=port, log_file=root / "logs" / "nats.log")
-    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root, secrets=secrets)
+    stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root, secrets=secrets,
+                  FLOWRELAY_FRAMEWORKS="tinyagent")
+    deployment = Deployment(root=root, port=port, secrets=secrets, server=server, stack=stack)
     try:
         stack.start_api()
         stack.start_suggester()
         stack.start_executor()
-        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
-            bus = await Bus.connect(server.url, secrets)
-            before = (await api.post("/runs", json=run_body(one_agent(), "#delay=2 across the restart"))).json()["run_id"]
+        yield deployment
+    finally:
+        deployment.stack.stop()
+        deployment.server.stop()
+
+
+async def test_runs_survive_a_broker_restart(deployment: Deployment, scripted_model: str) -> None:
+    stack = deployment.stack
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
+        bus = await Bus.connect(deployment.server.url, deployment.secrets)
+        try:
+            token = uuid.uuid4().hex[:16]
+            text = f"#delay=2 #count={token} across the restart"
+            before = (await api.post("/runs", json=run_body(one_agent(), text))).json()["run_id"]
             await bus.wait_record(before, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
 
-            await asyncio.to_thread(server.stop)
-            server = await asyncio.to_thread(
-                natsserver.start_secure, root / "nats", secrets, port=port, log_file=root / "logs" / "nats.log"
-            )
+            await asyncio.to_thread(deployment.server.stop)
+            await asyncio.to_thread(deployment.start_server, "nats")  # the same store
 
             record = await bus.wait_record(before, timeout=90)
             assert record.status == RunStatus.SUCCEEDED
-            assert record.output == "echo: #delay=2 across the restart"
-            assert len(await bus.terminal_events(before)) == 1
+            assert record.output == f"echo: {text}"
+            assert record.attempts == 1, "the run was claimed again after the restart"
+            assert await model_calls(scripted_model, token) == 1, "the agent ran twice"
+            events = await bus.stored_events(before)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            types = [e.type for e in events]
+            assert types == [EventType.RUN_STARTED, EventType.AGENT_STARTED, EventType.LLM_STARTED,
+                             EventType.LLM_FINISHED, EventType.AGENT_FINISHED, EventType.RUN_COMPLETED], types
 
             after = (await api.post("/runs", json=run_body(one_agent(), "after the restart"))).json()["run_id"]
             assert (await bus.wait_record(after, timeout=60)).output == "echo: after the restart"
+        finally:
             await bus.close()
+
+
+async def test_a_broker_restarted_on_an_empty_store_is_repaired_by_the_next_start_of_the_services(
+    deployment: Deployment,
+) -> None:
+    stack = deployment.stack
+    await asyncio.to_thread(deployment.server.stop)
+    await asyncio.to_thread(deployment.start_server, "nats-empty")  # same address, nothing stored
+    operator = await nats.connect(deployment.server.url, user=Role.OPERATOR.value,
+                                  password=deployment.secrets.password(Role.OPERATOR.value))
+    try:
+        assert await _streams(operator) == set(), "the store is empty"
+        await asyncio.to_thread(stack.stop)
+        stack.executors.clear()
+        await asyncio.to_thread(stack.start_api)  # also makes the bootstrap admin key again
+        await asyncio.to_thread(stack.start_suggester)
+        await asyncio.to_thread(stack.start_executor)
+        assert {subjects.RUNS_STREAM, subjects.EVENTS_STREAM, subjects.INDEX_STREAM, subjects.SUGGESTER_STREAM,
+                subjects.DEADLETTER_STREAM, f"KV_{subjects.RUNS_BUCKET}"} <= await _streams(operator)
     finally:
-        stack.stop()
-        server.stop()
+        await operator.close()
+
+    bus = await Bus.connect(deployment.server.url, deployment.secrets)
+    try:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
+            response = await api.post("/runs", json=run_body(one_agent(), "on a fresh store"))
+            assert response.status_code == 202, response.text
+            record = await bus.wait_record(response.json()["run_id"], timeout=60)
+        assert record.status == RunStatus.SUCCEEDED and record.output == "echo: on a fresh store"
+    finally:
+        await bus.close()
+
+
+async def _streams(nc: nats.NATS) -> set[str]:
+    return {info.config.name for info in await nc.jetstream().streams_info()}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, free_port, isolated_stack, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, free_port, isolated_stack, model_calls, one_agent, run_body
 
 from flowrelay.natsconfig import Role
-from flowrelay_contracts import RunStatus
+from flowrelay_contracts import EventType, RunStatus
 
 TOOLS = ["explode", "needs_key", "crash_worker"]
 
@@ -99,7 +100,12 @@ async def test_a_stopped_suggester_catches_up_after_restart(own) -> None:
 
 
 async def test_suggestion_only_mode_answers_without_calling_a_model(own, scripted_model: str) -> None:
-    stack, _, _ = own
+    """With an executor ready to run anything queued, an API in suggestion-only mode queues
+    nothing for it: no run starts and the model is never called."""
+    stack, client, bus = own
+    stack.start_executor()
+    control = (await client.post("/runs", json=run_body(one_agent(), "an executor is listening"))).json()["run_id"]
+    assert (await bus.wait_record(control, timeout=60)).status == RunStatus.SUCCEEDED
     port = free_port()
     from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
 
@@ -111,15 +117,18 @@ async def test_suggestion_only_mode_answers_without_calling_a_model(own, scripte
     ).start()
     try:
         api.wait_ready()
-        stats_url = scripted_model.removesuffix("/v1") + "/stats"
+        token = uuid.uuid4().hex[:16]
         async with httpx.AsyncClient(timeout=60, headers=stack.auth_headers) as http:
-            calls_before = (await http.get(stats_url)).json()["requests_total"]
-            body = (await http.post(f"http://127.0.0.1:{port}/execute", json=run_body(one_agent(), "plan only"))).json()
-            calls_after = (await http.get(stats_url)).json()["requests_total"]
+            body = (await http.post(f"http://127.0.0.1:{port}/execute",
+                                    json=run_body(one_agent(), f"#count={token} plan only"))).json()
         assert body["status"] == "succeeded"
         assert body["mode"] == "degraded"
         assert body["output"] is None
         assert body["suggestions"]
-        assert calls_after == calls_before, "suggestion-only mode must not call any model"
+        record = await bus.store.get(body["run_id"])
+        assert record.executor_id is None, "no executor ever claimed it"
+        started = [e.data for e in await bus.stored_events(body["run_id"]) if e.type == EventType.RUN_STARTED]
+        assert started == [{"mode": "degraded"}], "only the suggester 'ran' it"
+        assert await model_calls(scripted_model, token) == 0, "suggestion-only mode must not call any model"
     finally:
         api.terminate()
