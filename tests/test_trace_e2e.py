@@ -112,3 +112,48 @@ async def test_runs_are_listed_newest_first_with_a_status_filter_and_cursor(api:
     assert all(r["status"] == "succeeded" for r in page["runs"])
     following = (await api.get("/runs", params={"limit": 2, "status": "succeeded", "cursor": page["next_cursor"]})).json()
     assert following["runs"][0]["run_id"] == ids[0]
+
+
+#: The data of each step event, as the README's trace table documents it.
+DOCUMENTED_STEP_FIELDS = {
+    EventType.AGENT_STARTED: {"agent", "step", "pattern"},
+    EventType.AGENT_FINISHED: {"agent", "step", "pattern", "output", "input_tokens", "output_tokens", "cost_usd"},
+    EventType.LLM_STARTED: {"agent", "model", "turn"},
+    EventType.LLM_FINISHED: {"agent", "model", "turn", "input_tokens", "output_tokens", "cost_usd", "cost_note", "latency_ms"},
+    EventType.TOOL_STARTED: {"agent", "tool", "arguments"},
+    EventType.TOOL_FINISHED: {"agent", "tool", "result", "latency_ms"},
+}
+
+
+async def test_started_step_and_terminal_events_carry_the_documented_fields(api: httpx.AsyncClient, bus: Bus) -> None:
+    run_id = (await api.post("/runs", json=run_body(one_agent(tools=["add"]), '#call=add {"a": 1, "b": 2}'))).json()["run_id"]
+    events = await bus.events(run_id)
+    record = await bus.store.get(run_id)
+    assert events[0].type == EventType.RUN_STARTED
+    assert events[0].data == {"attempt": 1, "executor_id": record.executor_id, "isolation": "process",
+                              "model_provider": "scripted", "tenant": bus.tenant}
+    for event in events[1:-1]:
+        assert DOCUMENTED_STEP_FIELDS[event.type] <= set(event.data), (event.type, event.data)
+    assert [e.data["pattern"] for e in events if e.type == EventType.AGENT_STARTED] == ["simple"]
+
+    end = events[-1].data
+    assert events[-1].type == EventType.RUN_COMPLETED
+    assert (end["status"], end["output"], end["error"]) == ("succeeded", "3", None)
+    assert end["usage"] == record.usage.model_dump() and end["usage"]["input_tokens"] > 0
+    assert end["cost_usd"] == record.cost_usd and end["cost_usd"] > 0 and end["cost_note"] == record.cost_note
+    assert end["agents"] == [a.model_dump(mode="json") for a in record.agents]
+    assert [a["agent"] for a in end["agents"]] == ["assistant"] and end["agents"][0]["cost_usd"] == end["cost_usd"]
+    assert (end["mode"], end["isolation"]) == ("real_execution", "process")
+
+
+async def test_a_failed_runs_terminal_event_carries_the_error_and_degraded_mode(api: httpx.AsyncClient, bus: Bus) -> None:
+    run_id = (await api.post("/runs", json=run_body(one_agent(), "#fail=401 no entry"))).json()["run_id"]
+    events = await bus.events(run_id)
+    end = events[-1]
+    assert end.type == EventType.RUN_FAILED
+    record = await bus.store.get(run_id)
+    assert end.data["status"] == "failed" and end.data["output"] is None
+    assert end.data["error"]["code"] == "invalid_api_key" == record.error.code
+    assert end.data["error"]["message"] == record.error.message
+    assert (end.data["mode"], end.data["isolation"]) == ("degraded", "process")
+    assert [a["agent"] for a in end.data["agents"]] == ["assistant"]

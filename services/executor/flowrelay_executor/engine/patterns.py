@@ -123,6 +123,7 @@ class Orchestrator:
             {
                 "agent": recipe.name,
                 "step": step,
+                "pattern": str(run.pattern),
                 "output": run.clip(output),
                 "input_tokens": spent.usage.input_tokens,
                 "output_tokens": spent.usage.output_tokens,
