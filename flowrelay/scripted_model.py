@@ -34,7 +34,9 @@ after whitespace:
     any ``#call`` directives written before it.
 ``#count=<token>``
     Count this request under ``token`` (``GET /stats`` -> ``counted``): how many model calls a
-    run really made, e.g. that a redelivered run was not executed twice.
+    run really made, e.g. that a redelivered run was not executed twice. ``/stats`` ->
+    ``parameters`` keeps the last such request's fields other than messages and tools
+    (``model``, ``temperature``, ``max_tokens``, ...): what really reached the model.
 
 smolagents sends tool calls and results as plain messages (an assistant ``Calling tools:``
 message, then a user ``Observation:`` message): such an observation counts as a tool result,
@@ -130,6 +132,9 @@ _DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail|call|loop|count)="
 
 _TOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 """Tool names allowed by OpenAI function calling (plus dots, which some MCP tools use)."""
+
+_UNRECORDED_PARAMETERS: Final = frozenset({"messages", "tools"})
+"""Request fields ``/stats`` does not repeat per ``#count`` token (large, and seen otherwise)."""
 
 _COUNT_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 """What ``#count=`` accepts as a token."""
@@ -600,6 +605,9 @@ class _Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     counted: Counter[str] = field(default_factory=Counter)
+    #: Per ``#count`` token, the request's parameters besides messages and tools (the last
+    #: request's), so a test can see what reached the model, e.g. a node's ``model_args``.
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         uptime = time.monotonic() - self.started
@@ -614,6 +622,7 @@ class _Stats:
             "prompt_tokens_total": self.prompt_tokens,
             "completion_tokens_total": self.completion_tokens,
             "counted": dict(self.counted),
+            "parameters": self.parameters,
         }
 
 
@@ -765,6 +774,9 @@ def create_app() -> Starlette:
 
         if script.count_token is not None:
             stats.counted[script.count_token] += 1
+            stats.parameters[script.count_token] = {
+                k: v for k, v in body.items() if k not in _UNRECORDED_PARAMETERS
+            }
         stats.in_flight += 1
         stats.in_flight_peak = max(stats.in_flight_peak, stats.in_flight)
         try:

@@ -655,9 +655,13 @@ async def test_bad_agent_settings_fail_before_any_step(
 
 
 async def test_model_args_reach_the_model(engine: Engine, model_url: str) -> None:
+    token = f"args-{time.monotonic_ns()}"
     agents = [{"name": "tuned", "model_args": {"temperature": 0.1, "max_tokens": 50}}]
-    outcome, _ = await run(engine, job(model_url, agents, "ping"))
-    assert outcome.output == "echo: ping", outcome.error
+    outcome, _ = await run(engine, job(model_url, agents, f"#count={token} ping"))
+    assert outcome.status == "succeeded", outcome.error
+    seen = stats(model_url)["parameters"][token]  # what the model server received
+    # any-llm sends max_tokens under the OpenAI API's current name for it
+    assert (seen.get("temperature"), seen.get("max_completion_tokens")) == (0.1, 50), seen
 
 
 # -- registry and error helpers ---------------------------------------------------------

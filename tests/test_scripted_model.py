@@ -630,6 +630,18 @@ async def test_stats_count_outcomes(fresh_server: _ScriptedServer) -> None:
     assert stats["requests_per_second"] > 0 and stats["uptime_s"] > 0
 
 
+async def test_count_tokens_count_calls_and_keep_what_reached_the_model(fresh_server: _ScriptedServer) -> None:
+    async with httpx.AsyncClient(base_url=fresh_server.url) as client:
+        for temperature in (0.5, 0.25):
+            await client.post("/chat/completions", json=_chat("#count=t-1 a", temperature=temperature, max_tokens=7))
+        await client.post("/chat/completions", json=_chat("#count=t-2 b"))
+        await client.post("/chat/completions", json=_chat("no token"))
+        stats = (await client.get(f"{fresh_server.root}/stats")).json()
+    assert stats["counted"] == {"t-1": 2, "t-2": 1}
+    assert stats["parameters"]["t-1"] == {"model": "gpt-4o-mini", "temperature": 0.25, "max_tokens": 7}  # the last call's
+    assert "messages" not in stats["parameters"]["t-2"]
+
+
 # -- what each framework needs --------------------------------------------------------------
 
 _FINAL_ANSWER_TOOL = {
