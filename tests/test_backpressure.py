@@ -141,7 +141,8 @@ async def test_a_full_store_fails_submits_fast_with_a_503_saying_so_and_a_comput
         health = (await api.get("/healthz")).json()
         assert health["status"] == "degraded" and "storage is full" in health["problems"][0]
 
-        await asyncio.sleep(4)  # the run has finished in its worker and cannot store its outcome
+        # the run finishes in its worker and cannot store its outcome: the executor says so
+        await asyncio.to_thread(stack.executors[0].wait_for, rf"run {run_id}: storing its outcome failed", timeout=60)
         assert (await bus.store.get(run_id)).status == RunStatus.RUNNING  # not lost, not failed, held
         await bus.js.purge_stream(subjects.DEADLETTER_STREAM)  # the operator frees space
 

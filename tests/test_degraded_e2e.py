@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, free_port, isolated_stack, model_calls, one_agent, run_body
+from flowrelay_testkit import (
+    Bus,
+    Stack,
+    free_port,
+    isolated_stack,
+    model_calls,
+    one_agent,
+    run_body,
+)
 
 from flowrelay.natsconfig import Role
 from flowrelay_contracts import EventType, RunStatus

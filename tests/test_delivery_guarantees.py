@@ -15,7 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, executor_pid, isolated_stack, model_calls, one_agent, run_body
+from flowrelay_testkit import (
+    Bus,
+    Stack,
+    executor_pid,
+    isolated_stack,
+    model_calls,
+    one_agent,
+    run_body,
+)
 
 from flowrelay_bus.events import RunEventLog
 from flowrelay_contracts import EventType, RunRecord, RunRequested, RunStatus, Workflow, subjects

@@ -273,9 +273,9 @@ async def test_turn_limit_fails_the_run_and_keeps_partial_usage(
 async def test_provider_http_errors_are_classified(
     engine: Engine, model_url: str, status: int, code: ErrorCode, retryable: bool
 ) -> None:
-    started = time.monotonic()
-    outcome, rec = await run(engine, job(model_url, [{"name": "solo"}], f"#fail={status}"))
-    assert time.monotonic() - started < 2  # no SDK retries with backoff
+    token = f"fail-{status}-{time.monotonic_ns()}"
+    outcome, rec = await run(engine, job(model_url, [{"name": "solo"}], f"#fail={status} #count={token}"))
+    assert stats(model_url)["counted"][token] == 1  # no SDK retries (they would back off)
     assert outcome.status == "failed"
     error = outcome.error
     assert error is not None
@@ -289,11 +289,11 @@ async def test_missing_provider_key_fails_fast_naming_the_variable(
     engine: Engine, model_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    started = time.monotonic()
+    token = f"nokey-{time.monotonic_ns()}"
     outcome, rec = await run(
-        engine, job(model_url, [{"name": "real", "model_id": "openai:gpt-4o-mini"}], "hi")
+        engine, job(model_url, [{"name": "real", "model_id": "openai:gpt-4o-mini"}], f"#count={token} hi")
     )
-    assert time.monotonic() - started < 1
+    assert token not in stats(model_url)["counted"], "it failed before calling any model"
     assert outcome.error is not None and outcome.error.code == ErrorCode.MISSING_API_KEY
     assert "OPENAI_API_KEY" in outcome.error.message
     assert outcome.error.agent == "real"

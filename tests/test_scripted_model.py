@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -345,19 +344,15 @@ async def test_delay_requests_overlap(fresh_server: _ScriptedServer) -> None:
     delay, count = 0.5, 10
     async with httpx.AsyncClient(base_url=fresh_server.url, timeout=30) as client:
 
-        async def one() -> float:
+        async def one() -> None:
             response = await client.post("/chat/completions", json=_chat(f"hi #delay={delay}"))
             assert response.status_code == 200
-            return time.monotonic()
 
-        started = time.monotonic()
-        finished = await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.gather(*(one() for _ in range(count)))
         stats = (await client.get(f"{fresh_server.root}/stats")).json()
-    # All ten were asleep in the server at the same time...
+    # All ten were asleep in the server at the same time: a delay blocks nobody else.
     assert stats["in_flight_peak"] == count
-    # ...so they finished together, not one delay apart, and all well under 10 x 0.5 s.
-    assert max(finished) - min(finished) < delay
-    assert max(finished) - started < count * delay / 2
+    assert stats["in_flight"] == 0
 
 
 async def test_a_delayed_request_ends_when_its_client_hangs_up() -> None:

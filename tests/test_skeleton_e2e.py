@@ -67,7 +67,7 @@ async def test_missing_provider_key_fails_fast_with_a_suggestion_naming_the_vari
     assert record.error is not None and record.error.code == "missing_api_key"
     assert "OPENAI_API_KEY" in record.error.message
     assert any("OPENAI_API_KEY" in s.fix for s in record.suggestions)
-    assert (record.finished_at - record.created_at).total_seconds() < 10
+    assert record.attempts == 1, "a missing key is not retried"
 
     body = (await api.get(f"/runs/{run_id}")).json()
     assert body["status"] == "failed" and body["mode"] == "degraded"

@@ -16,7 +16,14 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from flowrelay_testkit import Bus, Stack, executor_pid, isolated_stack, model_calls, one_agent, run_body
+from flowrelay_testkit import (
+    Bus,
+    Stack,
+    isolated_stack,
+    model_calls,
+    one_agent,
+    run_body,
+)
 
 from flowrelay.stack import ServiceProcess
 from flowrelay_contracts import EventType, ExecutorCapabilities, RunRecord, RunStatus, subjects
