@@ -17,11 +17,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 # on a free port, never on the defaults a developer's `make up` uses.
 os.environ.setdefault("FLOWRELAY_METRICS_PORT", "0")
 
-from flowrelay_testkit import Bus, Stack
+from flowrelay_testkit import Bus, Stack, leaked_secrets
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_hold_no_secrets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session (every stack stopped, so every log is complete): no log file
+    of any service or nats-server started under the session's temporary directory holds a
+    provider key, an API key or a NATS password."""
+    yield
+    root = tmp_path_factory.getbasetemp()
+    leaks = leaked_secrets(root)
+    assert not leaks, "secrets in the logs of this session:\n" + "\n".join(leaks[:50])
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,41 @@ TEST_SECRET = "sk-flowrelay-test-0123456789abcdef"
 
 #: Environment variables that must not leak from the developer's shell into test services.
 _PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+#: Shapes of secrets that must never reach a log, whoever made them: flowrelay API keys,
+#: OpenAI-style provider keys, bearer credentials.
+SECRET_SHAPES = {
+    "an API key": re.compile(r"frk_[a-z2-7]{12}_[A-Za-z0-9_-]{43}"),
+    "a provider key": re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),
+    "a bearer credential": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{16,}"),
+}
+
+
+def known_secrets(root: Path) -> dict[str, str]:
+    """Every secret of every deployment under ``root`` (admin keys, NATS passwords, as
+    ``Secrets`` writes them) and the tests' provider key: value -> what it is."""
+    found = {TEST_SECRET: "the executors' test provider key"}
+    for path in root.rglob("*"):
+        if path.is_file() and (path.name == "admin.key" or path.name.endswith(".password")):
+            value = path.read_text().strip()
+            if len(value) >= 16:
+                found[value] = f"the secret in {path.relative_to(root)}"
+    return found
+
+
+def leaked_secrets(root: Path, secrets: dict[str, str] | None = None) -> list[str]:
+    """Where a log file under ``root`` holds a known secret or something shaped like one:
+    ``file:line: what`` (never the secret itself)."""
+    secrets = known_secrets(root) if secrets is None else secrets
+    leaks = []
+    for log in sorted(root.rglob("*.log")):
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            what = [name for value, name in secrets.items() if value in line]
+            what += [name for name, shape in SECRET_SHAPES.items() if shape.search(line)]
+            if what:
+                leaks.append(f"{log.relative_to(root)}:{number}: {', '.join(sorted(set(what)))}")
+    return leaks
 
 
 def free_port() -> int:

@@ -27,7 +27,10 @@ def main() -> None:
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(app.run(log_level=logging.getLevelName(settings.log_level)))
+        # FastStream logs its start and stop lines at this level through its own logger, which
+        # drops DEBUG: at FLOWRELAY_LOG_LEVEL=DEBUG the "started" line (the readiness signal
+        # flowrelay up and the tests wait for) would vanish. They are INFO lines at any level.
+        runner.run(app.run(log_level=logging.INFO))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ def main() -> None:
     settings = SuggesterSettings()
     level = logging.getLevelName(settings.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(
-        create_app(settings).run(log_level=level if isinstance(level, int) else logging.INFO)
-    )
+    # FastStream's own logger drops DEBUG: its start line (the readiness signal) is INFO at
+    # any FLOWRELAY_LOG_LEVEL.
+    asyncio.run(create_app(settings).run(log_level=logging.INFO))
 
 
 if __name__ == "__main__":
