@@ -15,7 +15,7 @@ from flowrelay_testkit import Bus, Stack, free_port, isolated_stack, one_agent, 
 
 from flowrelay.natsconfig import Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
-from flowrelay_contracts import ErrorCode, RunStatus, subjects
+from flowrelay_contracts import RunStatus, subjects
 
 #: The JetStream store cap of the "small disk" deployment (the topology needs ~0.3 MB).
 SMALL_STORE_BYTES = 3 * 1024 * 1024
@@ -152,37 +152,6 @@ async def test_a_full_store_fails_submits_fast_with_a_503_saying_so_and_a_comput
         async with httpx.AsyncClient(timeout=30) as http:
             assert (await http.get(scripted_model.removesuffix("/v1") + "/stats")).json()["counted"][token] == 1
         assert (await api.post("/runs", json=run_body(one_agent(), "room again"))).status_code == 202
-
-
-# -- deliveries exhausted ----------------------------------------------------------------------------
-
-
-async def test_a_request_delivered_past_max_deliver_fails_its_run_and_is_dead_lettered(
-    scripted_model: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """A request redelivered past FLOWRELAY_MAX_DELIVER (its executor died with it) must end
-    its run failed with the reason and dead-letter it, never leave it "running" forever."""
-    with isolated_stack(tmp_path_factory.mktemp("exhausted"), scripted_model) as (stack, _):
-        bus = await stack.bus()
-        try:
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
-                run_id = (await api.post("/runs", json=run_body(one_agent(), "#delay=60 doomed"))).json()["run_id"]
-                executor = stack.start_executor(FLOWRELAY_MAX_DELIVER="2")
-                await bus.wait_record(run_id, terminal=False, timeout=90,
-                                      predicate=lambda r: r.status == RunStatus.RUNNING)
-                executor.kill()  # delivery 1 dies with its executor
-                # delivery 2 finds the dead holder's entry still fresh and waits it out;
-                # delivery 3 is past FLOWRELAY_MAX_DELIVER=2
-                stack.start_executor(FLOWRELAY_MAX_DELIVER="2")
-                record = await bus.wait_record(run_id, timeout=120)
-            assert record.status == RunStatus.FAILED and record.error.code == ErrorCode.INTERNAL_ERROR
-            assert "FLOWRELAY_MAX_DELIVER" in record.error.message
-            assert len(await bus.terminal_events(run_id)) == 1
-            letters = await bus.js.pull_subscribe(subjects.DEADLETTER, stream=subjects.DEADLETTER_STREAM)
-            found = [json.loads(m.data) for m in await letters.fetch(10, timeout=5)]
-            assert any(letter["run_id"] == run_id and "delivered" in letter["reason"] for letter in found)
-        finally:
-            await bus.close()
 
 
 # -- slow clients ----------------------------------------------------------------------------------

@@ -230,14 +230,6 @@ async def test_soak_every_run_ends_exactly_once_while_an_executor_is_killed_and_
     assert [len(t) for t in terminal_counts] == [1] * len(run_ids)
 
 
-async def test_thread_isolation_when_asked(client, fbus, executors) -> None:
-    executors.start_executor(FLOWRELAY_ISOLATION="thread")
-    run_id = await _submit(client, "in a thread")
-    record = await fbus.wait_record(run_id, timeout=60)
-    assert record.output == "echo: in a thread"
-    assert record.isolation == "thread"
-
-
 async def test_falls_back_to_a_thread_when_worker_processes_cannot_start(client, fbus, executors) -> None:
     executor = executors.start_executor(FLOWRELAY_WORKER_START_TIMEOUT_S="0.001")
     assert "falling back to thread isolation" in executor.output()

@@ -19,6 +19,7 @@ import pytest
 from flowrelay_testkit import (
     Bus,
     Stack,
+    executor_pid,
     isolated_stack,
     model_calls,
     one_agent,
@@ -237,3 +238,23 @@ async def test_crash_policy_retry_gives_up_after_max_deliver(client, wbus, execu
     record = await wbus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.FAILED and record.error.code == "worker_crashed"
     assert record.attempts == 2
+
+
+# -- thread isolation -----------------------------------------------------------------------
+
+
+async def test_thread_isolation_runs_agents_on_a_thread_and_still_fails_a_blocked_run_at_its_deadline(
+    client, wbus, executors
+) -> None:
+    executors.start_executor(FLOWRELAY_ISOLATION="thread")
+    record = await wbus.wait_record(await _submit(client, WHICH_WORKER), timeout=60)
+    assert record.status == RunStatus.SUCCEEDED and record.isolation == "thread"
+    assert int(record.output) == executor_pid(record), "the agent ran inside the executor process"
+    started = (await wbus.stored_events(record.run_id))[0]
+    assert started.type == EventType.RUN_STARTED and started.data["isolation"] == "thread"
+
+    # The thread cannot be killed: the run still ends at its deadline (the thread stays busy).
+    blocked = await wbus.wait_record(await _submit(client, '#call=block {"seconds": 600}', timeout_s=1), timeout=60)
+    assert blocked.status == RunStatus.FAILED and blocked.error.code == "timeout"
+    assert "its thread could not be killed" in blocked.error.message
+    assert [e.type for e in await wbus.terminal_events(blocked.run_id)] == [EventType.RUN_FAILED]
