@@ -10,18 +10,32 @@ from flowrelay_api.server import PROTOCOL
 from flowrelay_api.settings import ApiSettings
 
 #: Import string of the app factory, for uvicorn's multi-process mode.
-APP_FACTORY = "flowrelay_api.app:create_app"
+APP_FACTORY = "flowrelay_api.__main__:create_worker_app"
 
 
 #: Seconds uvicorn keeps an idle HTTP connection open.
 KEEP_ALIVE_S = 75
 
 
-def main() -> None:
-    settings = ApiSettings()
+def _configure_logging(settings: ApiSettings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def create_worker_app() -> object:
+    """The app of one uvicorn worker process (FLOWRELAY_API_WORKERS > 1). A worker is a new
+    interpreter: without this its log lines (startup, errors, access log) went nowhere."""
+    from flowrelay_api.app import create_app
+
+    settings = ApiSettings()
+    _configure_logging(settings)
+    return create_app(settings)
+
+
+def main() -> None:
+    settings = ApiSettings()
+    _configure_logging(settings)
     if (refusal := settings.unsafe_binding()) is not None:
         logging.getLogger("flowrelay.api").error("refusing to start: %s", refusal)
         raise SystemExit(2)
