@@ -27,7 +27,16 @@ from flowrelay_testkit import (
 )
 
 from flowrelay.stack import ServiceProcess
-from flowrelay_contracts import EventType, ExecutorCapabilities, RunRecord, RunStatus, subjects
+from flowrelay_contracts import (
+    EventType,
+    ExecutorCapabilities,
+    RunOptions,
+    RunRecord,
+    RunRequested,
+    RunStatus,
+    Workflow,
+    subjects,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -258,3 +267,47 @@ async def test_thread_isolation_runs_agents_on_a_thread_and_still_fails_a_blocke
     assert blocked.status == RunStatus.FAILED and blocked.error.code == "timeout"
     assert "its thread could not be killed" in blocked.error.message
     assert [e.type for e in await wbus.terminal_events(blocked.run_id)] == [EventType.RUN_FAILED]
+
+
+# -- executor settings for what the API does not resolve ------------------------------------------
+
+
+async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(
+    client, wbus, executors, scripted_model
+) -> None:
+    """Requests published straight to NATS carry no resolved options: the executor's own
+    defaults and caps apply. Its default model is reached at FLOWRELAY_DEFAULT_API_BASE with
+    FLOWRELAY_DEFAULT_API_KEY (no provider key is set: without it the run would fail)."""
+    executor = executors.start_executor(
+        FLOWRELAY_DEFAULT_TIMEOUT_S="2", FLOWRELAY_MAX_TIMEOUT_S="3", FLOWRELAY_DEFAULT_MAX_TURNS="2",
+        FLOWRELAY_MAX_INLINE_OUTPUT_BYTES="1024", FLOWRELAY_MAX_OUTPUT_BYTES="3000",
+        FLOWRELAY_MCP_STDIO_ALLOWLIST="flowrelay-test-mcp", FLOWRELAY_DEFAULT_MODEL="openai:gpt-4o-mini",
+        FLOWRELAY_DEFAULT_API_BASE=scripted_model, FLOWRELAY_DEFAULT_API_KEY="sk-default-endpoint-key-0123456789",
+    )
+
+    async def straight(text: str, **options: object) -> RunRecord:
+        run_id = f"direct-{_token()}"
+        request = RunRequested(run_id=run_id, workflow=Workflow.model_validate(one_agent(tools=TOOLS)), input=text,
+                               options=RunOptions(**options))
+        await wbus.js.publish(subjects.run_requested(wbus.tenant), request.model_dump_json().encode(),
+                              headers={subjects.MSG_ID_HEADER: run_id})
+        return await wbus.wait_record(run_id, timeout=60)
+
+    record = await straight("plain")
+    assert record.status == RunStatus.SUCCEEDED and record.output == "echo: plain", record.error
+    record = await straight("#delay=60 no deadline given")
+    assert record.error.code == "timeout" and "within its 2 s deadline" in record.error.message
+    record = await straight("#delay=60 asks for more", timeout_s=100)
+    assert record.error.code == "timeout" and "within its 3 s deadline" in record.error.message
+    record = await straight('#loop=worker_pid {}')
+    assert record.error.code == "max_turns_exceeded" and "made 2 LLM calls" in record.error.message
+    record = await straight("m" * 2000)  # echoed: above the inline limit, within the output limit
+    assert record.status == RunStatus.SUCCEEDED and record.output is None and record.output_ref is not None
+    record = await straight("l" * 4000)
+    assert record.error.code == "output_too_large" and "FLOWRELAY_MAX_OUTPUT_BYTES" in record.error.message
+
+    assert (await _capabilities(wbus, executor)).mcp_stdio_commands == ["flowrelay-test-mcp"]
+    allowed = [{"type": "mcp", "command": "flowrelay-test-mcp"}]
+    response = await client.post("/runs", json=run_body(one_agent(tools=allowed), "allowed"))
+    assert response.status_code == 202, response.text  # the API accepts what a live executor allows
+    await wbus.wait_record(response.json()["run_id"], timeout=60)
