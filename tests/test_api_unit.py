@@ -550,6 +550,7 @@ async def test_after_a_failure_the_stream_waits_for_the_suggestion_within_the_gr
         log = await fake_run(api, "failed-1", EventType.RUN_STARTED, EventType.RUN_FAILED, status=RunStatus.FAILED)
         response = asyncio.create_task(api.client.get("/runs/failed-1/events"))
         await streams_open(api)
+        await asyncio.sleep(4)  # a slow suggester: past the default grace (3 s), within this one
         await log.emit(EventType.SUGGESTION, {"suggestions": []})
         events = parse_sse((await asyncio.wait_for(response, 20)).text)
         assert [e["event"] for e in events] == ["run.started", "run.failed", "suggestion"]
@@ -710,7 +711,8 @@ async def test_waiter_distrusts_events_the_stream_refused(
 
 async def test_execute_without_executors_times_out_and_cancels(nats_url: str) -> None:
     async with running_api(nats_url, default_timeout_s=0.3, execute_margin_s=0) as api:
-        response = await api.client.post("/execute", json=submission())
+        # the wait is timeout_s + FLOWRELAY_EXECUTE_MARGIN_S: 0.3 s here, 15.3 s with the default margin
+        response = await asyncio.wait_for(api.client.post("/execute", json=submission()), 10)
         assert response.status_code == 504
         run_id = (await api.client.get("/runs")).json()["runs"][0]["run_id"]
         assert run_id in response.json()["detail"]

@@ -83,7 +83,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_keys.router)
     app.include_router(routes_console.router)  # the web console at /ui/
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, on_refused=count_too_large
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.http_body_timeout_s,
+        on_refused=count_too_large,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times 413s too
     return app
