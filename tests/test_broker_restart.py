@@ -116,3 +116,19 @@ async def test_a_broker_restarted_on_an_empty_store_is_repaired_by_the_next_star
 
 async def _streams(nc: nats.NATS) -> set[str]:
     return {info.config.name for info in await nc.jetstream().streams_info()}
+
+
+async def test_a_revoked_bootstrap_key_stays_revoked_when_the_api_starts_again(deployment: Deployment) -> None:
+    """FLOWRELAY_BOOTSTRAP_KEY_FILE makes its key an admin key at start, unless it was revoked.
+    (Last in this module: the deployment's admin key is gone afterwards.)"""
+    stack = deployment.stack
+    other = None
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
+        me = (await api.get("/auth/me")).json()
+        other = (await api.post("/keys", json={"tenant": "default", "scopes": ["admin"]})).json()["key"]
+        assert (await api.delete(f"/keys/{me['key_id']}")).status_code == 200
+    await asyncio.to_thread(stack.api.terminate)
+    await asyncio.to_thread(stack.start_api)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+        assert (await api.get("/auth/me", headers=stack.auth_headers)).status_code == 401
+        assert (await api.get("/auth/me", headers={"Authorization": f"Bearer {other}"})).status_code == 200
