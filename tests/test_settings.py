@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -221,6 +222,19 @@ async def test_a_verified_key_is_trusted_for_key_cache_s(lapi: httpx.AsyncClient
     assert (await api.get("/auth/me", headers=auth)).status_code == 401  # the default-cached API re-reads it
     await asyncio.sleep(3)  # past the default FLOWRELAY_KEY_CACHE_S (2 s): only the setting keeps it
     assert (await lapi.get("/auth/me", headers=auth)).status_code == 200
+
+
+def test_the_api_refuses_to_start_when_a_record_could_outgrow_a_nats_message(stack: Stack) -> None:
+    result = subprocess.run(
+        resolve(SERVICE_COMMANDS["api"]),
+        env=stack.env | stack.secrets.service_env(Role.API) | {
+            "FLOWRELAY_API_PORT": str(free_port()), "FLOWRELAY_MAX_BODY_BYTES": str(1024 * 1024),
+            "FLOWRELAY_MAX_INLINE_OUTPUT_BYTES": str(512 * 1024)},
+        capture_output=True, text=True, timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Uvicorn running" not in output
+    assert "FLOWRELAY_MAX_BODY_BYTES" in output and "FLOWRELAY_MAX_INLINE_OUTPUT_BYTES" in output and "max_payload" in output
 
 
 # -- uvicorn worker processes ------------------------------------------------------------------
