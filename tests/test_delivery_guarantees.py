@@ -82,7 +82,9 @@ async def test_heartbeats_keep_a_run_longer_than_ack_wait_with_its_first_deliver
 ) -> None:
     executors.start_executor()
     token = _token()
-    before = (await dbus.run_consumer()).delivered.consumer_seq
+    consumer = await dbus.run_consumer()
+    assert consumer.config.ack_wait == ACK_WAIT_S, "FLOWRELAY_ACK_WAIT_S is the shared consumer's ack_wait"
+    before = consumer.delivered.consumer_seq
     run_id = await _submit(client, f"#delay={3 * ACK_WAIT_S:g} #count={token} long")
     record = await dbus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.SUCCEEDED, record.error

@@ -459,6 +459,38 @@ async def test_unusable_mcp_server_fails_as_tool_failed(
     assert outcome.output == "echo: ping"  # the engine (and its loop) are fine
 
 
+async def test_an_mcp_error_says_the_kind_and_status_never_what_the_endpoint_answered(
+    mcp_engine: Engine, model_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWRELAY_MCP_URL_ALLOWLIST", "127.0.0.1")  # the failing server is local
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = b"internal detail: db password hunter2-0123456789"
+            self.send_response(503)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/mcp"
+        outcome, _ = await run(mcp_engine, job(model_url, _mcp_agent(url=url), "hi"))
+    finally:
+        server.shutdown()
+    assert outcome.error is not None and outcome.error.code == ErrorCode.TOOL_FAILED
+    assert "HTTP 503" in outcome.error.message, outcome.error.message
+    assert "hunter2" not in outcome.error.model_dump_json()
+
+
 async def test_sub_agent_failure_fails_the_collaborative_run(
     engine: Engine, model_url: str
 ) -> None:

@@ -237,6 +237,12 @@ def test_the_api_refuses_to_start_when_a_record_could_outgrow_a_nats_message(sta
     assert "FLOWRELAY_MAX_BODY_BYTES" in output and "FLOWRELAY_MAX_INLINE_OUTPUT_BYTES" in output and "max_payload" in output
 
 
+def test_the_api_listens_only_on_its_host_and_port(stack: Stack) -> None:
+    assert stack.api is not None
+    listening = {c.laddr for c in psutil.Process(stack.api.pid).net_connections(kind="inet") if c.status == "LISTEN"}
+    assert listening == {("127.0.0.1", stack.api_port)}
+
+
 # -- uvicorn worker processes ------------------------------------------------------------------
 
 
