@@ -71,7 +71,7 @@ async def test_a_quiet_stream_gets_keep_alive_comments_at_the_ping_interval(http
 
 
 async def test_a_client_that_disconnects_frees_its_stream_on_the_server(http: httpx.AsyncClient) -> None:
-    run_id = await _submit(http, "#delay=30 long enough to leave")
+    run_id = await _submit(http, "#delay=120 long enough to leave")
     assert await _open_streams(http) == 0
     async with http.stream("GET", f"/runs/{run_id}/events") as response:
         async for line in response.aiter_lines():
