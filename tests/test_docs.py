@@ -58,3 +58,24 @@ def test_committed_asyncapi_documents_are_current(factory: str, document: str, t
     generated = yaml.safe_load(out.read_text())
     committed = yaml.safe_load((REPO / "docs" / "asyncapi" / document).read_text())
     assert generated == committed, "the services changed: run `make asyncapi` and commit docs/asyncapi"
+
+
+def test_the_api_imports_no_part_of_the_engine() -> None:
+    """Agents never run in the web server's process: nothing the API imports pulls in the
+    executor or any-agent (services meet only on the bus)."""
+    import ast
+
+    forbidden = ("flowrelay_executor", "any_agent", "any_llm", "flowrelay_suggester")
+    found = []
+    for path in sorted((REPO / "services" / "api" / "flowrelay_api").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert found == []
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, flowrelay_api.app, flowrelay_api.__main__; "
+         "print(sorted({m.split('.')[0] for m in sys.modules} & {'flowrelay_executor', 'any_agent'}))"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert probe.stdout.strip() == "[]"

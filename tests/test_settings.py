@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -92,6 +93,14 @@ async def test_stream_replicas_are_asked_of_the_server(tmp_path: Path) -> None:
         await nc.close()
     finally:
         server.stop()
+
+
+def test_the_nats_config_secrets_init_writes_fsyncs_every_write(tmp_path: Path) -> None:
+    config = tmp_path / "nats.conf"
+    flowrelay = Path(sys.executable).parent / "flowrelay"
+    subprocess.run([str(flowrelay), "secrets", "init", str(tmp_path / "secrets"), "--nats-config", str(config)],
+                   check=True, capture_output=True, timeout=60)
+    assert json.loads(config.read_text())["jetstream"]["sync_interval"] == "always"
 
 
 # -- an API with limits of its own ---------------------------------------------------------------
