@@ -58,8 +58,11 @@ browser: $(CHROMIUM)
 
 ## The test suite: real nats-server, real worker processes, scripted model, a real browser; the
 ## framework matrix needs every framework in the executor environment (TEST_FRAMEWORKS=all).
+## Two pytest processes (pytest-xdist), a test module on one of them: most tests wait on
+## processes (models, deadlines, brokers) more than they compute. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
 test: install $(CHROMIUM) $(call exec_stamp,$(TEST_FRAMEWORKS))
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 ## Benchmark against the in-process floor and the original design (QUICK=1 for a short run).
 bench: install

@@ -200,7 +200,9 @@ async def outcomes(
     stack = Stack(nats_url=server.url, scripted_url=scripted_model, root=root, secrets=secrets)
     try:
         stack.start_api()
-        stack.start_executor(FLOWRELAY_FRAMEWORKS=framework, FLOWRELAY_WORKERS="1")
+        # A long kill grace: the deadline case must end by cancelling the run in its worker; a
+        # kill (the test kit's 1 s grace on a busy machine) would re-queue the other cases.
+        stack.start_executor(FLOWRELAY_FRAMEWORKS=framework, FLOWRELAY_WORKERS="1", FLOWRELAY_KILL_GRACE_S="20")
         bus = await stack.bus()
         try:
             caps = await _capabilities(bus)
@@ -341,6 +343,7 @@ def test_deadline(outcomes: Any) -> None:
     _, result = _case(outcomes, "deadline")
     assert result.record.status == "failed"
     assert result.record.error is not None and result.record.error.code == ErrorCode.TIMEOUT
+    assert "stopped after" in result.record.error.message, "cancelled in its worker, not killed with it"
 
 
 def test_cancel(outcomes: Any) -> None:

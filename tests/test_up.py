@@ -76,7 +76,8 @@ async def test_up_runs_offline_and_stops_cleanly_keeping_its_store(tmp_path: Pat
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"orphans: {alive}"
 
-    again = _up(tmp_path / "data", api_port, nats_port, clean_env)
+    # The restart is about the store; its executor needs no framework but the built-in one.
+    again = _up(tmp_path / "data", api_port, nats_port, clean_env | {"FLOWRELAY_FRAMEWORKS": "tinyagent"})
     try:
         again.wait_for("Press Ctrl-C to stop", timeout=180)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30,

@@ -116,6 +116,10 @@ class Stack:
             "FLOWRELAY_API_PORT": str(self.api_port),
             "FLOWRELAY_TOOL_MODULES": "flowrelay_test_tools",
             "FLOWRELAY_WORKERS": "1",
+            # Executors offer tinyagent only unless a test says otherwise (the framework matrix
+            # does, and `flowrelay up` in test_up.py offers every installed one): preloading and
+            # self-checking all seven frameworks costs each executor start tens of seconds.
+            "FLOWRELAY_FRAMEWORKS": "tinyagent",
             "FLOWRELAY_ACK_WAIT_S": "4",
             "FLOWRELAY_KILL_GRACE_S": "1",
             "FLOWRELAY_DRAIN_GRACE_S": "10",
