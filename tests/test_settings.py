@@ -252,6 +252,14 @@ def test_the_api_listens_only_on_its_host_and_port(stack: Stack) -> None:
     assert listening == {("127.0.0.1", stack.api_port)}
 
 
+def test_the_executors_metrics_listen_on_their_host_and_port(stack: Stack) -> None:
+    executor = stack.executors[0]
+    host, port = executor.wait_for(r"metrics on http://([\d.]+):(\d+)/metrics", timeout=30).groups()
+    assert (host, port) != ("127.0.0.1", "9101"), "FLOWRELAY_METRICS_PORT=0 (the test kit's) picks a free port"
+    listening = {c.laddr for c in psutil.Process(executor.pid).net_connections(kind="inet") if c.status == "LISTEN"}
+    assert listening == {("127.0.0.1", int(port))}, "FLOWRELAY_METRICS_HOST is loopback by default"
+
+
 # -- uvicorn worker processes ------------------------------------------------------------------
 
 
