@@ -17,6 +17,7 @@ import httpx
 import pytest
 from flowrelay_testkit import (
     Bus,
+    Executors,
     Stack,
     executor_pid,
     isolated_stack,
@@ -54,14 +55,18 @@ async def dbus(delivery_stack: Stack) -> AsyncIterator[Bus]:
     await connection.close()
 
 
-@pytest.fixture
-def executors(delivery_stack: Stack) -> Iterator[Stack]:
-    """Executors a test starts are killed after it (and the queue is left empty)."""
-    yield delivery_stack
-    for executor in delivery_stack.executors:
-        executor.kill()
-    delivery_stack.executors.clear()
+@pytest.fixture(scope="module")
+def module_executors(delivery_stack: Stack) -> Iterator[Executors]:
+    pool = Executors(delivery_stack)
+    yield pool
+    pool.stop_all()
 
+
+@pytest.fixture
+def executors(module_executors: Executors) -> Iterator[Executors]:
+    """A test's executors: ``shared()``, or its own (``start_executor``), stopped after it."""
+    yield module_executors
+    module_executors.stop_started()
 
 def _token() -> str:
     return uuid.uuid4().hex[:16]
@@ -80,7 +85,7 @@ def _running(record: RunRecord) -> bool:
 async def test_heartbeats_keep_a_run_longer_than_ack_wait_with_its_first_delivery(
     client, dbus, executors, scripted_model
 ) -> None:
-    executors.start_executor()
+    executors.shared()
     token = _token()
     consumer = await dbus.run_consumer()
     assert consumer.config.ack_wait == ACK_WAIT_S, "FLOWRELAY_ACK_WAIT_S is the shared consumer's ack_wait"
@@ -93,6 +98,47 @@ async def test_heartbeats_keep_a_run_longer_than_ack_wait_with_its_first_deliver
     assert settled.delivered.consumer_seq - before == 1, "the request was delivered again while it ran"
     assert await model_calls(scripted_model, token) == 1
     assert [e.type for e in await dbus.stored_events(run_id)].count(EventType.RUN_STARTED) == 1
+
+
+async def test_a_request_delivered_twice_runs_once_and_ends_once(dbus, executors, scripted_model) -> None:
+    executors.shared()
+    token = _token()
+    request = RunRequested(run_id=f"twice-{token}", workflow=Workflow.model_validate(one_agent()),
+                           input=f"#delay=2 #count={token} twice")
+    subject = subjects.run_requested(dbus.tenant)
+    await dbus.js.publish(subject, request.model_dump_json().encode(), headers={subjects.MSG_ID_HEADER: "first"})
+    await dbus.wait_record(request.run_id, terminal=False, predicate=_running)
+    await dbus.js.publish(subject, request.model_dump_json().encode(), headers={subjects.MSG_ID_HEADER: "second"})
+
+    record = await dbus.wait_record(request.run_id, timeout=60)
+    assert record.status == RunStatus.SUCCEEDED and record.attempts == 1
+    await dbus.wait_queue_settled()  # the duplicate was taken too, and acknowledged
+    assert await model_calls(scripted_model, token) == 1
+    assert len(await dbus.terminal_events(request.run_id)) == 1
+
+
+async def test_a_lost_terminal_event_is_republished_from_the_record(dbus, executors) -> None:
+    """The holder stored the outcome and died before announcing it: whoever gets the request
+    again announces the stored end (once), without running the agent again."""
+    executors.shared()
+    run_id = f"unannounced-{_token()}"
+    now = utcnow()
+    await dbus.store.create(RunRecord(
+        run_id=run_id, status=RunStatus.SUCCEEDED, input="x", output="stored before the crash", attempts=1,
+        executor_id="gone-1-abc", started_at=now, finished_at=now,
+    ))
+    await RunEventLog(dbus.js, dbus.tenant, run_id).emit(EventType.RUN_STARTED, {"attempt": 1})
+    request = RunRequested(run_id=run_id, workflow=Workflow.model_validate(one_agent()), input="x")
+    for copy in ("redelivered", "and again"):
+        await dbus.js.publish(subjects.run_requested(dbus.tenant), request.model_dump_json().encode(),
+                              headers={subjects.MSG_ID_HEADER: copy})
+        events = await dbus.events(run_id, timeout=60)
+        assert [(e.seq, e.type) for e in events] == [(1, EventType.RUN_STARTED), (2, EventType.RUN_COMPLETED)]
+        assert events[-1].data["output"] == "stored before the crash" and events[-1].data["status"] == "succeeded"
+        await dbus.wait_queue_settled()
+    assert len(await dbus.stored_events(run_id)) == 2
+    record = await dbus.store.get(run_id)
+    assert record.attempts == 1 and record.executor_id == "gone-1-abc", "the run was not claimed again"
 
 
 async def test_an_executor_fetches_only_as_many_requests_as_it_has_free_slots(client, dbus, executors) -> None:
@@ -115,47 +161,6 @@ async def test_an_executor_fetches_only_as_many_requests_as_it_has_free_slots(cl
     assert executor_pid(await dbus.store.get(long_run)) == busy.pid
     await client.post(f"/runs/{long_run}/cancel")
     assert (await dbus.wait_record(long_run, timeout=30)).status == RunStatus.CANCELLED
-
-
-async def test_a_request_delivered_twice_runs_once_and_ends_once(dbus, executors, scripted_model) -> None:
-    executors.start_executor()
-    token = _token()
-    request = RunRequested(run_id=f"twice-{token}", workflow=Workflow.model_validate(one_agent()),
-                           input=f"#delay=2 #count={token} twice")
-    subject = subjects.run_requested(dbus.tenant)
-    await dbus.js.publish(subject, request.model_dump_json().encode(), headers={subjects.MSG_ID_HEADER: "first"})
-    await dbus.wait_record(request.run_id, terminal=False, predicate=_running)
-    await dbus.js.publish(subject, request.model_dump_json().encode(), headers={subjects.MSG_ID_HEADER: "second"})
-
-    record = await dbus.wait_record(request.run_id, timeout=60)
-    assert record.status == RunStatus.SUCCEEDED and record.attempts == 1
-    await dbus.wait_queue_settled()  # the duplicate was taken too, and acknowledged
-    assert await model_calls(scripted_model, token) == 1
-    assert len(await dbus.terminal_events(request.run_id)) == 1
-
-
-async def test_a_lost_terminal_event_is_republished_from_the_record(dbus, executors) -> None:
-    """The holder stored the outcome and died before announcing it: whoever gets the request
-    again announces the stored end (once), without running the agent again."""
-    executors.start_executor()
-    run_id = f"unannounced-{_token()}"
-    now = utcnow()
-    await dbus.store.create(RunRecord(
-        run_id=run_id, status=RunStatus.SUCCEEDED, input="x", output="stored before the crash", attempts=1,
-        executor_id="gone-1-abc", started_at=now, finished_at=now,
-    ))
-    await RunEventLog(dbus.js, dbus.tenant, run_id).emit(EventType.RUN_STARTED, {"attempt": 1})
-    request = RunRequested(run_id=run_id, workflow=Workflow.model_validate(one_agent()), input="x")
-    for copy in ("redelivered", "and again"):
-        await dbus.js.publish(subjects.run_requested(dbus.tenant), request.model_dump_json().encode(),
-                              headers={subjects.MSG_ID_HEADER: copy})
-        events = await dbus.events(run_id, timeout=60)
-        assert [(e.seq, e.type) for e in events] == [(1, EventType.RUN_STARTED), (2, EventType.RUN_COMPLETED)]
-        assert events[-1].data["output"] == "stored before the crash" and events[-1].data["status"] == "succeeded"
-        await dbus.wait_queue_settled()
-    assert len(await dbus.stored_events(run_id)) == 2
-    record = await dbus.store.get(run_id)
-    assert record.attempts == 1 and record.executor_id == "gone-1-abc", "the run was not claimed again"
 
 
 async def test_sigterm_hands_back_what_outlives_the_drain_grace_and_takes_no_new_work(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import psutil
 import pytest
-from flowrelay_testkit import Bus, Stack, isolated_stack, one_agent, run_body
+from flowrelay_testkit import Bus, Executors, Stack, isolated_stack, one_agent, run_body
 
 from flowrelay_contracts import EventType, RunStatus, Workflow, subjects
 from flowrelay_executor.jobs import Job, ModelDefaults
@@ -42,14 +42,18 @@ async def fbus(fault_stack: Stack) -> AsyncIterator[Bus]:
     await connection.close()
 
 
-@pytest.fixture
-def executors(fault_stack: Stack) -> Iterator[Stack]:
-    """Executors started by a test are stopped after it."""
-    yield fault_stack
-    for executor in fault_stack.executors:
-        executor.kill()
-    fault_stack.executors.clear()
+@pytest.fixture(scope="module")
+def module_executors(fault_stack: Stack) -> Iterator[Executors]:
+    pool = Executors(fault_stack)
+    yield pool
+    pool.stop_all()
 
+
+@pytest.fixture
+def executors(module_executors: Executors) -> Iterator[Executors]:
+    """A test's executors: ``shared()``, or its own (``start_executor``), stopped after it."""
+    yield module_executors
+    module_executors.stop_started()
 
 #: Tools of the agent used here (from tests/support/flowrelay_test_tools.py).
 TOOLS = ["add", "block", "crash_worker"]
@@ -62,27 +66,76 @@ async def _submit(client: httpx.AsyncClient, text: str, **options: object) -> st
 
 
 async def test_blocking_tool_past_deadline_is_killed_and_the_next_run_succeeds(client, fbus, executors) -> None:
-    executor = executors.start_executor()
+    executor = executors.shared()
+    mark = executor.line_count  # its output from here on is this test's
     run_id = await _submit(client, '#call=block {"seconds": 60}', timeout_s=2)
     record = await fbus.wait_record(run_id, timeout=30)
     assert record.status == RunStatus.FAILED
     assert record.error is not None and record.error.code == "timeout"
     assert "its worker process was killed" in record.error.message
-    await asyncio.to_thread(executor.wait_for, "killing worker", timeout=30)  # the log may trail the record
+    await asyncio.to_thread(executor.wait_for, "killing worker", timeout=30, after=mark)  # the log may trail the record
 
     after = await _submit(client, "still alive?")
     assert (await fbus.wait_record(after, timeout=60)).output == "echo: still alive?"
 
 
 async def test_worker_crash_fails_its_run_and_the_pool_refills(client, fbus, executors) -> None:
-    executor = executors.start_executor()
+    executor = executors.shared()
+    mark = executor.line_count  # its output from here on is this test's
     run_id = await _submit(client, "#call=crash_worker {}")
     record = await fbus.wait_record(run_id, timeout=30)
     assert record.status == RunStatus.FAILED
     assert record.error.code == "worker_crashed"
     after = await _submit(client, "after the crash")
     assert (await fbus.wait_record(after, timeout=60)).status == RunStatus.SUCCEEDED
-    await asyncio.to_thread(executor.wait_for, "died", timeout=30)  # the log may trail the record
+    await asyncio.to_thread(executor.wait_for, "died", timeout=30, after=mark)  # the log may trail the record
+
+
+async def test_poison_message_gets_a_failure_event_and_the_consumer_keeps_going(client, fbus, executors) -> None:
+    executors.shared()
+    await fbus.js.publish(subjects.run_requested(fbus.tenant), json.dumps({"run_id": "poison-1", "schema_version": 99}).encode())
+    await fbus.js.publish(subjects.run_requested(fbus.tenant), b"not json at all")
+    events = await fbus.events("poison-1", timeout=30)
+    assert events[-1].type == EventType.RUN_FAILED
+    assert "schema_version" in events[-1].data["error"]["message"]
+    record = await fbus.store.get("poison-1")
+    assert record.status == RunStatus.FAILED and record.error.code == "invalid_request"
+
+    letters = await fbus.js.pull_subscribe(subjects.DEADLETTER, stream=subjects.DEADLETTER_STREAM)
+    reasons: list[str] = []
+    while not (any("not JSON" in r for r in reasons) and any("schema_version" in r for r in reasons)):
+        reasons += [json.loads(m.data)["reason"] for m in await letters.fetch(1, timeout=20)]
+
+    run_id = await _submit(client, "after poison")
+    assert (await fbus.wait_record(run_id, timeout=30)).status == RunStatus.SUCCEEDED
+
+
+async def test_cancel_a_running_run(client, fbus, executors) -> None:
+    executors.shared()
+    run_id = await _submit(client, "#delay=30 cancel me")
+    await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
+    response = await client.post(f"/runs/{run_id}/cancel")
+    assert response.status_code == 202
+    record = await fbus.wait_record(run_id, timeout=20)  # long before the model's 30 s answer
+    assert record.status == RunStatus.CANCELLED and record.error.code == "cancelled"
+    assert [e.type for e in await fbus.terminal_events(run_id)] == [EventType.RUN_CANCELLED]
+
+
+async def test_turn_limit_stops_a_looping_agent(client, fbus, executors) -> None:
+    executors.shared()
+    run_id = await _submit(client, '#loop=add {"a": 1, "b": 1}', max_turns=3)
+    record = await fbus.wait_record(run_id, timeout=30)
+    assert record.status == RunStatus.FAILED and record.error.code == "max_turns_exceeded"
+    assert record.usage.input_tokens > 0, "the partial trace's usage is kept"
+
+
+async def test_idempotency_key_returns_the_same_run(client, fbus, executors) -> None:
+    body = run_body(one_agent(tools=TOOLS), "once")
+    headers = {"Idempotency-Key": f"key-{time.time_ns()}"}
+    first = await client.post("/runs", json=body, headers=headers)
+    second = await client.post("/runs", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["run_id"] == second.json()["run_id"]
 
 
 async def test_sigkill_of_the_executor_holding_a_run_hands_it_to_another(client, fbus, executors) -> None:
@@ -149,37 +202,8 @@ async def test_sigterm_hands_back_a_run_longer_than_the_drain_grace_and_exits(cl
     assert (await client.post(f"/runs/{run_id}/cancel")).status_code == 202  # not for the next executor here
 
 
-async def test_poison_message_gets_a_failure_event_and_the_consumer_keeps_going(client, fbus, executors) -> None:
-    executors.start_executor()
-    await fbus.js.publish(subjects.run_requested(fbus.tenant), json.dumps({"run_id": "poison-1", "schema_version": 99}).encode())
-    await fbus.js.publish(subjects.run_requested(fbus.tenant), b"not json at all")
-    events = await fbus.events("poison-1", timeout=30)
-    assert events[-1].type == EventType.RUN_FAILED
-    assert "schema_version" in events[-1].data["error"]["message"]
-    record = await fbus.store.get("poison-1")
-    assert record.status == RunStatus.FAILED and record.error.code == "invalid_request"
-
-    letters = await fbus.js.pull_subscribe(subjects.DEADLETTER, stream=subjects.DEADLETTER_STREAM)
-    reasons: list[str] = []
-    while not (any("not JSON" in r for r in reasons) and any("schema_version" in r for r in reasons)):
-        reasons += [json.loads(m.data)["reason"] for m in await letters.fetch(1, timeout=20)]
-
-    run_id = await _submit(client, "after poison")
-    assert (await fbus.wait_record(run_id, timeout=30)).status == RunStatus.SUCCEEDED
-
-
-async def test_cancel_a_running_run(client, fbus, executors) -> None:
-    executors.start_executor()
-    run_id = await _submit(client, "#delay=30 cancel me")
-    await fbus.wait_record(run_id, terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
-    response = await client.post(f"/runs/{run_id}/cancel")
-    assert response.status_code == 202
-    record = await fbus.wait_record(run_id, timeout=20)  # long before the model's 30 s answer
-    assert record.status == RunStatus.CANCELLED and record.error.code == "cancelled"
-    assert [e.type for e in await fbus.terminal_events(run_id)] == [EventType.RUN_CANCELLED]
-
-
 async def test_cancel_a_queued_run_before_it_starts(client, fbus, executors) -> None:
+    executors.stop_shared()  # nothing may take the run before it is cancelled
     run_id = await _submit(client, "queued then cancelled")  # no executor is running
     response = await client.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 202
@@ -192,23 +216,7 @@ async def test_cancel_a_queued_run_before_it_starts(client, fbus, executors) -> 
     assert len(await fbus.terminal_events(run_id)) == 1
 
 
-async def test_turn_limit_stops_a_looping_agent(client, fbus, executors) -> None:
-    executors.start_executor()
-    run_id = await _submit(client, '#loop=add {"a": 1, "b": 1}', max_turns=3)
-    record = await fbus.wait_record(run_id, timeout=30)
-    assert record.status == RunStatus.FAILED and record.error.code == "max_turns_exceeded"
-    assert record.usage.input_tokens > 0, "the partial trace's usage is kept"
-
-
-async def test_idempotency_key_returns_the_same_run(client, fbus, executors) -> None:
-    body = run_body(one_agent(tools=TOOLS), "once")
-    headers = {"Idempotency-Key": f"key-{time.time_ns()}"}
-    first = await client.post("/runs", json=body, headers=headers)
-    second = await client.post("/runs", json=body, headers=headers)
-    assert first.status_code == second.status_code == 202
-    assert first.json()["run_id"] == second.json()["run_id"]
-
-
+@pytest.mark.timeout(420)
 async def test_soak_every_run_ends_exactly_once_while_an_executor_is_killed_and_restarted(client, fbus, executors) -> None:
     executors.start_executor()
     flaky = executors.start_executor()

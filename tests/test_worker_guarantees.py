@@ -18,6 +18,7 @@ import psutil
 import pytest
 from flowrelay_testkit import (
     Bus,
+    Executors,
     Stack,
     executor_pid,
     isolated_stack,
@@ -70,13 +71,18 @@ async def wbus(worker_stack: Stack) -> AsyncIterator[Bus]:
     await connection.close()
 
 
-@pytest.fixture
-def executors(worker_stack: Stack) -> Iterator[Stack]:
-    yield worker_stack
-    for executor in worker_stack.executors:
-        executor.kill()
-    worker_stack.executors.clear()
+@pytest.fixture(scope="module")
+def module_executors(worker_stack: Stack) -> Iterator[Executors]:
+    pool = Executors(worker_stack)
+    yield pool
+    pool.stop_all()
 
+
+@pytest.fixture
+def executors(module_executors: Executors) -> Iterator[Executors]:
+    """A test's executors: ``shared()``, or its own (``start_executor``), stopped after it."""
+    yield module_executors
+    module_executors.stop_started()
 
 def _token() -> str:
     return uuid.uuid4().hex[:16]
@@ -124,7 +130,55 @@ async def _capabilities(bus: Bus, executor: ServiceProcess) -> ExecutorCapabilit
     raise AssertionError("the executor is not advertised")
 
 
-# -- pool size and slots ---------------------------------------------------------------------
+async def test_a_deadline_first_cancels_the_run_in_its_worker(client, wbus, executors) -> None:
+    executor = executors.shared()
+    mark = executor.line_count  # its output from here on is this test's
+    worker = await _worker_of_next_run(client, wbus)
+    run_id = await _submit(client, "#delay=30 slow model", timeout_s=1)
+    record = await wbus.wait_record(run_id, timeout=30)
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+    assert COOPERATIVE in record.error.message and KILLED not in record.error.message
+    assert await _worker_of_next_run(client, wbus) == worker, "the worker was not replaced"
+    assert "killing worker" not in "".join(executor.output().splitlines(keepends=True)[mark:])
+
+
+async def test_a_spinning_tool_at_the_deadline_gets_its_worker_killed_and_the_run_a_terminal_event(
+    client, wbus, executors
+) -> None:
+    executor = executors.shared()
+    mark = executor.line_count  # its output from here on is this test's
+    worker = await _worker_of_next_run(client, wbus)
+    run_id = await _submit(client, '#call=spin {"seconds": 600}', timeout_s=2)
+    record = await wbus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+    assert KILLED in record.error.message
+    (terminal,) = await wbus.terminal_events(run_id)
+    assert terminal.type == EventType.RUN_FAILED
+    assert terminal.data["error"]["code"] == "timeout" and KILLED in terminal.data["error"]["message"]
+    await asyncio.to_thread(executor.wait_for, "killing worker", timeout=30, after=mark)  # the log may trail the record
+    replacement = await _worker_of_next_run(client, wbus)
+    assert replacement != worker and not _alive(worker)
+
+
+async def test_other_runs_of_a_worker_killed_at_a_deadline_are_queued_again(
+    client, wbus, executors, scripted_model
+) -> None:
+    executors.shared()  # one worker: both runs share it
+    token = _token()
+    bystander = await _submit(client, f"#delay=8 #count={token} bystander")
+    async for event in wbus.stream_events(bystander):
+        if event.type == EventType.LLM_STARTED:  # its model call is under way
+            break
+    culprit = await _submit(client, '#call=block {"seconds": 600}', timeout_s=1)
+
+    record = await wbus.wait_record(culprit, timeout=60)
+    assert record.error.code == "timeout" and KILLED in record.error.message
+    record = await wbus.wait_record(bystander, timeout=90)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    assert record.attempts == 2 and await model_calls(scripted_model, token) == 2
+    events = await wbus.stored_events(bystander)
+    assert [e.data["attempt"] for e in events if e.type == EventType.RUN_STARTED] == [1, 2]
+    assert len(await wbus.terminal_events(bystander)) == 1
 
 
 async def test_workers_setting_runs_that_many_worker_processes_and_spreads_runs_over_them(
@@ -163,37 +217,6 @@ async def test_workers_above_the_rss_limit_are_recycled_after_their_runs_finish(
     assert new != old and not _alive(old)
 
 
-# -- deadlines -------------------------------------------------------------------------------
-
-
-async def test_a_deadline_first_cancels_the_run_in_its_worker(client, wbus, executors) -> None:
-    executor = executors.start_executor()
-    worker = await _worker_of_next_run(client, wbus)
-    run_id = await _submit(client, "#delay=30 slow model", timeout_s=1)
-    record = await wbus.wait_record(run_id, timeout=30)
-    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
-    assert COOPERATIVE in record.error.message and KILLED not in record.error.message
-    assert await _worker_of_next_run(client, wbus) == worker, "the worker was not replaced"
-    assert "killing worker" not in executor.output()
-
-
-async def test_a_spinning_tool_at_the_deadline_gets_its_worker_killed_and_the_run_a_terminal_event(
-    client, wbus, executors
-) -> None:
-    executor = executors.start_executor()
-    worker = await _worker_of_next_run(client, wbus)
-    run_id = await _submit(client, '#call=spin {"seconds": 600}', timeout_s=2)
-    record = await wbus.wait_record(run_id, timeout=60)
-    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
-    assert KILLED in record.error.message
-    (terminal,) = await wbus.terminal_events(run_id)
-    assert terminal.type == EventType.RUN_FAILED
-    assert terminal.data["error"]["code"] == "timeout" and KILLED in terminal.data["error"]["message"]
-    await asyncio.to_thread(executor.wait_for, "killing worker", timeout=30)  # the log may trail the record
-    replacement = await _worker_of_next_run(client, wbus)
-    assert replacement != worker and not _alive(worker)
-
-
 async def test_kill_grace_gives_a_blocked_run_that_long_to_stop_by_itself(client, wbus, executors) -> None:
     executors.start_executor(FLOWRELAY_KILL_GRACE_S="60")
     worker = await _worker_of_next_run(client, wbus)
@@ -202,30 +225,6 @@ async def test_kill_grace_gives_a_blocked_run_that_long_to_stop_by_itself(client
     assert record.status == RunStatus.FAILED and record.error.code == "timeout"
     assert COOPERATIVE in record.error.message, "stopped once the tool returned, within the grace"
     assert await _worker_of_next_run(client, wbus) == worker
-
-
-async def test_other_runs_of_a_worker_killed_at_a_deadline_are_queued_again(
-    client, wbus, executors, scripted_model
-) -> None:
-    executors.start_executor()  # one worker: both runs share it
-    token = _token()
-    bystander = await _submit(client, f"#delay=8 #count={token} bystander")
-    async for event in wbus.stream_events(bystander):
-        if event.type == EventType.LLM_STARTED:  # its model call is under way
-            break
-    culprit = await _submit(client, '#call=block {"seconds": 600}', timeout_s=1)
-
-    record = await wbus.wait_record(culprit, timeout=60)
-    assert record.error.code == "timeout" and KILLED in record.error.message
-    record = await wbus.wait_record(bystander, timeout=90)
-    assert record.status == RunStatus.SUCCEEDED, record.error
-    assert record.attempts == 2 and await model_calls(scripted_model, token) == 2
-    events = await wbus.stored_events(bystander)
-    assert [e.data["attempt"] for e in events if e.type == EventType.RUN_STARTED] == [1, 2]
-    assert len(await wbus.terminal_events(bystander)) == 1
-
-
-# -- crashes ---------------------------------------------------------------------------------
 
 
 async def test_crash_policy_retry_runs_a_crashed_run_again_on_a_fresh_worker(
@@ -249,9 +248,6 @@ async def test_crash_policy_retry_gives_up_after_max_deliver(client, wbus, execu
     assert record.attempts == 2
 
 
-# -- thread isolation -----------------------------------------------------------------------
-
-
 async def test_thread_isolation_runs_agents_on_a_thread_and_still_fails_a_blocked_run_at_its_deadline(
     client, wbus, executors
 ) -> None:
@@ -267,9 +263,6 @@ async def test_thread_isolation_runs_agents_on_a_thread_and_still_fails_a_blocke
     assert blocked.status == RunStatus.FAILED and blocked.error.code == "timeout"
     assert "its thread could not be killed" in blocked.error.message
     assert [e.type for e in await wbus.terminal_events(blocked.run_id)] == [EventType.RUN_FAILED]
-
-
-# -- executor settings for what the API does not resolve ------------------------------------------
 
 
 async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(

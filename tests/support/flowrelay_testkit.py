@@ -170,6 +170,45 @@ class Stack:
         return await Bus.connect(self.nats_url, self.secrets)
 
 
+class Executors:
+    """The executors of a module's own stack.
+
+    ``shared()`` is a plain executor kept for the tests that need nothing special (starting
+    one costs seconds); ``start_executor(**env)`` starts one with settings of its own, alone:
+    the shared one is stopped first, so no test's runs go to an executor it did not choose.
+    ``stop_started()`` (after each test) stops what the test started."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self._shared: ServiceProcess | None = None
+
+    def shared(self) -> ServiceProcess:
+        if self._shared is None or self._shared.process is None or self._shared.process.poll() is not None:
+            self.stop_started()
+            self._shared = self.stack.start_executor()
+        return self._shared
+
+    def start_executor(self, *, wait: bool = True, **env: str) -> ServiceProcess:
+        self.stop_shared()
+        return self.stack.start_executor(wait=wait, **env)
+
+    def stop_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.kill()
+            if self._shared in self.stack.executors:
+                self.stack.executors.remove(self._shared)
+            self._shared = None
+
+    def stop_started(self) -> None:
+        for executor in [e for e in self.stack.executors if e is not self._shared]:
+            executor.kill()
+            self.stack.executors.remove(executor)
+
+    def stop_all(self) -> None:
+        self.stop_started()
+        self.stop_shared()
+
+
 @contextlib.contextmanager
 def isolated_stack(
     root: Path, scripted_url: str, *, port: int = 0, max_file_store: int | None = None, **env: str
