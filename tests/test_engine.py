@@ -469,7 +469,7 @@ async def test_an_mcp_error_says_the_kind_and_status_never_what_the_endpoint_ans
     class Failing(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = b"internal detail: db password hunter2-0123456789"
-            self.send_response(503)
+            self.send_response(503, "Unavailable: db password hunter2-0123456789")  # the reason phrase too
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
