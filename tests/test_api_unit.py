@@ -531,6 +531,13 @@ async def streams_open(api: Api, count: int = 1) -> None:
             await asyncio.sleep(0.01)
 
 
+async def test_a_stream_ends_at_the_terminal_event_before_the_record_says_so(api: Api) -> None:
+    # The executor stores the record first; here the terminal event is all that says "ended".
+    await fake_run(api, "early-1", EventType.RUN_STARTED, EventType.RUN_COMPLETED, status=RunStatus.RUNNING)
+    response = await asyncio.wait_for(api.client.get("/runs/early-1/events"), 20)
+    assert [e["event"] for e in parse_sse(response.text)] == ["run.started", "run.completed"]
+
+
 async def test_events_follow_a_live_run(api: Api) -> None:
     log = await fake_run(api, "live-1", EventType.RUN_STARTED)
     response = asyncio.create_task(api.client.get("/runs/live-1/events"))

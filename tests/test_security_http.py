@@ -86,6 +86,16 @@ async def test_unknown_or_malformed_keys_are_401_without_echoing_them(stack: Sta
     assert bad not in response.text
 
 
+async def test_a_known_key_with_a_wrong_secret_is_401(api: httpx.AsyncClient, stack: Stack) -> None:
+    key = (await api.post("/keys", json={"tenant": _tenant()})).json()["key"]
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")  # its id, another secret
+    async with client_for(stack, forged) as caller:
+        response = await caller.get("/runs")
+    assert response.status_code == 401 and forged not in response.text
+    async with client_for(stack, key) as caller:
+        assert (await caller.get("/runs")).status_code == 200
+
+
 async def test_a_key_without_the_scope_is_403_naming_the_scope(api: httpx.AsyncClient, stack: Stack) -> None:
     tenant = _tenant()
     read_only = await make_key(api, tenant, "read")
