@@ -34,9 +34,12 @@ PROVIDER_KEY = "sk-live-provider-key-0123456789abcdefABCDEF"
 def verbose_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
     root = tmp_path_factory.mktemp("secrets-in-logs")
     with isolated_stack(root, scripted_model, FLOWRELAY_LOG_LEVEL="DEBUG", FLOWRELAY_FRAMEWORKS="tinyagent") as (stack, _):
-        # The executor gets its NATS password as a value (not a file) and a provider key.
+        # The executor gets its NATS password as a value, which wins over a file (here a wrong
+        # one), and a provider key.
         password = stack.secrets.password(Role.EXECUTOR.value)
-        stack.start_executor(FLOWRELAY_NATS_PASSWORD=password, FLOWRELAY_NATS_PASSWORD_FILE="",
+        wrong = root / "wrong.password"
+        wrong.write_text("not-the-executors-password-0123456789")
+        stack.start_executor(FLOWRELAY_NATS_PASSWORD=password, FLOWRELAY_NATS_PASSWORD_FILE=str(wrong),
                              FLOWRELAY_DEFAULT_API_KEY=PROVIDER_KEY, OPENAI_API_KEY=PROVIDER_KEY)
         yield stack, root
 
