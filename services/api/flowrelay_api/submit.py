@@ -230,7 +230,7 @@ async def _submit_once(
                 "Idempotency-Key was already used with a different request body "
                 f"(for run {stored.run_id}); use a new key for a new request"
             )
-        return await _replay(ctx, request, stored.run_id, before_publish, headers)
+        return await _replay(ctx, request, stored.run_id, slot, before_publish, headers)
     ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
     raise ServiceUnavailable(
         "could not reserve the Idempotency-Key (NATS keeps failing); retry later"
@@ -241,23 +241,28 @@ async def _replay(
     ctx: ApiContext,
     request: RunRequested,
     run_id: str,
+    key_slot: str,
     before_publish: BeforePublish | None,
     headers: dict[str, str],
 ) -> Submitted:
-    """A repeat of an accepted request: answer with its run, finishing its submission if needed."""
+    """A repeat of an accepted request: answer with its run, finishing its submission if needed.
+
+    Finishing it can fail like a first submission; the key is then released the same way, or
+    every later retry would be answered with the run that was never queued.
+    """
     request.run_id = run_id
     if before_publish is not None:
         await before_publish(run_id)
     record = await ctx.runs.get(request.tenant, run_id)
     if record is None:  # the first request is in flight or died before storing: do it here
-        submitted = await _store_and_queue(ctx, request, None, None, headers)
+        submitted = await _store_and_queue(ctx, request, key_slot, None, headers)
         return Submitted(submitted.record, request.options, replayed=True)
     window = timedelta(seconds=ctx.settings.dedup_window_s - _REPUBLISH_SAFETY_S)
     if record.status == RunStatus.QUEUED and utcnow() - record.created_at < window:
         # The first request may have died between storing and publishing. Inside the
         # window this publish is dropped if the first one went through.
         request.created_at = record.created_at
-        await _publish(ctx, request, record, key_slot=None, headers=headers)
+        await _publish(ctx, request, record, key_slot=key_slot, headers=headers)
     ctx.metrics.submitted(SubmitOutcome.REPLAYED)
     return Submitted(record, request.options, replayed=True)
 
