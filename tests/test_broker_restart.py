@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import nats
 import pytest
 from flowrelay_testkit import Bus, Stack, free_port, one_agent, run_body
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
-from flowrelay_contracts import RunStatus
+from flowrelay.natsconfig import Role
+from flowrelay_bus import topology
+from flowrelay_bus.events import RunEventLog, follow
+from flowrelay_bus.settings import BusSettings
+from flowrelay_contracts import EventType, RunStatus, TraceEvent
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 
 
 async def test_runs_survive_a_broker_restart(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -43,4 +49,48 @@ async def test_runs_survive_a_broker_restart(scripted_model: str, tmp_path_facto
             await bus.close()
     finally:
         stack.stop()
+        server.stop()
+
+
+async def test_a_follower_gets_events_published_while_its_connection_was_down(tmp_path) -> None:
+    """Live messages published while a follower reconnects never reach its subscription; it
+    must find them in the stream (the SSE stream of a run otherwise never ends)."""
+    port = free_port()
+    secrets = Secrets.ensure(tmp_path / "secrets")
+    server = natsserver.start_secure(tmp_path / "nats", secrets, port=port, log_file=tmp_path / "nats.log")
+    writer = follower = None
+
+    async def connect(role: Role, reconnect_time_wait: float) -> nats.NATS:
+        return await nats.connect(server.url, user=role.value, password=secrets.password(role.value),
+                                  max_reconnect_attempts=-1, reconnect_time_wait=reconnect_time_wait)
+
+    try:
+        writer = await connect(Role.EXECUTOR, 0.05)
+        await topology.declare(writer.jetstream(), BusSettings())
+        # The follower (the API's user) comes back only seconds after the server, when the run has ended.
+        follower = await connect(Role.API, 3)
+        log = RunEventLog(writer.jetstream(), DEFAULT_TENANT, "r-reconnect")
+        await log.emit(EventType.RUN_STARTED, {"attempt": 1})
+        seen: list[TraceEvent] = []
+
+        async def read() -> None:
+            async for event in follow(follower, DEFAULT_TENANT, "r-reconnect"):
+                assert event is not None
+                seen.append(event)
+
+        reader = asyncio.create_task(read())
+        while not seen:
+            await asyncio.sleep(0.01)  # the first event arrives at once; nothing else to await
+        await asyncio.to_thread(server.stop)
+        server = await asyncio.to_thread(
+            natsserver.start_secure, tmp_path / "nats", secrets, port=port, log_file=tmp_path / "nats.log"
+        )
+        await log.emit(EventType.RUN_COMPLETED, {"status": "succeeded"})
+        assert not follower.is_connected  # the terminal event was published while it was away
+        await asyncio.wait_for(reader, 20)
+        assert [e.seq for e in seen] == [1, 2]
+    finally:
+        for nc in (writer, follower):
+            if nc is not None:
+                await nc.close()
         server.stop()

@@ -11,6 +11,10 @@ arrives late or reconnects misses nothing. History is read in one of two ways:
   matters with one follower per SSE client;
 * ``consumer`` (tenant users of NATS): a short-lived consumer whose filter is named in its
   create subject, the only way NATS permissions can confine JetStream reads to a tenant.
+
+What is published while the follower's connection reconnects never reaches its
+subscription, and a run may end in that moment: a follower that heard nothing for
+``RECHECK_S`` asks the stream for the run's last event and reads what it missed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -41,6 +46,9 @@ GAP_WAIT_S = 5.0
 
 #: Longest wait for the next replayed message before the replay is abandoned.
 REPLAY_MESSAGE_TIMEOUT_S = 10.0
+
+#: A follower that heard nothing for this long asks the stream whether it missed events.
+RECHECK_S = 2.0
 
 History = Literal["direct", "consumer"]
 
@@ -202,24 +210,35 @@ async def follow(
         held: dict[int, TraceEvent] = {}  # arrived ahead of a missing seq
         hole_since: float | None = None
         loop = asyncio.get_running_loop()
+        idle_since = loop.time()
         while True:
-            wait = idle_timeout_s
+            wait = RECHECK_S
+            if idle_timeout_s is not None:
+                wait = min(wait, max(0.0, idle_since + idle_timeout_s - loop.time()))
             if held:
-                wait = max(0.0, (hole_since or 0) + GAP_WAIT_S - loop.time())
-                wait = min(wait, idle_timeout_s) if idle_timeout_s is not None else wait
+                wait = min(wait, max(0.0, (hole_since or 0) + GAP_WAIT_S - loop.time()))
             try:
                 data = await asyncio.wait_for(live.get(), wait)
             except TimeoutError:
-                if not held:
-                    yield None
-                    continue
                 data = None
             if data is not None:
+                idle_since = loop.time()
                 event = TraceEvent.model_validate_json(data)
                 if event.seq >= next_seq:
                     held[event.seq] = event
+            elif not held:
+                # Quiet: perhaps events (the terminal one too) went by while reconnecting.
+                if await _last_seq(nc, tenant, run_id, leader=history == "direct") >= next_seq:
+                    async for missed in stored(nc, tenant, run_id, next_seq - 1, leader=True):
+                        held.setdefault(missed.seq, missed)
+                if not held:
+                    if idle_timeout_s is not None and loop.time() - idle_since >= idle_timeout_s:
+                        idle_since = loop.time()
+                        yield None
+                    continue
+                idle_since = loop.time()
             if held and next_seq not in held:  # a hole: the stream may have it (missed live)
-                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=min(held)):
+                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=min(held), leader=True):
                     held.setdefault(missed.seq, missed)
             if held and next_seq not in held:
                 hole_since = hole_since if hole_since is not None else loop.time()
@@ -238,17 +257,40 @@ async def follow(
             await sub.unsubscribe()
 
 
+async def _last_seq(nc: Client, tenant: str, run_id: str, *, leader: bool) -> int:
+    """The ``seq`` of the run's last stored event (0 when none or when NATS cannot say now).
+
+    ``leader``: ask the stream's leader, which has everything acknowledged so far; a direct
+    get (all a tenant user may do) can be answered by a replica that is catching up, which
+    only delays the answer to a later recheck.
+    """
+    try:
+        raw = await nc.jetstream().get_last_msg(
+            subjects.EVENTS_STREAM, subjects.run_events(tenant, run_id), direct=not leader
+        )
+    except NotFoundError:
+        return 0
+    except (nats.errors.Error, TimeoutError):
+        return 0  # disconnected or no leader yet: the next recheck asks again
+    return TraceEvent.model_validate_json(raw.data).seq
+
+
 async def _stored_direct(
-    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None
+    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None, leader: bool = False
 ) -> AsyncIterator[TraceEvent]:
-    """Events of the run stored in the stream with ``after_seq < seq < before_seq``."""
+    """Events of the run stored in the stream with ``after_seq < seq < before_seq``.
+
+    Direct gets by default (any replica answers); ``leader`` asks the stream's leader,
+    which has every event acknowledged so far: a gap must be read there, since a replica
+    that is catching up may lack exactly the missed events.
+    """
     js = nc.jetstream()
     subject = subjects.run_events(tenant, run_id)
     stream_seq = 1
     found: list[TraceEvent] = []
     while True:
         try:
-            raw = await js.get_msg(subjects.EVENTS_STREAM, seq=stream_seq, subject=subject, next=True, direct=True)
+            raw = await js.get_msg(subjects.EVENTS_STREAM, seq=stream_seq, subject=subject, next=True, direct=not leader)
         except NotFoundError:
             break
         event = TraceEvent.model_validate_json(raw.data)
@@ -260,14 +302,15 @@ async def _stored_direct(
 
 
 async def _stored_by_consumer(
-    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None
+    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None, leader: bool = False
 ) -> AsyncIterator[TraceEvent]:
     """The same, through a consumer created as ``CONSUMER.CREATE.<stream>.<name>.<subject>``.
 
     The server refuses a create whose body filter differs from the subject's, so a user
     permitted ``$JS.API.CONSUMER.CREATE.FLOWRELAY_EVENTS.*.flowrelay.events.<tenant>.>``
     can replay its own runs and nothing else. It holds exactly the messages stored when it
-    was created; the server removes it once it goes idle.
+    was created; the server removes it once it goes idle. ``leader`` is moot: a consumer is
+    served by the stream's leader anyway.
 
     How many: ``num_pending`` plus ``delivered`` of the create answer. The server may start
     delivering before it answers, and what it delivered is no longer pending: counting
