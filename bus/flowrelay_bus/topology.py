@@ -7,8 +7,12 @@ Streams whose settings changed are updated in place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -18,7 +22,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from flowrelay_bus.settings import BusSettings
@@ -28,6 +32,15 @@ log = logging.getLogger(__name__)
 
 #: Capability entries older than this mean the executor is gone.
 EXECUTOR_LIVENESS_TTL_S = 15.0
+
+#: How long a service keeps declaring while JetStream does not answer (a cluster still forming).
+DECLARE_DEADLINE_S = 120.0
+
+#: Pause between two declaration attempts.
+DECLARE_RETRY_S = 0.5
+
+#: Answers that mean "JetStream is not ready yet", not "the declaration is wrong".
+_NOT_READY = (TimeoutError, NoRespondersError, ServiceUnavailableError)
 
 #: Largest message any flowrelay stream accepts (workflows are capped well below this).
 MAX_MSG_BYTES = 4 * 1024 * 1024
@@ -102,7 +115,30 @@ def api_keys_bucket_config(settings: BusSettings) -> KeyValueConfig:
 
 
 async def declare(js: JetStreamContext, settings: BusSettings) -> None:
-    """Create or update every stream and bucket flowrelay's services share."""
+    """Create or update every stream and bucket flowrelay's services share.
+
+    Several services starting together on a fresh cluster all declare at once; concurrent
+    creations of the same replicated stream stall JetStream's answers for several seconds
+    (measured: about 6 s at replicas 3), so a timeout here means "try again", up to a deadline.
+    """
+    await _until_ready(lambda: _declare_once(js, settings))
+
+
+async def _until_ready(step: Callable[[], Awaitable[None]]) -> None:
+    """Run ``step`` again while JetStream does not answer, until ``DECLARE_DEADLINE_S``."""
+    deadline = time.monotonic() + DECLARE_DEADLINE_S
+    while True:
+        try:
+            await step()
+            return
+        except _NOT_READY as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("JetStream did not answer while declaring (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(DECLARE_RETRY_S)
+
+
+async def _declare_once(js: JetStreamContext, settings: BusSettings) -> None:
     for config in stream_configs(settings):
         try:
             await js.stream_info(config.name)
@@ -115,7 +151,7 @@ async def declare(js: JetStreamContext, settings: BusSettings) -> None:
             except BadRequestError as exc:  # e.g. retention cannot change in place
                 log.warning("stream %s keeps its old settings: %s", config.name, exc)
     for config in bucket_configs(settings):
-        await declare_bucket(js, config)
+        await _declare_bucket_once(js, config)
     await declare_object_store(js, settings)
 
 
@@ -134,6 +170,10 @@ async def declare_object_store(js: JetStreamContext, settings: BusSettings) -> N
 
 async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
     """Create the bucket if missing; turn on direct gets for buckets made before they were used."""
+    await _until_ready(lambda: _declare_bucket_once(js, config))
+
+
+async def _declare_bucket_once(js: JetStreamContext, config: KeyValueConfig) -> None:
     try:
         await js.key_value(config.bucket)
     except (NotFoundError, Exception) as exc:  # BucketNotFoundError subclasses vary by version
