@@ -26,7 +26,7 @@ exec_stamp = $(EXEC_VENV)/.installed-$(subst $(space),+,$(call chosen,$(1)))
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install up test bench lock lint asyncapi clean browser
+.PHONY: install up test test-deploy bench lock lint asyncapi clean browser
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
@@ -60,6 +60,14 @@ browser: $(CHROMIUM)
 ## framework matrix needs every framework in the executor environment (TEST_FRAMEWORKS=all).
 test: install $(CHROMIUM) $(call exec_stamp,$(TEST_FRAMEWORKS))
 	$(BIN)/python -m pytest $(ARGS)
+
+## Containers and clustering: installs Docker's engine and compose from Debian if missing, starts
+## dockerd if none runs (and stops it after), builds the images with no registry (cached between
+## runs), then runs compose.yaml from the host and the 3-node NATS cluster test (tests/deploy/).
+test-deploy: install
+	@start=$$(date +%s); deploy/with-docker.sh sh -c 'deploy/build-images.sh && \
+		FLOWRELAY_REQUIRE_DOCKER=1 $(BIN)/python -m pytest tests/deploy $(ARGS)'; status=$$?; \
+	echo "make test-deploy: $$(( $$(date +%s) - start )) s, exit $$status"; exit $$status
 
 ## Benchmark against the in-process floor and the original design (QUICK=1 for a short run).
 bench: install
