@@ -24,7 +24,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench import floor, flowrelay_stack, load, model, original
+from bench import floor, flowrelay_stack, load, model, original, replicas
 from bench.measure import (
     SystemFigures,
     machine_info,
@@ -35,7 +35,11 @@ from bench.measure import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("floor", "original", "flowrelay")
+SYSTEMS = ("floor", "original", "flowrelay", "replicas")
+
+#: What ``--quick`` measures unless ``--only`` says otherwise: the R3 against R1 figure starts
+#: two more stacks, which would take a quick run past its minute (``--quick --only replicas``).
+QUICK_SYSTEMS = ("floor", "original", "flowrelay")
 
 #: Where bytecode is cached for every process the benchmark starts (see ``_bytecode_cache``).
 PYCACHE = (
@@ -68,6 +72,7 @@ class Plan:
     floor: floor.FloorSizes
     original: original.OriginalSizes
     flowrelay: flowrelay_stack.FlowrelaySizes
+    replicas: replicas.ReplicaSizes
     model_probe_s: float
 
 
@@ -86,6 +91,7 @@ def plan(quick: bool, n: int | None) -> Plan:
                 delay_s=1.0,
                 client_processes=1,
             ),
+            replicas=replicas.ReplicaSizes(sequential=30, batch=60, rounds=1),
             model_probe_s=1.0,
         )
     return Plan(
@@ -101,6 +107,7 @@ def plan(quick: bool, n: int | None) -> Plan:
             delay_s=1.0,
             client_processes=2,
         ),
+        replicas=replicas.ReplicaSizes(sequential=100, batch=200, rounds=2),
         model_probe_s=3.0,
     )
 
@@ -366,6 +373,22 @@ def run(
                 systems["flowrelay"] = SystemFigures(
                     name="flowrelay", error=f"{type(exc).__name__}: {exc}"
                 ).to_json()
+        if "replicas" in only:
+            settle("replicas")
+            console.print("flowrelay on a local 3-node NATS cluster: replicas 1, then 3 ...")
+            try:
+                rows = _timed(
+                    walls,
+                    "replicas",
+                    lambda: replicas.measure(sm, sizes.replicas, log_dir, client),
+                )
+                systems.update({key: fig.to_json() for key, fig in rows.items()})
+            except Exception as exc:
+                console.print(f"[red]replicas failed:[/red] {type(exc).__name__}: {exc} (logs in {log_dir})")
+                traceback.print_exc()
+                systems["cluster_r3"] = SystemFigures(
+                    name="cluster_r3", error=f"{type(exc).__name__}: {exc}"
+                ).to_json()
         final_stats = model.stats(sm)
     finally:
         sm_rss = (
@@ -429,6 +452,7 @@ def run(
         },
         "systems": systems,
     }
+    report["replication_summary"] = replicas.summary(systems)
     report["cpu_budget"] = _cpu_budget(systems, flow_conc)
     report["code"] = _code_revision()
     report["targets"] = _targets(report)
@@ -460,7 +484,9 @@ def main() -> None:
         "--quick", action="store_true", help="smaller counts; finishes in under a minute"
     )
     parser.add_argument(
-        "--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
+        "--only",
+        default=None,
+        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all; with --quick: {','.join(QUICK_SYSTEMS)})",
     )
     parser.add_argument(
         "--n", type=int, default=None, help="flowrelay's concurrent runs (default 500, quick 100)"
@@ -485,7 +511,8 @@ def main() -> None:
         help="HTTP client of the load phases: raw (lean, default) or httpx (for comparison)",
     )
     args = parser.parse_args()
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    chosen = args.only or ",".join(QUICK_SYSTEMS if args.quick else SYSTEMS)
+    only = {s.strip() for s in chosen.split(",") if s.strip()}
     unknown = only - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")

@@ -27,7 +27,7 @@ import httpx
 
 from bench import auth, model, phases
 from bench.measure import Latency, SystemFigures
-from flowrelay import natsserver
+from flowrelay import natscluster, natsserver
 from flowrelay.credentials import Secrets
 from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL, Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
@@ -69,7 +69,8 @@ def _free_port() -> int:
 
 @dataclass
 class RunningStack:
-    nats: natsserver.NatsServer
+    nats: list[subprocess.Popen[bytes]]  # one nats-server, or each node of a cluster
+    nats_url: str  # comma-separated for a cluster
     api: ServiceProcess
     executor: ServiceProcess
     suggester: ServiceProcess
@@ -80,11 +81,11 @@ class RunningStack:
 
     def pids(self) -> list[int]:
         """Roots of the stack's process trees (the executor's workers are its children)."""
-        return [self.nats.process.pid, self.api.pid, self.executor.pid, self.suggester.pid]
+        return [*(p.pid for p in self.nats), self.api.pid, self.executor.pid, self.suggester.pid]
 
     def services(self) -> dict[str, int]:
         return {
-            "nats-server": self.nats.process.pid,
+            "nats-server": self.nats[0].pid,
             "api": self.api.pid,
             "executor": self.executor.pid,
             "suggester": self.suggester.pid,
@@ -127,16 +128,30 @@ def _wait_executor_visible(api_url: str) -> dict[str, Any]:
 
 
 @contextmanager
-def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterator[RunningStack]:
-    """Start the stack (in order: NATS, API, executor, suggester); stop it all afterwards."""
+def running(
+    model_url: str, log_dir: Path, py_spy: str | None = None, *, cluster_replicas: int | None = None
+) -> Iterator[RunningStack]:
+    """Start the stack (in order: NATS, API, executor, suggester); stop it all afterwards.
+
+    With ``cluster_replicas``, NATS is a local 3-node cluster (``flowrelay.natscluster``) and
+    every stream and bucket has that many replicas; otherwise one nats-server (replicas 1).
+    """
     root = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
     # As deployed: each service its own NATS user, the API behind keys (auth on).
     secrets = Secrets.ensure(root / "secrets")
     # The fsync policy flowrelay deploys with, unless the run asks for another to compare.
     sync = os.environ.get("FLOWRELAY_NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)
-    nats = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log", sync_interval=sync)
+    if cluster_replicas is None:
+        server = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log", sync_interval=sync)
+        nats_url, stop_nats, nats = server.url, server.stop, [server.process]
+    else:
+        cluster = natscluster.start(root / "nats", secrets, log_dir=log_dir)
+        nats_url, stop_nats = cluster.url, cluster.stop
+        nats = [node.server.process for node in cluster.nodes if node.server is not None]
     port = _free_port()
-    env = _env(nats.url, model_url, port)
+    env = _env(nats_url, model_url, port)
+    if cluster_replicas is not None:
+        env["FLOWRELAY_STREAM_REPLICAS"] = str(cluster_replicas)
     os.environ["FLOWRELAY_API_KEY"] = secrets.admin_key()  # the load clients send it
     started: list[ServiceProcess] = []
 
@@ -157,7 +172,7 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
             proc.wait_ready(timeout=SERVICE_START_TIMEOUT_S)
         api_url = f"http://127.0.0.1:{port}"
         _wait_executor_visible(api_url)
-        stack = RunningStack(nats, api, executor, suggester, api_url, root, secrets)
+        stack = RunningStack(nats, nats_url, api, executor, suggester, api_url, root, secrets)
         if py_spy:
             stack.profilers = _start_profilers(py_spy, stack, log_dir / "profiles")
         yield stack
@@ -166,7 +181,7 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
             _stop_profilers(stack.profilers)
         for proc in reversed(started):
             proc.terminate(timeout=15)
-        nats.stop()
+        stop_nats()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -273,7 +288,7 @@ def measure(
             roots,
             client,
         )
-        auth_cost = auth.measure(stack.nats.url, stack.secrets)
+        auth_cost = auth.measure(stack.nats_url, stack.secrets)
     events = {
         "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
         "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,

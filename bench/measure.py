@@ -487,6 +487,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"on {budget['cores']} cores that alone caps flowrelay at about {budget['max_runs_s']:.0f} runs/s, and "
             f"{budget['concurrent_n']} runs need at least {budget['min_concurrent_wall_s']:.1f} s of wall time for their CPU"
         )
+    if report.get("replication_summary"):
+        out.append(report["replication_summary"])
     busy = busy_shares(report)
     if busy:
         shown = ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
