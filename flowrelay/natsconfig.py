@@ -212,3 +212,25 @@ def server_config(
         config["pid_file"] = str(pid_file)
     config |= extra or {}
     return json.dumps(config, indent=2) + "\n"
+
+
+#: The user cluster nodes authenticate each other's routes with. It exists only in the
+#: ``cluster`` block, so no client can connect with it.
+ROUTE_USER = "route"
+
+
+def cluster_block(*, name: str, host: str, port: int, peers: Sequence[str], route_password: str) -> dict[str, Any]:
+    """The ``cluster`` block of one node, for ``server_config(extra={"cluster": ...})``.
+
+    The node listens for routes on ``host:port`` and accepts only peers presenting
+    ``ROUTE_USER``/``route_password`` (stored as a bcrypt hash); it connects to each of
+    ``peers`` (``host:port`` of the other nodes' route listeners) with the same credentials,
+    which therefore appear in clear in the route URLs: the config file is a secret.
+    """
+    return {
+        "name": name,
+        "host": host,
+        "port": port,
+        "authorization": {"user": ROUTE_USER, "password": hash_password(route_password)},
+        "routes": [f"nats-route://{ROUTE_USER}:{route_password}@{peer}" for peer in peers],
+    }

@@ -1,6 +1,7 @@
 """flowrelay on a 3-node NATS cluster at replicas 3, losing the node that leads the run stream.
 
-Three nats-server processes (routes on loopback, a store each), streams and buckets at R3
+Three nats-server processes (routes on loopback with their own credentials, a store each,
+the deployment's users and no anonymous access on every node), streams and buckets at R3
 (``FLOWRELAY_STREAM_REPLICAS=3``), the API and the two executors each connected to a
 different node. A client submits runs at a steady pace, as a backend would: with an
 ``Idempotency-Key``, retrying the same key when the API answers 5xx. Some runs are followed
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -30,8 +32,11 @@ import nats
 import pytest
 from flowrelay_testkit import Bus, Stack, one_agent, run_body
 
-from flowrelay import natscluster
+from flowrelay import natscluster, natsserver
+from flowrelay.credentials import Secrets
 from flowrelay.natscluster import NatsCluster
+from flowrelay.natsconfig import ROUTE_USER, Role
+from flowrelay.stack import ServiceProcess
 from flowrelay_bus import topology
 from flowrelay_bus.settings import BusSettings
 from flowrelay_contracts import RunStatus, subjects
@@ -57,7 +62,7 @@ TERMINAL = {RunStatus.SUCCEEDED: "run.completed", RunStatus.FAILED: "run.failed"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     root = tmp_path_factory.mktemp("cluster")
-    cluster = natscluster.start(root / "nats", log_dir=root / "logs")
+    cluster = natscluster.start(root / "nats", Secrets.ensure(root / "secrets"), log_dir=root / "logs")
     yield cluster
     cluster.stop()
 
@@ -67,7 +72,7 @@ def stack(cluster: NatsCluster, scripted_model: str, tmp_path_factory: pytest.Te
     """API (and suggester) on node 1, one executor on node 2, another on node 3, started together."""
     a, b, c = cluster.nodes
     stack = Stack(nats_url=a.url, scripted_url=scripted_model, root=tmp_path_factory.mktemp("cluster-stack"),
-                  FLOWRELAY_STREAM_REPLICAS="3")
+                  secrets=cluster.secrets, FLOWRELAY_STREAM_REPLICAS="3")
     try:
         stack.api = stack._process("api", "api")
         stack.suggester = stack._process("suggester", "suggester")
@@ -84,7 +89,7 @@ def connections(cluster: NatsCluster) -> dict[str, list[str]]:
     """Client connection names on each node (its monitoring endpoint)."""
     found = {}
     for node in cluster.nodes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/connz?limit=1000", timeout=5) as answer:
+        with urllib.request.urlopen(f"{node.monitor_url}/connz?limit=1000", timeout=5) as answer:
             found[node.name] = [c.get("name", "") for c in json.loads(answer.read()).get("connections") or []]
     return found
 
@@ -170,8 +175,8 @@ async def test_every_run_ends_once_when_the_run_stream_leader_dies(cluster: Nats
     assert any(name.startswith("flowrelay-executor-") for name in placement[b.name])
     assert any(name.startswith("flowrelay-executor-") for name in placement[c.name])
 
-    bus = await Bus.connect(cluster.urls)  # type: ignore[arg-type]  (nats.connect takes a list)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+    bus = await Bus.connect(cluster.urls, cluster.secrets)  # type: ignore[arg-type]  (nats.connect takes a list)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=stack.auth_headers) as api:
         info = await bus.js.stream_info(subjects.RUNS_STREAM)
         assert info.config.num_replicas == 3
         assert len(info.cluster.replicas) == 2  # plus the leader
@@ -202,7 +207,7 @@ async def test_every_run_ends_once_when_the_run_stream_leader_dies(cluster: Nats
         # A 503 answer left a failed record behind (the API's submit contract); none of those
         # ever ran, and retries with the same key made no second run of any accepted one.
         kv = await bus.js.key_value(subjects.RUNS_BUCKET)
-        refused = set(await kv.keys()) - set(load.accepted)
+        refused = {key.split(".", 1)[1] for key in await kv.keys()} - set(load.accepted)  # <tenant>.<run_id>
         assert len(set(load.accepted)) == len(load.accepted)
         assert len(refused) <= sum(load.retries.values())
         for run_id in refused:
@@ -229,9 +234,12 @@ async def test_every_run_ends_once_when_the_run_stream_leader_dies(cluster: Nats
 
 async def test_services_starting_together_declare_the_topology(tmp_path: Path) -> None:
     """Concurrent declarations of R3 streams stall JetStream for seconds; none may fail for it."""
-    fresh = natscluster.start(tmp_path / "nats", log_dir=tmp_path / "logs")
+    secrets = Secrets.ensure(tmp_path / "secrets")
+    fresh = natscluster.start(tmp_path / "nats", secrets, log_dir=tmp_path / "logs")
     try:
-        connections = [await nats.connect(url) for url in fresh.urls]
+        roles = (Role.API, Role.EXECUTOR, Role.SUGGESTER)  # as the services connect, one per node
+        connections = [await nats.connect(url, user=role.value, password=secrets.password(role.value))
+                       for url, role in zip(fresh.urls, roles, strict=True)]
         settings = BusSettings(stream_replicas=3)
         await asyncio.gather(*(topology.declare(nc.jetstream(), settings) for nc in connections))
         for config in topology.stream_configs(settings):
@@ -241,6 +249,28 @@ async def test_services_starting_together_declare_the_topology(tmp_path: Path) -
             await nc.close()
     finally:
         fresh.stop()
+
+
+def test_a_route_without_the_cluster_credentials_is_refused(cluster: NatsCluster, tmp_path: Path) -> None:
+    """Routes carry every message and every JetStream replica: a server that knows the
+    route port but not the route password must not join."""
+    a, b, c = cluster.nodes
+    port = b.address.route_port
+    for label, route in (("none", f"nats-route://127.0.0.1:{port}"),
+                         ("wrong", f"nats-route://{ROUTE_USER}:not-the-password@127.0.0.1:{port}")):
+        stranger = ServiceProcess(
+            f"stranger-{label}",
+            [str(natsserver.find_binary()), "-a", "127.0.0.1", "-p", "-1", "--cluster_name", cluster.name,
+             "--cluster", "nats://127.0.0.1:-1", "--routes", route],
+            env=dict(os.environ), log_path=tmp_path / f"stranger-{label}.log",
+        ).start()
+        try:
+            stranger.wait_for(r"Route Error 'Authorization Violation'", timeout=30)
+        finally:
+            stranger.terminate(timeout=5)
+    with urllib.request.urlopen(f"{b.monitor_url}/routez", timeout=5) as answer:
+        peers = {route["remote_name"] for route in json.loads(answer.read())["routes"]}
+    assert peers == {a.name, c.name}
 
 
 def test_cluster_nodes_keep_their_own_stores(cluster: NatsCluster) -> None:
