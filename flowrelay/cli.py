@@ -266,21 +266,37 @@ def secrets_init(
     nats_store: Path = typer.Option(Path("/data"), help="JetStream store directory of the configured nats-server."),
     sync_interval: str = typer.Option(DEFAULT_SYNC_INTERVAL,
                                       help="JetStream fsync period ('always' fsyncs every write before acking it)."),
+    nats_cluster: str | None = typer.Option(
+        None, help="Comma-separated node names of a NATS cluster (they reach each other by these names, routes "
+        "on port 6222): writes NAME.conf beside --nats-config for each node, with route credentials."),
+    container_readable: bool = typer.Option(
+        False, help="Files mode 0644 inside the 0700 directory, for compose to mount each one into its own "
+        "service's container, whose user is not the files' owner."),
 ) -> None:
     """Create the admin API key and the NATS users' passwords (keeps what exists)."""
-    from flowrelay.credentials import Secrets
+    from flowrelay.credentials import CONTAINER_FILE_MODE, FILE_MODE, Secrets
+    from flowrelay.natscluster import node_configs, write_secret
     from flowrelay.natsconfig import server_config
 
-    secrets = Secrets.ensure(directory)
+    secrets = Secrets.ensure(directory, file_mode=CONTAINER_FILE_MODE if container_readable else FILE_MODE)
     console = Console(stderr=True)
     console.print(f"secrets in {secrets.root} (admin key: {secrets.admin_key_file})", highlight=False)
-    if nats_config is not None:
-        text = server_config(users=secrets.users(), host=nats_host, port=nats_port, store_dir=nats_store,
-                             sync_interval=sync_interval)
-        nats_config.parent.mkdir(parents=True, exist_ok=True)
-        nats_config.touch(mode=0o600)
-        nats_config.write_text(text)
-        console.print(f"nats-server config in {nats_config}", highlight=False)
+    if nats_config is None:
+        if nats_cluster:
+            raise _fail(CliError("--nats-cluster needs --nats-config (the configs are written beside it)"))
+        return
+    if nats_cluster:
+        names = [name.strip() for name in nats_cluster.split(",") if name.strip()]
+        configs = node_configs(names, secrets, listen_host=nats_host, store_dir=nats_store, client_port=nats_port,
+                               sync_interval=sync_interval)
+        for name, text in configs.items():
+            write_secret(nats_config.with_name(f"{name}.conf"), text)
+        console.print(f"nats-server configs of {', '.join(names)} in {nats_config.parent}", highlight=False)
+        return
+    text = server_config(users=secrets.users(), host=nats_host, port=nats_port, store_dir=nats_store,
+                         sync_interval=sync_interval)
+    write_secret(nats_config, text)
+    console.print(f"nats-server config in {nats_config}", highlight=False)
 
 
 if __name__ == "__main__":
