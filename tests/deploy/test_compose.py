@@ -1,8 +1,10 @@
 """compose.yaml in real containers, driven from the host like a backend team would.
 
-One compose project serves every check, in this order: a run of each pattern, SSE, a failure
-with its suggestion, scale-out to three executors sharing work, an executor container killed
-mid-run, the NATS container killed and started again, and ``down`` leaving nothing behind.
+One compose project serves every check, in this order: the deployment is the secure one (no
+anonymous NATS, each container only its own secrets, ports on loopback), a run of each
+pattern, a run on the framework built into the executor image, SSE, a failure with its
+suggestion, scale-out to three executors sharing work, an executor container killed mid-run,
+the NATS container killed and started again, and ``down`` leaving nothing behind.
 """
 
 from __future__ import annotations
@@ -14,23 +16,38 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import nats
 import pytest
 from flowrelay_composekit import (
+    FRAMEWORKS,
     REQUIRE_ENV,
     ComposeProject,
     docker,
     engine_problem,
     ensure_images,
+    finished,
+    live_executors,
+    sse,
+    submit,
     versions,
 )
 from flowrelay_testkit import REPO, Bus, one_agent, run_body
 
-from flowrelay_contracts import RunRecord, RunStatus, subjects
+from flowrelay_contracts import RunRecord, RunStatus
 
 pytestmark = pytest.mark.timeout(600)
 
 #: Runs that ended earlier in the module; the NATS restart must not lose any of them.
 FINISHED: dict[str, RunRecord] = {}
+
+#: The compose secrets each service's container gets, and nothing else.
+OWN_SECRETS = {
+    "nats": {"nats_conf"},
+    "api": {"api_password", "admin_key"},
+    "executor": {"executor_password"},
+    "suggester": {"suggester_password"},
+    "scripted-model": set(),
+}
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -61,75 +78,46 @@ def project(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
 
 @pytest.fixture(scope="module")
 async def api(project: ComposeProject) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=project.api_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=project.api_url, timeout=60, headers=project.auth_headers) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 async def bus(project: ComposeProject) -> AsyncIterator[Bus]:
-    connection = await Bus.connect(project.nats_url)
+    connection = await Bus.connect(project.nats_url, project.secrets)
     yield connection
     await connection.close()
 
 
-async def live_executors(bus: Bus, count: int, *, timeout: float = 180) -> set[str]:
-    """Wait until ``count`` executors have advertised themselves; their ids."""
-    kv = await bus.js.key_value(subjects.EXECUTORS_BUCKET)
-    watcher = await kv.watchall()
-    live: set[str] = set()
-
-    async def watch() -> set[str]:
-        async for entry in watcher:
-            if entry is None:
-                continue
-            if entry.value:
-                live.add(entry.key)
-            else:
-                live.discard(entry.key)
-            if len(live) >= count:
-                return set(live)
-        raise AssertionError("watch ended")
-
-    try:
-        return await asyncio.wait_for(watch(), timeout)
-    finally:
-        await watcher.stop()
-
-
-async def submit(api: httpx.AsyncClient, body: dict[str, Any]) -> str:
-    response = await api.post("/runs", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["run_id"]
-
-
-async def finished(bus: Bus, run_id: str, *, timeout: float = 90) -> RunRecord:
-    """The run's terminal record, after checking it has exactly one terminal event."""
-    record = await bus.wait_record(run_id, timeout=timeout)
-    assert [e.type for e in await bus.terminal_events(run_id)] == [f"run.{_TERMINAL[record.status]}"]
-    FINISHED[run_id] = record
+async def done(bus: Bus, run_id: str, *, timeout: float = 90) -> RunRecord:
+    record = FINISHED[run_id] = await finished(bus, run_id, timeout=timeout)
     return record
-
-
-_TERMINAL = {RunStatus.SUCCEEDED: "completed", RunStatus.FAILED: "failed", RunStatus.CANCELLED: "cancelled"}
-
-
-def sse(text: str) -> list[dict[str, Any]]:
-    """The events of an SSE body (comments and keep-alives dropped)."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
-        if "data" in fields:
-            events.append({"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])})
-    return events
 
 
 # -- the checks, in order --------------------------------------------------------------------
 
 
+async def test_the_deployment_is_the_secure_one(project: ComposeProject, api: httpx.AsyncClient) -> None:
+    for credentials in ({}, {"user": "executor", "password": "not-its-password"}):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(project.nats_url, allow_reconnect=False, connect_timeout=5, **credentials)
+    anonymous = await api.get("/runs", headers={"Authorization": ""})
+    assert anonymous.status_code == 401 and anonymous.json()["code"] == "unauthenticated"
+    assert (await api.get("/auth/me")).json()["scopes"] == ["admin"]  # the key compose bootstrapped
+    for service, secrets in OWN_SECRETS.items():
+        for container in project.containers(service):
+            listing = docker("exec", container.id, "ls", "-A", "/run/secrets") if secrets else ""
+            assert set(listing.split()) == secrets, (service, listing)
+            published = json.loads(docker("inspect", "--format", "{{json .NetworkSettings.Ports}}", container.id))
+            hosts = {b["HostIp"] for bindings in published.values() if bindings for b in bindings}
+            assert hosts <= {"127.0.0.1"}, (service, published)
+
+
 async def test_each_pattern_runs_in_containers(api: httpx.AsyncClient, bus: Bus) -> None:
-    await live_executors(bus, 2)
+    offered = await live_executors(bus, 2)
+    assert {frozenset(c.frameworks) for c in offered.values()} == {FRAMEWORKS | {"tinyagent"}}
     ids = {name: await submit(api, _example(name)) for name in ("simple", "sequential", "collaborative")}
-    records = {name: await finished(bus, run_id) for name, run_id in ids.items()}
+    records = {name: await done(bus, run_id) for name, run_id in ids.items()}
     assert records["simple"].output == "echo: What is flowrelay?"
     assert records["sequential"].output == "echo: echo: ping"
     assert records["collaborative"].output == "42"
@@ -137,6 +125,18 @@ async def test_each_pattern_runs_in_containers(api: httpx.AsyncClient, bus: Bus)
         assert record.status == RunStatus.SUCCEEDED
         assert record.model_provider == "scripted"
         assert record.isolation == "process"
+
+
+@pytest.mark.skipif(not FRAMEWORKS, reason="the executor image was built with tinyagent only (FLOWRELAY_FRAMEWORKS)")
+async def test_a_framework_from_the_executor_lock_runs_in_its_container(api: httpx.AsyncClient, bus: Bus) -> None:
+    # The API accepts a framework only if a live executor offers it (else 422 naming the field).
+    for framework in sorted(FRAMEWORKS):
+        record = await done(bus, await submit(api, run_body(one_agent(framework=framework), f"on {framework}")))
+        assert record.status == RunStatus.SUCCEEDED, (framework, record.error)
+        assert record.output == f"echo: on {framework}"
+    missing = next(f for f in ("openai", "langchain", "smolagents") if f not in FRAMEWORKS)
+    refused = await api.post("/runs", json=run_body(one_agent(framework=missing), "not in this image"))
+    assert refused.status_code == 422 and missing in refused.text
 
 
 async def test_sse_streams_every_event_and_resumes(api: httpx.AsyncClient) -> None:
@@ -168,7 +168,7 @@ async def test_scale_out_to_three_executors_shares_the_work(project: ComposeProj
     assert len(containers) == 3
     # 12 one-second runs against 3 x 2 slots: each executor must take some while work remains.
     ids = [await submit(api, run_body(one_agent(), f"#delay=1 share {i}")) for i in range(12)]
-    records = [await finished(bus, run_id) for run_id in ids]
+    records = [await done(bus, run_id) for run_id in ids]
     assert all(r.status == RunStatus.SUCCEEDED for r in records)
     ran_on = {r.executor_id.split("-")[0] for r in records if r.executor_id}
     assert ran_on == containers
@@ -182,7 +182,7 @@ async def test_a_killed_executor_container_hands_its_run_to_another(project: Com
     victim = next(c for c in project.containers("executor") if running.executor_id.startswith(c.hostname))
     docker("kill", victim.id)
 
-    record = await finished(bus, run_id)
+    record = await done(bus, run_id)
     assert record.status == RunStatus.SUCCEEDED
     assert record.output == "echo: #delay=4 survives its executor"
     assert record.attempts == 2
@@ -198,20 +198,20 @@ async def test_killing_and_starting_nats_loses_nothing(project: ComposeProject, 
     # More runs than free slots: some are running, the rest wait in the work queue.
     ids = [await submit(api, run_body(one_agent(), f"#delay=2 across the restart {i}")) for i in range(8)]
     await bus.wait_record(ids[0], terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
-    [nats] = project.containers("nats")
+    [server] = project.containers("nats")
     mark = project.event_mark
-    docker("kill", nats.id)
+    docker("kill", server.id)
     await asyncio.to_thread(project.compose, "start", "nats")
     await asyncio.to_thread(project.wait_healthy, "nats", after=mark)
 
     for run_id in ids:
-        record = await finished(bus, run_id, timeout=120)
+        record = await done(bus, run_id, timeout=120)
         assert record.status == RunStatus.SUCCEEDED, record
     for run_id, before in FINISHED.items():  # every earlier run: record and events intact
         after = (await api.get(f"/runs/{run_id}")).json()
         assert (after["status"], after["output"]) == (before.status, before.output)
     new = await submit(api, run_body(one_agent(), "after the restart"))
-    assert (await finished(bus, new)).output == "echo: after the restart"
+    assert (await done(bus, new)).output == "echo: after the restart"
 
 
 async def test_down_leaves_nothing_behind(project: ComposeProject) -> None:

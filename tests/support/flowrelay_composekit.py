@@ -6,12 +6,18 @@ when no container registry is reachable) through whichever compose the machine h
 (``tests/deploy/compose.test.yaml``) only makes executors small, so that a handful of runs
 spreads over every replica, and redelivery after a crash quick.
 
+Each project gets its own secrets, made the way the compose file's header tells users to:
+``flowrelay secrets init DIR --nats-config DIR/nats.conf --container-readable`` (with
+``--nats-cluster`` for the cluster example); the test talks to the API with the admin key
+and to NATS as the operator user, both read from that directory.
+
 Waits are on events, never on sleeps: container health from ``docker events``, readiness of
 executors from their entries in the executors bucket, runs from their records and events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,10 +26,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flowrelay_testkit import REPO, free_port
+import httpx
+import nats.errors
+from flowrelay_testkit import REPO, Bus, free_port
+from nats.js.errors import ServiceUnavailableError
 
-from flowrelay.stack import ServiceProcess
+from flowrelay.credentials import Secrets
+from flowrelay.stack import ServiceProcess, resolve
+from flowrelay_contracts import ExecutorCapabilities, RunRecord, RunStatus, subjects
 
 #: The test override of compose.yaml (small executors, quick redelivery).
 TEST_OVERRIDE = REPO / "tests" / "deploy" / "compose.test.yaml"
@@ -33,7 +45,15 @@ REQUIRE_ENV = "FLOWRELAY_REQUIRE_DOCKER"
 
 #: Images the tests run; deploy/build-images.sh makes them (and prints these names).
 IMAGE = os.environ.get("FLOWRELAY_IMAGE", "flowrelay:local")
+EXECUTOR_IMAGE = os.environ.get("FLOWRELAY_EXECUTOR_IMAGE", "flowrelay-executor:local")
 NATS_IMAGE = os.environ.get("FLOWRELAY_NATS_IMAGE", "flowrelay-nats:local")
+
+#: The any-agent frameworks built into the executor image besides tinyagent (its FRAMEWORKS
+#: build arg; deploy/build-images.sh reads the same variable).
+FRAMEWORKS = frozenset(os.environ.get("FLOWRELAY_FRAMEWORKS", "").split())
+
+#: The example cluster's node names (deploy/compose.cluster.yaml): node 1 keeps the name "nats".
+CLUSTER_NODES = ("nats", "nats-2", "nats-3")
 
 #: A project's resources carry this label (v1 and v2 alike); ``down`` must remove all of them.
 PROJECT_LABEL = "com.docker.compose.project"
@@ -71,7 +91,7 @@ def ensure_images(log_dir: Path) -> None:
     """Build the images unless they exist (make test-deploy has built them already)."""
     present = all(
         subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
-        for name in (IMAGE, NATS_IMAGE)
+        for name in (IMAGE, EXECUTOR_IMAGE, NATS_IMAGE)
     )
     if not present:
         env = os.environ | {"FLOWRELAY_BUILD_LOG_DIR": str(log_dir)}
@@ -91,25 +111,31 @@ class Container:
 
 
 class ComposeProject:
-    """One compose project of ``compose.yaml`` on free loopback ports, with its own name."""
+    """One compose project of ``compose.yaml`` (plus ``overrides``) on free loopback ports,
+    with its own name and its own secrets in ``log_dir/secrets``."""
 
-    def __init__(self, *, log_dir: Path) -> None:
+    def __init__(self, *, log_dir: Path, overrides: Sequence[Path] = (), cluster: bool = False) -> None:
         command = compose_command()
         assert command is not None
         self.name = f"flowrelaytest{uuid.uuid4().hex[:8]}"
         self.log_dir = log_dir
+        self.secrets = make_secrets(log_dir / "secrets", cluster=cluster)
         self.api_port = free_port()
         self.nats_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
-        self._base = [*command, "-p", self.name, "-f", str(REPO / "compose.yaml"), "-f", str(TEST_OVERRIDE)]
+        self.auth_headers = {"Authorization": f"Bearer {self.secrets.admin_key()}"}
+        files = [REPO / "compose.yaml", TEST_OVERRIDE, *overrides]
+        self._base = [*command, "-p", self.name, *(arg for f in files for arg in ("-f", str(f)))]
         # Nothing from the developer's shell (provider keys, FLOWRELAY_* settings) reaches compose.
         keep = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_") and not k.endswith("_API_KEY")}
         self.env = keep | {
             "FLOWRELAY_IMAGE": IMAGE,
+            "FLOWRELAY_EXECUTOR_IMAGE": EXECUTOR_IMAGE,
             "FLOWRELAY_NATS_IMAGE": NATS_IMAGE,
             "FLOWRELAY_API_BIND": f"127.0.0.1:{self.api_port}",
             "FLOWRELAY_NATS_BIND": f"127.0.0.1:{self.nats_port}",
+            "FLOWRELAY_SECRETS_DIR": str(self.secrets.root),
         }
         self.events: ServiceProcess | None = None
 
@@ -166,9 +192,84 @@ class ComposeProject:
             self.events.terminate(timeout=5)
 
 
+def make_secrets(directory: Path, *, cluster: bool = False) -> Secrets:
+    """The deployment's secrets, made by the command compose.yaml's header gives users."""
+    argv = [*resolve(["flowrelay"]), "secrets", "init", str(directory),
+            "--nats-config", str(directory / "nats.conf"), "--container-readable"]
+    if cluster:
+        argv += ["--nats-cluster", ",".join(CLUSTER_NODES)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    return Secrets(directory)
+
+
 def docker(*args: str, timeout: float = 120) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=timeout).stdout
 
 
-def run_ids(responses: Sequence[dict]) -> list[str]:
-    return [r["run_id"] for r in responses]
+# -- talking to the deployment ----------------------------------------------------------------
+
+#: What JetStream answers (or fails to) while a stream has no leader.
+_NOT_ANSWERED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+#: Terminal event type (after ``run.``) of each terminal status.
+TERMINAL = {RunStatus.SUCCEEDED: "completed", RunStatus.FAILED: "failed", RunStatus.CANCELLED: "cancelled"}
+
+
+async def live_executors(bus: Bus, count: int, *, timeout: float = 180) -> dict[str, ExecutorCapabilities]:
+    """Wait until ``count`` executors have advertised themselves; what each offers, by id."""
+    kv = await bus.js.key_value(subjects.EXECUTORS_BUCKET)
+    watcher = await kv.watchall()
+    live: dict[str, ExecutorCapabilities] = {}
+
+    async def watch() -> dict[str, ExecutorCapabilities]:
+        async for entry in watcher:
+            if entry is None:
+                continue
+            if entry.value:
+                live[entry.key] = ExecutorCapabilities.model_validate_json(entry.value)
+            else:
+                live.pop(entry.key, None)
+            if len(live) >= count:
+                return dict(live)
+        raise AssertionError("watch ended")
+
+    try:
+        return await asyncio.wait_for(watch(), timeout)
+    finally:
+        await watcher.stop()
+
+
+async def submit(api: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    response = await api.post("/runs", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["run_id"]
+
+
+async def finished(bus: Bus, run_id: str, *, timeout: float = 90) -> RunRecord:
+    """The run's terminal record, after checking it has exactly one terminal event.
+
+    The test's own reads are asked again when JetStream does not answer them in time, as
+    happens while a cluster elects a new leader for the stream they read.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            record = await bus.wait_record(run_id, timeout=max(1.0, deadline - loop.time()))
+            terminal = [e.type for e in await bus.terminal_events(run_id)]
+            break
+        except _NOT_ANSWERED:
+            if loop.time() > deadline:
+                raise
+    assert terminal == [f"run.{TERMINAL[record.status]}"], (run_id, terminal)
+    return record
+
+
+def sse(text: str) -> list[dict[str, Any]]:
+    """The events of an SSE body (comments and keep-alives dropped)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if "data" in fields:
+            events.append({"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])})
+    return events
