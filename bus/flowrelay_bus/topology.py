@@ -169,7 +169,8 @@ async def declare_object_store(js: JetStreamContext, settings: BusSettings) -> N
 
 
 async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
-    """Create the bucket if missing; turn on direct gets for buckets made before they were used."""
+    """Create the bucket if missing; bring an existing one to ``config``'s replica count and
+    turn on direct gets for buckets made before they were used."""
     await _until_ready(lambda: _declare_bucket_once(js, config))
 
 
@@ -184,10 +185,16 @@ async def _declare_bucket_once(js: JetStreamContext, config: KeyValueConfig) -> 
         return
     stream = f"KV_{config.bucket}"
     info = await js.stream_info(stream)
+    changes = []
     if config.direct and not info.config.allow_direct:
         info.config.allow_direct = True
+        changes.append("answers direct gets")
+    if info.config.num_replicas != config.replicas:  # e.g. a deployment moving to a cluster
+        info.config.num_replicas = config.replicas
+        changes.append(f"has {config.replicas} replicas")
+    if changes:
         await js.update_stream(info.config)
-        log.info("bucket %s now answers direct gets", config.bucket)
+        log.info("bucket %s now %s", config.bucket, " and ".join(changes))
 
 
 def _is_missing_bucket(exc: Exception) -> bool:

@@ -233,18 +233,22 @@ async def test_every_run_ends_once_when_the_run_stream_leader_dies(cluster: Nats
 
 
 async def test_services_starting_together_declare_the_topology(tmp_path: Path) -> None:
-    """Concurrent declarations of R3 streams stall JetStream for seconds; none may fail for it."""
+    """Concurrent declarations of R3 streams stall JetStream for seconds; none may fail for it.
+    A deployment that ran at R1 (a single server's topology) is brought to R3 the same way."""
     secrets = Secrets.ensure(tmp_path / "secrets")
     fresh = natscluster.start(tmp_path / "nats", secrets, log_dir=tmp_path / "logs")
     try:
         roles = (Role.API, Role.EXECUTOR, Role.SUGGESTER)  # as the services connect, one per node
         connections = [await nats.connect(url, user=role.value, password=secrets.password(role.value))
                        for url, role in zip(fresh.urls, roles, strict=True)]
+        await topology.declare(connections[1].jetstream(), BusSettings(stream_replicas=1))
         settings = BusSettings(stream_replicas=3)
         await asyncio.gather(*(topology.declare(nc.jetstream(), settings) for nc in connections))
-        for config in topology.stream_configs(settings):
-            info = await connections[0].jetstream().stream_info(config.name)
-            assert info.config.num_replicas == 3
+        streams = [c.name for c in topology.stream_configs(settings)]
+        streams += [f"KV_{c.bucket}" for c in topology.bucket_configs(settings)]
+        for stream in streams:
+            info = await connections[0].jetstream().stream_info(stream)
+            assert info.config.num_replicas == 3, stream
         for nc in connections:
             await nc.close()
     finally:
