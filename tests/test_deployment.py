@@ -35,7 +35,7 @@ def test_compose_runs_the_same_commands_as_the_tests() -> None:
 def test_compose_has_nats_from_its_generated_config_a_volume_and_two_executors() -> None:
     compose = _compose()
     nats = compose["services"]["nats"]
-    assert nats["image"].endswith(":-nats:2.11-alpine}")  # the official image unless told otherwise
+    assert nats["image"].endswith(":-nats:2.15-alpine}")  # the official image unless told otherwise
     assert nats["command"][:2] == ["-c", "/run/secrets/nats_conf"]  # users, JetStream, no anonymous
     assert nats["secrets"] == ["nats_conf"]
     assert compose["secrets"]["nats_conf"]["file"].endswith("/nats.conf")
