@@ -22,6 +22,7 @@ from flowrelay_composekit import (
     FRAMEWORKS,
     REQUIRE_ENV,
     ComposeProject,
+    api_sees_executors,
     docker,
     engine_problem,
     ensure_images,
@@ -135,6 +136,7 @@ async def test_a_framework_from_the_executor_lock_runs_in_its_container(api: htt
         assert record.status == RunStatus.SUCCEEDED, (framework, record.error)
         assert record.output == f"echo: on {framework}"
     missing = next(f for f in ("openai", "langchain", "smolagents") if f not in FRAMEWORKS)
+    await api_sees_executors(api, 2)
     refused = await api.post("/runs", json=run_body(one_agent(framework=missing), "not in this image"))
     assert refused.status_code == 422 and missing in refused.text
 
@@ -216,5 +218,6 @@ async def test_killing_and_starting_nats_loses_nothing(project: ComposeProject, 
 
 async def test_down_leaves_nothing_behind(project: ComposeProject) -> None:
     assert any(project.leftovers().values())
+    project.save_logs()  # the last chance to keep them
     await asyncio.to_thread(project.compose, "down", "-v", "--remove-orphans", "-t", "10")
     assert project.leftovers() == {"containers": [], "networks": [], "volumes": []}

@@ -134,5 +134,6 @@ async def test_runs_survive_losing_the_run_stream_leader(project: ComposeProject
 
 async def test_down_leaves_nothing_behind(project: ComposeProject) -> None:
     assert any(project.leftovers().values())
+    project.save_logs()  # the last chance to keep them
     await asyncio.to_thread(project.compose, "down", "-v", "--remove-orphans", "-t", "10")
     assert project.leftovers() == {"containers": [], "networks": [], "volumes": []}

@@ -182,8 +182,10 @@ class ComposeProject:
         return found
 
     def save_logs(self) -> Path:
+        """Every container's output in ``log_dir/compose.log`` (kept once the project is down)."""
         path = self.log_dir / "compose.log"
-        path.write_text(self.compose("logs", "--no-color", check=False, timeout=120).stdout)
+        if self.leftovers()["containers"]:
+            path.write_text(self.compose("logs", "--no-color", check=False, timeout=120).stdout)
         return path
 
     def down(self) -> None:
@@ -237,6 +239,20 @@ async def live_executors(bus: Bus, count: int, *, timeout: float = 180) -> dict[
         return await asyncio.wait_for(watch(), timeout)
     finally:
         await watcher.stop()
+
+
+async def api_sees_executors(api: httpx.AsyncClient, count: int, *, timeout: float = 60) -> None:
+    """Wait until the API's own view of the executors (``/healthz``) counts ``count``.
+
+    The API re-reads the executors bucket every couple of seconds and, knowing none, accepts
+    any framework (the run waits for an executor): a check of what it refuses needs its view
+    current first. It has no notification to await, so this asks again until it says so.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (seen := (await api.get("/healthz")).json().get("executors", 0)) < count:
+        assert loop.time() < deadline, f"the API sees {seen} executors, not {count}"
+        await asyncio.sleep(0.2)
 
 
 async def submit(api: httpx.AsyncClient, body: dict[str, Any]) -> str:
