@@ -11,6 +11,7 @@ never the one killed: leadership is moved off it first.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -86,6 +87,16 @@ async def placement(bus: Bus, stream: str) -> tuple[str, set[str]]:
     return info.cluster.leader, {info.cluster.leader, *(p.name for p in info.cluster.replicas or [])}
 
 
+async def step_down(bus: Bus, stream: str) -> str:
+    """Ask the stream's leader to step down; the node elected next, from JetStream's advisory."""
+    elected = await bus.nc.subscribe(f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")
+    try:
+        await bus.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=10)
+        return json.loads((await elected.next_msg(timeout=30)).data)["leader"]
+    finally:
+        await elected.unsubscribe()
+
+
 async def submit_retrying(api: httpx.AsyncClient, body: dict, key: str) -> str:
     """As a backend would: the same Idempotency-Key again while the API answers 5xx."""
     while True:
@@ -108,8 +119,7 @@ async def test_every_stream_and_bucket_has_three_replicas_on_the_three_nodes(bus
 async def test_runs_survive_losing_the_run_stream_leader(project: ComposeProject, api: httpx.AsyncClient, bus: Bus) -> None:
     leader, _ = await placement(bus, subjects.RUNS_STREAM)
     while leader == CLUSTER_NODES[0]:  # the host's only way in: move leadership elsewhere first
-        await bus.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{subjects.RUNS_STREAM}", b"", timeout=10)
-        leader, _ = await placement(bus, subjects.RUNS_STREAM)
+        leader = await step_down(bus, subjects.RUNS_STREAM)
     in_flight = [await submit_retrying(api, run_body(one_agent(), f"#delay=2 in flight {i}"), f"in-flight-{i}")
                  for i in range(6)]
     await bus.wait_record(in_flight[0], terminal=False, predicate=lambda r: r.status == RunStatus.RUNNING)
