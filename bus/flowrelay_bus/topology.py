@@ -39,8 +39,15 @@ DECLARE_DEADLINE_S = 120.0
 #: Pause between two declaration attempts.
 DECLARE_RETRY_S = 0.5
 
+#: How long a change of replicas waits for the cluster to have room for them (a node that is
+#: restarting, or that the cluster has not yet seen as up) before the stream keeps its settings.
+PLACEMENT_DEADLINE_S = 30.0
+
 #: Answers that mean "JetStream is not ready yet", not "the declaration is wrong".
 _NOT_READY = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+
+#: JetStream's "no suitable peers for placement": fewer nodes up (or known to be) than replicas.
+_NO_SUITABLE_PEERS = 10005
 
 #: Largest message any flowrelay stream accepts (workflows are capped well below this).
 MAX_MSG_BYTES = 4 * 1024 * 1024
@@ -125,17 +132,38 @@ async def declare(js: JetStreamContext, settings: BusSettings) -> None:
 
 
 async def _until_ready(step: Callable[[], Awaitable[None]]) -> None:
-    """Run ``step`` again while JetStream does not answer, until ``DECLARE_DEADLINE_S``."""
+    """Run ``step`` again while JetStream does not answer, or has no room yet for a new
+    stream's replicas, until ``DECLARE_DEADLINE_S``."""
     deadline = time.monotonic() + DECLARE_DEADLINE_S
     while True:
         try:
             await step()
             return
-        except _NOT_READY as exc:
+        except (*_NOT_READY, BadRequestError) as exc:
+            if isinstance(exc, BadRequestError) and exc.err_code != _NO_SUITABLE_PEERS:
+                raise
             if time.monotonic() > deadline:
                 raise
-            log.warning("JetStream did not answer while declaring (%s); retrying", type(exc).__name__)
+            log.warning("JetStream cannot declare yet (%s); retrying", exc)
             await asyncio.sleep(DECLARE_RETRY_S)
+
+
+async def _update(js: JetStreamContext, config: StreamConfig, what: str) -> bool:
+    """Update a stream in place. A change the cluster cannot place now (more replicas than
+    nodes up) is asked again until ``PLACEMENT_DEADLINE_S``; that and any other refusal
+    (e.g. retention cannot change in place) leaves the old settings, with a warning, so a
+    service still starts on a degraded cluster. True if updated."""
+    deadline = time.monotonic() + PLACEMENT_DEADLINE_S
+    while True:
+        try:
+            await js.update_stream(config)
+            return True
+        except BadRequestError as exc:
+            if exc.err_code == _NO_SUITABLE_PEERS and time.monotonic() < deadline:
+                await asyncio.sleep(DECLARE_RETRY_S)
+                continue
+            log.warning("%s keeps its old settings: %s", what, exc)
+            return False
 
 
 async def _declare_once(js: JetStreamContext, settings: BusSettings) -> None:
@@ -146,10 +174,7 @@ async def _declare_once(js: JetStreamContext, settings: BusSettings) -> None:
             await js.add_stream(config)
             log.info("created stream %s", config.name)
         else:
-            try:
-                await js.update_stream(config)
-            except BadRequestError as exc:  # e.g. retention cannot change in place
-                log.warning("stream %s keeps its old settings: %s", config.name, exc)
+            await _update(js, config, f"stream {config.name}")
     for config in bucket_configs(settings):
         await _declare_bucket_once(js, config)
     await declare_object_store(js, settings)
@@ -192,8 +217,7 @@ async def _declare_bucket_once(js: JetStreamContext, config: KeyValueConfig) -> 
     if info.config.num_replicas != config.replicas:  # e.g. a deployment moving to a cluster
         info.config.num_replicas = config.replicas
         changes.append(f"has {config.replicas} replicas")
-    if changes:
-        await js.update_stream(info.config)
+    if changes and await _update(js, info.config, f"bucket {config.bucket}"):
         log.info("bucket %s now %s", config.bucket, " and ".join(changes))
 
 

@@ -259,6 +259,31 @@ async def test_services_starting_together_declare_the_topology(tmp_path: Path) -
         fresh.stop()
 
 
+async def test_moving_to_r3_waits_for_a_node_that_is_restarting(tmp_path: Path) -> None:
+    """Three replicas cannot be placed while one of three nodes is down (or not yet seen as up
+    by the cluster, right after it formed): the change is asked again, not dropped."""
+    secrets = Secrets.ensure(tmp_path / "secrets")
+    fresh = natscluster.start(tmp_path / "nats", secrets, log_dir=tmp_path / "logs")
+    nc = None
+    try:
+        nc = await nats.connect(fresh.urls[0], user=Role.EXECUTOR.value, password=secrets.password(Role.EXECUTOR.value))
+        await topology.declare(nc.jetstream(), BusSettings(stream_replicas=1))
+        down = fresh.nodes[2]
+        fresh.kill(down)
+        moving = asyncio.create_task(topology.declare(nc.jetstream(), BusSettings(stream_replicas=3)))
+        await asyncio.to_thread(fresh.restart, down)
+        await asyncio.wait_for(moving, topology.PLACEMENT_DEADLINE_S * 2)
+        settings = BusSettings(stream_replicas=3)
+        streams = [c.name for c in topology.stream_configs(settings)]
+        streams += [f"KV_{c.bucket}" for c in topology.bucket_configs(settings)]
+        for stream in streams:
+            assert (await nc.jetstream().stream_info(stream)).config.num_replicas == 3, stream
+    finally:
+        if nc is not None:
+            await nc.close()
+        fresh.stop()
+
+
 def test_a_route_without_the_cluster_credentials_is_refused(cluster: NatsCluster, tmp_path: Path) -> None:
     """Routes carry every message and every JetStream replica: a server that knows the
     route port but not the route password must not join."""
