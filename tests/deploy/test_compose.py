@@ -114,6 +114,16 @@ async def test_the_deployment_is_the_secure_one(project: ComposeProject, api: ht
             assert hosts <= {"127.0.0.1"}, (service, published)
 
 
+async def test_the_api_container_serves_the_console_and_its_examples(api: httpx.AsyncClient) -> None:
+    # The image's wheel must carry the console's files and the examples (pyproject's
+    # force-include): a build context without them gives a console with nothing to submit.
+    page = await api.get("/ui/", headers={"Authorization": ""})
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    offered = (await api.get("/ui/examples.json", headers={"Authorization": ""})).json()["examples"]
+    assert {e["name"] for e in offered} >= {"simple", "sequential", "collaborative"}
+    assert next(e["body"] for e in offered if e["name"] == "simple") == _example("simple")
+
+
 async def test_each_pattern_runs_in_containers(api: httpx.AsyncClient, bus: Bus) -> None:
     offered = await live_executors(bus, 2)
     assert {frozenset(c.frameworks) for c in offered.values()} == {FRAMEWORKS | {"tinyagent"}}
