@@ -1,6 +1,8 @@
 # flowrelay's two images, one Dockerfile; compose picks the target and the command.
 #
-#   --target service   API, suggester and scripted model: requirements.lock (hashed), like `make install`
+#   --target service   API, suggester and scripted model: locks/service/requirements.lock, which is
+#                      requirements.lock (what `make install` and the tests run) without the dev
+#                      group: the same versions and hashes, no pytest or playwright in production
 #   --target executor  executors: locks/executor/uv.lock with the any-agent frameworks named in
 #                      FRAMEWORKS (build arg: "" = tinyagent only, the default; a space-separated
 #                      subset of openai langchain llama_index smolagents agno google; or "all"),
@@ -22,7 +24,7 @@ WORKDIR /src
 # build-ca.pem exists only where HTTPS to the package index goes through a proxy with its own CA
 # (deploy/build-images.sh copies the host's bundle); the [m] glob lets it be absent. Only build
 # stages see it: the runtime images copy environments, not the bundle.
-COPY requirements.lock build-ca.pe[m] ./
+COPY locks/service/requirements.lock build-ca.pe[m] ./
 RUN if [ -f build-ca.pem ]; then export PIP_CERT=/src/build-ca.pem; fi \
  && python3 -m venv /opt/flowrelay \
  && /opt/flowrelay/bin/pip install --quiet --require-hashes -r requirements.lock

@@ -80,6 +80,8 @@ bench: install
 lock:
 	$(PYTHON) -m uv pip compile pyproject.toml --group dev --generate-hashes \
 		--python-version 3.11 --no-header -o requirements.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --generate-hashes -c requirements.lock \
+		--python-version 3.11 --no-header --quiet -o locks/service/requirements.lock  # the service image: no dev group
 	$(PYTHON) -m uv lock --project $(EXEC_PROJECT) --python 3.11
 	echo "uv==$(UV_VERSION)" | $(PYTHON) -m uv pip compile - --generate-hashes --no-header \
 		--python-version 3.11 --quiet -o locks/build/requirements.lock  # uv inside the executor image

@@ -107,3 +107,24 @@ def test_cluster_configs_route_to_each_other_with_their_own_credentials(tmp_path
         users = {user["user"] for user in config["authorization"]["users"]}
         assert users == {"api", "executor", "suggester", "operator"}  # the route user is no client
         assert "no_auth_user" not in config
+
+
+def _pins(lock: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """``name -> (version, hashes)`` of a hashed requirements file."""
+    pins: dict[str, tuple[str, frozenset[str]]] = {}
+    for entry in re.split(r"\n(?=\S)", lock.read_text()):
+        if match := re.match(r"([A-Za-z0-9_.-]+)==(\S+)", entry):
+            pins[match[1].lower()] = (match[2], frozenset(re.findall(r"--hash=(sha256:\w+)", entry)))
+    return pins
+
+
+def test_the_service_image_lock_is_the_dev_lock_without_the_dev_tools() -> None:
+    # The API and suggester image installs locks/service/requirements.lock: the same versions
+    # and hashes as requirements.lock (what `make install` and the tests run), minus the dev
+    # group (pytest, playwright, ruff, ...), which has no business in a production image.
+    dev, service = _pins(REPO / "requirements.lock"), _pins(REPO / "locks" / "service" / "requirements.lock")
+    assert service and set(service) < set(dev)
+    assert {name: dev[name] for name in service} == service
+    assert not {"pytest", "playwright", "ruff", "hatchling", "trustme"} & set(service)
+    assert {"fastapi", "faststream", "nats-py", "any-agent", "uvicorn"} <= set(service)
+    assert "locks/service/requirements.lock" in (REPO / "Dockerfile").read_text()
