@@ -145,7 +145,7 @@ def running(
         server = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log", sync_interval=sync)
         nats_url, stop_nats, nats = server.url, server.stop, [server.process]
     else:
-        cluster = natscluster.start(root / "nats", secrets, log_dir=log_dir)
+        cluster = natscluster.start(root / "nats", secrets, log_dir=log_dir, sync_interval=sync)
         nats_url, stop_nats = cluster.url, cluster.stop
         nats = [node.server.process for node in cluster.nodes if node.server is not None]
     port = _free_port()

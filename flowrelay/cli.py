@@ -9,6 +9,7 @@ down, a key is refused, a run does not exist) are one line on stderr and exit st
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -63,15 +64,21 @@ def up_command(
     scripted_port: int = typer.Option(9100, help="Port of the scripted model (when no provider key is set)."),
     metrics_port: int = typer.Option(9101, min=-1, help="First Prometheus port: executors get it and the next "
                                      "ones, the suggester the one after them; 0: free ports; -1: off."),
+    nats_cluster: int = typer.Option(1, "--nats-cluster", min=1, max=5, metavar="N",
+                                     help="Embed a local N-node NATS cluster (client ports --nats-port, +1, ...) "
+                                          "with every stream and bucket at N replicas; 3 survives a node's loss."),
 ) -> None:
     """Run the stack: NATS, API, executors, suggester; restarts what crashes, Ctrl-C stops it in order.
 
     NATS is embedded unless FLOWRELAY_NATS_URL is set; the scripted model stands in when no
     provider key is set. A second Ctrl-C kills everything at once.
     """
+    if nats_cluster > 1 and os.environ.get("FLOWRELAY_NATS_URL"):
+        raise _fail(CliError("--nats-cluster embeds its own NATS cluster: unset FLOWRELAY_NATS_URL "
+                             "(or give it your cluster's URLs and leave --nats-cluster out)"))
     code = up(UpOptions(executors=executors, workers=workers, data_dir=data_dir, api_host=api_host,
                         api_port=api_port, nats_port=nats_port, scripted_port=scripted_port,
-                        metrics_port=metrics_port))
+                        metrics_port=metrics_port, nats_cluster=nats_cluster))
     raise typer.Exit(code)
 
 

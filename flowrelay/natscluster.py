@@ -9,6 +9,7 @@ production the nodes run on separate machines.
 Every node is configured like a single flowrelay server (:func:`flowrelay.natsconfig.server_config`:
 the deployment's users, no anonymous access), plus a ``server_name`` and a ``cluster``
 block whose routes authenticate with their own credentials (``Secrets.route_password``).
+Nodes fsync like every NATS flowrelay configures (``DEFAULT_SYNC_INTERVAL``) unless told otherwise.
 
 A local node can be killed and started again on the same ports and store, as a crashed
 server would be restarted by its supervisor. Readiness is the server's own verdict:
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
-from flowrelay.natsconfig import cluster_block, server_config
+from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL, cluster_block, server_config
 
 #: Nodes of a cluster that tolerates losing one (JetStream needs a majority of replicas).
 DEFAULT_SIZE = 3
@@ -98,7 +99,7 @@ def node_configs(
     store_dir: Path = Path("/data"),
     client_port: int = 4222,
     monitor_port: int | None = None,
-    sync_interval: str | None = None,
+    sync_interval: str | None = DEFAULT_SYNC_INTERVAL,
 ) -> dict[str, str]:
     """One config per node, for nodes that reach each other by their names (containers on a
     network, or machines in DNS), each listening on the same ports. Keyed by node name."""
@@ -172,7 +173,7 @@ class NatsCluster:
         ports: Sequence[int] | None = None,
         name: str = CLUSTER_NAME,
         log_dir: Path | None = None,
-        sync_interval: str | None = None,
+        sync_interval: str | None = DEFAULT_SYNC_INTERVAL,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -228,6 +229,26 @@ class NatsCluster:
         self._launch(node)
         self.wait_ready(timeout=timeout)
 
+    def launch(self, node: Node) -> natsserver.NatsServer:
+        """Start one stopped node on its ports and store without waiting for it: a node is
+        ready only once a majority runs, so a supervisor launches them all, then waits for
+        each (:meth:`wait_node_ready`)."""
+        if node.running:
+            raise RuntimeError(f"{node.name} is running")
+        self._launch(node)
+        assert node.server is not None
+        return node.server
+
+    def wait_node_ready(self, node: Node, *, timeout: float = READY_TIMEOUT_S) -> None:
+        """Block until ``node`` reports itself healthy."""
+        deadline = time.monotonic() + timeout
+        while not node.healthy():
+            if not node.running:
+                raise RuntimeError(f"nats-server {node.name} exited (see {node.log_file or 'its output'})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server {node.name} not ready in {timeout} s")
+            time.sleep(_READY_POLL_S)
+
     def wait_ready(self, *, timeout: float = READY_TIMEOUT_S) -> None:
         """Block until every running node reports itself healthy."""
         deadline = time.monotonic() + timeout
@@ -260,9 +281,9 @@ class NatsCluster:
 
 
 def start(root: Path, secrets: Secrets, *, size: int = DEFAULT_SIZE, ports: Sequence[int] | None = None,
-          log_dir: Path | None = None) -> NatsCluster:
+          log_dir: Path | None = None, sync_interval: str | None = DEFAULT_SYNC_INTERVAL) -> NatsCluster:
     """Start a cluster of ``size`` nodes storing under ``root``; return once it is ready."""
-    return NatsCluster(root, secrets, size=size, ports=ports, log_dir=log_dir).start()
+    return NatsCluster(root, secrets, size=size, ports=ports, log_dir=log_dir, sync_interval=sync_interval).start()
 
 
 def _free_ports(count: int) -> list[int]:

@@ -12,6 +12,10 @@ the load for a while it is started again on its store, and the load goes on.
 Every accepted run must end exactly once: a terminal record, one terminal event, a sane
 attempt count; no run the client did not ask for; every SSE follower sees every event of
 its run once, in order, up to the terminal one.
+
+Also here: ``flowrelay up --nats-cluster 3`` (the one-command way to try this topology),
+services declaring the topology at once on a fresh cluster, an R1 topology moved to R3, and
+routes without the cluster's credentials refused.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import socket
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -29,8 +36,9 @@ from pathlib import Path
 
 import httpx
 import nats
+import psutil
 import pytest
-from flowrelay_testkit import Bus, Stack, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, free_port, one_agent, run_body
 
 from flowrelay import natscluster, natsserver
 from flowrelay.credentials import Secrets
@@ -166,6 +174,83 @@ class Load:
                 self.resumes += 1
                 await asyncio.sleep(0.2)
         return seen
+
+
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (``flowrelay up --nats-cluster``
+    puts its nodes on ``--nats-port``, +1, +2)."""
+    for _ in range(50):
+        base = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+async def test_flowrelay_up_runs_on_a_local_three_node_cluster(tmp_path: Path) -> None:
+    """``flowrelay up --nats-cluster 3``: the one command to try the clustered topology. Three
+    nodes of its own, every stream and bucket at R3, runs working; the node leading the run
+    stream SIGKILLed is restarted by the supervisor and runs go on; nothing is left after
+    Ctrl-C, and the next start finds the records again in the nodes' stores."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_") and not k.endswith("_API_KEY")}
+    data, api_port, nats_port = tmp_path / "data", free_port(), _free_port_run(3)
+    argv = [str(Path(sys.executable).parent / "flowrelay"), "up", "--nats-cluster", "3", "--data-dir", str(data),
+            "--api-port", str(api_port), "--nats-port", str(nats_port), "--scripted-port", "0",
+            "--metrics-port", "0", "--executors", "2", "--workers", "1"]
+    urls = [f"nats://127.0.0.1:{nats_port + i}" for i in range(3)]
+
+    def start(label: str) -> ServiceProcess:
+        up = ServiceProcess(label, argv, env=env | {"COLUMNS": "250"}, log_path=tmp_path / f"{label}.log").start()
+        up.wait_for("Press Ctrl-C to stop", timeout=240)
+        return up
+
+    async def execute(text: str) -> dict:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=90, headers=headers) as api:
+            return (await api.post("/execute", json=run_body(one_agent(), text))).json()
+
+    secrets = Secrets.ensure(data / "secrets")
+    headers = {"Authorization": f"Bearer {secrets.admin_key()}"}
+    up = start("up")
+    try:
+        assert "3-node cluster, every stream and bucket at 3 replicas" in up.output()
+        assert ",".join(urls) in up.output()
+        assert sum("nats-server" in " ".join(c.cmdline()) for c in psutil.Process(up.pid).children(recursive=True)) == 3
+        bus = await Bus.connect(urls, secrets)  # type: ignore[arg-type]  (nats.connect takes a list)
+        try:
+            for stream in (subjects.RUNS_STREAM, subjects.EVENTS_STREAM, f"KV_{subjects.RUNS_BUCKET}"):
+                info = await bus.js.stream_info(stream)
+                assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2, stream
+            leader = (await bus.js.stream_info(subjects.RUNS_STREAM)).cluster.leader
+        finally:
+            await bus.close()
+        result = await execute("on three nodes")
+        assert result["output"] == "echo: on three nodes"
+
+        node = f"nats-{leader.rsplit('-', 1)[1]}"  # server flowrelay-2 is the program nats-2
+        pid = next(s["pid"] for s in json.loads((data / "up.json").read_text())["services"] if s["name"] == node)
+        mark = up.line_count
+        os.kill(pid, signal.SIGKILL)
+        up.wait_for(rf"{node} is back", after=mark, timeout=120)
+        assert (await execute("after a node's loss"))["output"] == "echo: after a node's loss"
+        children = psutil.Process(up.pid).children(recursive=True)
+    finally:
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(90) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"orphans: {alive}"
+
+    again = start("up-again")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60, headers=headers) as api:
+            record = (await api.get(f"/runs/{result['run_id']}")).json()
+        assert record["status"] == "succeeded" and record["output"] == "echo: on three nodes"
+    finally:
+        again.process.send_signal(signal.SIGINT)
+        assert again.process.wait(90) == 0
 
 
 async def test_every_run_ends_once_when_the_run_stream_leader_dies(cluster: NatsCluster, stack: Stack) -> None:
