@@ -121,6 +121,17 @@ def api_keys_bucket_config(settings: BusSettings) -> KeyValueConfig:
     return KeyValueConfig(bucket=subjects.API_KEYS_BUCKET, history=1, replicas=settings.stream_replicas, direct=True)
 
 
+def stream_names(settings: BusSettings) -> list[str]:
+    """Every JetStream stream :func:`declare` makes: the streams, the streams behind the buckets
+    (``KV_``) and behind the object store of outputs (``OBJ_``). The API keys' bucket is the
+    API's own (:func:`api_keys_bucket_config`)."""
+    return (
+        [c.name for c in stream_configs(settings)]
+        + [f"KV_{c.bucket}" for c in bucket_configs(settings)]
+        + [f"OBJ_{subjects.OUTPUTS_BUCKET}"]
+    )
+
+
 async def declare(js: JetStreamContext, settings: BusSettings) -> None:
     """Create or update every stream and bucket flowrelay's services share.
 
@@ -181,7 +192,8 @@ async def _declare_once(js: JetStreamContext, settings: BusSettings) -> None:
 
 
 async def declare_object_store(js: JetStreamContext, settings: BusSettings) -> None:
-    """The object store of large run outputs, kept as long as run records."""
+    """The object store of large run outputs, kept as long as run records; an existing one is
+    brought to the configured replica count, like the buckets."""
     try:
         await js.object_store(subjects.OUTPUTS_BUCKET)
     except (NotFoundError, Exception) as exc:  # nats-py raises its own NotFoundError subclass here
@@ -191,6 +203,12 @@ async def declare_object_store(js: JetStreamContext, settings: BusSettings) -> N
             bucket=subjects.OUTPUTS_BUCKET, ttl=settings.runs_ttl_s, replicas=settings.stream_replicas,
             storage=StorageType.FILE))
         log.info("created object store %s", subjects.OUTPUTS_BUCKET)
+        return
+    info = await js.stream_info(f"OBJ_{subjects.OUTPUTS_BUCKET}")
+    if info.config.num_replicas != settings.stream_replicas:
+        info.config.num_replicas = settings.stream_replicas
+        if await _update(js, info.config, f"object store {subjects.OUTPUTS_BUCKET}"):
+            log.info("object store %s now has %d replicas", subjects.OUTPUTS_BUCKET, settings.stream_replicas)
 
 
 async def declare_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:

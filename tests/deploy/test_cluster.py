@@ -333,8 +333,7 @@ async def test_services_starting_together_declare_the_topology(tmp_path: Path) -
         await topology.declare(connections[1].jetstream(), BusSettings(stream_replicas=1))
         settings = BusSettings(stream_replicas=3)
         await asyncio.gather(*(topology.declare(nc.jetstream(), settings) for nc in connections))
-        streams = [c.name for c in topology.stream_configs(settings)]
-        streams += [f"KV_{c.bucket}" for c in topology.bucket_configs(settings)]
+        streams = topology.stream_names(settings)
         for stream in streams:
             info = await connections[0].jetstream().stream_info(stream)
             assert info.config.num_replicas == 3, stream
@@ -359,8 +358,7 @@ async def test_moving_to_r3_waits_for_a_node_that_is_restarting(tmp_path: Path) 
         await asyncio.to_thread(fresh.restart, down)
         await asyncio.wait_for(moving, topology.PLACEMENT_DEADLINE_S * 2)
         settings = BusSettings(stream_replicas=3)
-        streams = [c.name for c in topology.stream_configs(settings)]
-        streams += [f"KV_{c.bucket}" for c in topology.bucket_configs(settings)]
+        streams = topology.stream_names(settings)
         for stream in streams:
             assert (await nc.jetstream().stream_info(stream)).config.num_replicas == 3, stream
     finally:

@@ -39,10 +39,9 @@ pytestmark = pytest.mark.timeout(600)
 #: The example override under test.
 CLUSTER_FILE = REPO / "deploy" / "compose.cluster.yaml"
 
-#: Every stream flowrelay declares, and the streams behind its buckets.
-STREAMS = [c.name for c in topology.stream_configs(BusSettings())] + [
-    f"KV_{c.bucket}" for c in topology.bucket_configs(BusSettings())
-] + [f"KV_{subjects.API_KEYS_BUCKET}"]
+#: Every stream flowrelay declares, the streams behind its buckets and object store, and the
+#: API keys' bucket the API declares.
+STREAMS = [*topology.stream_names(BusSettings()), f"KV_{subjects.API_KEYS_BUCKET}"]
 
 
 @pytest.fixture(scope="module")
