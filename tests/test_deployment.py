@@ -107,6 +107,7 @@ def test_cluster_configs_route_to_each_other_with_their_own_credentials(tmp_path
         users = {user["user"] for user in config["authorization"]["users"]}
         assert users == {"api", "executor", "suggester", "operator"}  # the route user is no client
         assert "no_auth_user" not in config
+        assert config["jetstream"]["sync_interval"] == "always"  # like every NATS flowrelay configures
 
 
 def _pins(lock: Path) -> dict[str, tuple[str, frozenset[str]]]:

@@ -217,6 +217,9 @@ async def test_flowrelay_up_runs_on_a_local_three_node_cluster(tmp_path: Path) -
     up = start("up")
     try:
         assert "3-node cluster, every stream and bucket at 3 replicas" in up.output()
+        for node in range(1, 4):
+            config = json.loads((data / "nats-cluster" / f"node-{node}" / "nats.conf").read_text())
+            assert config["jetstream"]["sync_interval"] == "always"  # acked means on disk, on every node
         assert ",".join(urls) in up.output()
         assert sum("nats-server" in " ".join(c.cmdline()) for c in psutil.Process(up.pid).children(recursive=True)) == 3
         bus = await Bus.connect(urls, secrets)  # type: ignore[arg-type]  (nats.connect takes a list)
