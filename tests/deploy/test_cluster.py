@@ -63,6 +63,9 @@ FOLLOW_EVERY = 4
 #: Deliveries a run may take (the executors' FLOWRELAY_MAX_DELIVER default).
 MAX_DELIVER = 5
 
+#: Times a client sends a request again after a 503 before the test gives up.
+MAX_RETRIES = 60
+
 #: Terminal event type for each terminal status.
 TERMINAL = {RunStatus.SUCCEEDED: "run.completed", RunStatus.FAILED: "run.failed", RunStatus.CANCELLED: "run.cancelled"}
 
@@ -209,8 +212,17 @@ async def test_flowrelay_up_runs_on_a_local_three_node_cluster(tmp_path: Path) -
         return up
 
     async def execute(text: str) -> dict:
+        """``POST /execute`` as a backend does it: the same Idempotency-Key again after a 503
+        (while a node is lost and leaders move, NATS may not acknowledge a request)."""
+        key = {"Idempotency-Key": f"up-cluster-{text}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=90, headers=headers) as api:
-            return (await api.post("/execute", json=run_body(one_agent(), text))).json()
+            for _ in range(MAX_RETRIES):
+                response = await api.post("/execute", json=run_body(one_agent(), text), headers=key)
+                if response.status_code != 503:
+                    break
+                await asyncio.sleep(0.5)
+            assert response.status_code == 200, response.text
+            return response.json()
 
     secrets = Secrets.ensure(data / "secrets")
     headers = {"Authorization": f"Bearer {secrets.admin_key()}"}
