@@ -124,8 +124,13 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
         ]
         subscribe = ["_INBOX.>", subjects.EVENTS_ALL, _kv(subjects.RUNS_BUCKET)]
     elif role == Role.EXECUTOR:
+        checkpoints = f"KV_{subjects.CHECKPOINTS_BUCKET}"
         publish = [
-            *_declare(_SHARED_STREAMS), *_durable(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER),
+            *_declare((*_SHARED_STREAMS, checkpoints)), *_durable(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER),
+            # step checkpoints (bus/flowrelay_bus/checkpoints.py): written, read back in one
+            # batched direct get when a run resumes, and purged per run when it ends
+            _kv(subjects.CHECKPOINTS_BUCKET), *_direct(checkpoints), f"{_API}.STREAM.PURGE.{checkpoints}",
+            *_direct(f"OBJ_{subjects.OUTPUTS_BUCKET}"),  # a checkpoint too large for KV is read back
             f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
             *_direct(events), *_direct(runs_kv, body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}", body=False),  # is a run's holder alive?

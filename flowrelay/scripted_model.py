@@ -24,6 +24,12 @@ after whitespace:
 ``#fail=<http status>``
     Answer with that status (400-599) and an OpenAI-style error body; 429 also carries
     ``retry-after: 0``.
+``#fail-first=<n>:<http status>[:<retry-after seconds>]``
+    Fail only the first ``n`` requests of its key (as ``#fail`` does, with ``retry-after``
+    set to the given seconds, or ``0`` for a 429 without one), then answer normally. The key
+    is the ``#count`` token of the request when it has one, else the whole last user text,
+    so a run whose retries send the same request fails exactly ``n`` times, whichever
+    process sends them. Counters live as long as the server.
 ``#call=<tool> <json object>``
     Ask for one call of ``tool`` per turn, in the order written. Once the conversation after
     the last user message holds as many ``tool`` results as there are ``#call`` directives,
@@ -33,8 +39,15 @@ after whitespace:
     Always ask for a call of ``tool``; never finish (for testing turn limits). Performed after
     any ``#call`` directives written before it.
 ``#count=<token>``
-    Count this request under ``token`` (``GET /stats`` -> ``counted``): how many model calls a
-    run really made, e.g. that a redelivered run was not executed twice.
+    Count this request under ``token`` (``GET /stats`` -> ``counted``, and per model in
+    ``counted_by_model``): how many model calls a run really made, e.g. that a redelivered
+    run was not executed twice, or that a resumed run did not call its finished agents again.
+
+``#delay``, ``#fail``, ``#fail-first`` and ``#count`` take an optional ``@<model>`` suffix
+(``#delay=5@slow``): the directive then applies only to requests for that model (the
+request's ``model``, e.g. ``slow`` for an agent with ``model_id: "scripted:slow"``). Agents
+of a sequential workflow pass the directives on in their echoed answers; the suffix is how
+one of them is told apart.
 
 smolagents sends tool calls and results as plain messages (an assistant ``Calling tools:``
 message, then a user ``Observation:`` message): such an observation counts as a tool result,
@@ -125,7 +138,7 @@ _GRACEFUL_SHUTDOWN_S: Final = 2.0
 _BACKLOG: Final = 4096
 """Listen backlog: a benchmark may open hundreds of connections at once."""
 
-_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail|call|loop|count)=")
+_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail-first|fail|call|loop|count)=")
 """A directive starts the text or follows whitespace, so ``a#b=`` inside words is inert."""
 
 _TOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -220,10 +233,18 @@ class _ToolStep:
     repeat: bool  # True for #loop: never completes
 
 
+@dataclass(frozen=True, slots=True)
+class _FailFirst:
+    count: int
+    status: int
+    retry_after: str | None
+
+
 @dataclass(slots=True)
 class _Script:
     delay_s: float = 0.0
     fail_status: int | None = None
+    fail_first: _FailFirst | None = None
     steps: list[_ToolStep] = field(default_factory=list)
     count_token: str | None = None
 
@@ -308,7 +329,30 @@ def _parse_tool_step(text: str, start: int, *, repeat: bool) -> _ToolStep:
     )
 
 
-def _parse_script(text: str) -> _Script:
+def _http_status(value: str, directive: str) -> int:
+    if not value.isdigit() or not 400 <= int(value) <= 599:
+        raise _ScriptError(f"{directive} needs an HTTP error status 400-599, got {value!r}")
+    return int(value)
+
+
+def _parse_fail_first(value: str) -> _FailFirst:
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit():
+        raise _ScriptError(f"#fail-first= needs <n>:<status>[:<retry-after seconds>], got {value!r}")
+    retry_after = None
+    if len(parts) == 3:
+        try:
+            seconds = float(parts[2])
+        except ValueError:
+            raise _ScriptError(f"#fail-first= retry-after must be a number of seconds, got {parts[2]!r}") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise _ScriptError(f"#fail-first= retry-after must be a finite number >= 0, got {parts[2]!r}")
+        retry_after = parts[2]
+    return _FailFirst(count=int(parts[0]), status=_http_status(parts[1], "#fail-first="), retry_after=retry_after)
+
+
+def _parse_script(text: str, model: str | None = None) -> _Script:
+    """The directives of ``text`` that apply to a request for ``model``."""
     script = _Script()
     for match in _DIRECTIVE_RE.finditer(text):
         kind, start = match.group(1), match.end()
@@ -316,6 +360,14 @@ def _parse_script(text: str) -> _Script:
             script.steps.append(_parse_tool_step(text, start, repeat=kind == "loop"))
             continue
         value = text[start:].split(maxsplit=1)[0] if text[start:].strip() else ""
+        value, scoped, only_for = value.partition("@")
+        if scoped and not only_for:
+            raise _ScriptError(f"#{kind}= has '@' without a model name")
+        if scoped and only_for != model:
+            continue  # scoped to another model
+        if kind == "fail-first":
+            script.fail_first = _parse_fail_first(value)  # the last #fail-first wins
+            continue
         if kind == "count":
             if not _COUNT_TOKEN_RE.fullmatch(value):
                 raise _ScriptError(f"#count= needs a token of 1-64 letters, digits, '-' or '_', got {value!r}")
@@ -329,9 +381,7 @@ def _parse_script(text: str) -> _Script:
                 raise _ScriptError(f"#delay= must be a finite number >= 0, got {value!r}")
             script.delay_s = min(delay, _MAX_DELAY_S)  # the last #delay wins
         else:
-            if not value.isdigit() or not 400 <= int(value) <= 599:
-                raise _ScriptError(f"#fail= needs an HTTP error status 400-599, got {value!r}")
-            script.fail_status = int(value)  # the last #fail wins
+            script.fail_status = _http_status(value, "#fail=")  # the last #fail wins
     return script
 
 
@@ -600,6 +650,9 @@ class _Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     counted: Counter[str] = field(default_factory=Counter)
+    counted_by_model: dict[str, Counter[str]] = field(default_factory=dict)
+    #: Requests seen per ``#fail-first`` key.
+    fail_first_seen: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, Any]:
         uptime = time.monotonic() - self.started
@@ -614,6 +667,7 @@ class _Stats:
             "prompt_tokens_total": self.prompt_tokens,
             "completion_tokens_total": self.completion_tokens,
             "counted": dict(self.counted),
+            "counted_by_model": {token: dict(models) for token, models in self.counted_by_model.items()},
         }
 
 
@@ -630,22 +684,31 @@ def _json_response(
 
 
 def _error_response(
-    status: int, message: str, error_type: str, code: str | None, param: str | None = None
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None,
+    param: str | None = None,
+    retry_after: str | None = None,
 ) -> Response:
     # 429 carries retry-after like the real API. Note: the openai client treats 0 as "no hint"
     # and falls back to its own backoff (about 0.5 s, then 1 s) for its two default retries.
-    headers = {"retry-after": "0"} if status == 429 else None
+    if retry_after is None and status == 429:
+        retry_after = "0"
+    headers = {"retry-after": retry_after} if retry_after is not None else None
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return _json_response(body, status, headers)
 
 
-def _scripted_failure(status: int, model: str, authorization: str) -> Response:
+def _scripted_failure(
+    status: int, model: str, authorization: str, retry_after: str | None = None
+) -> Response:
     default_type = "server_error" if status >= 500 else "invalid_request_error"
     message, error_type, code = _ERROR_TEMPLATES.get(
         status, (f"Scripted failure with HTTP status {status}.", default_type, None)
     )
     message = message.format(model=model, key=_mask_key(authorization))
-    return _error_response(status, message, error_type, code)
+    return _error_response(status, message, error_type, code, retry_after=retry_after)
 
 
 def _completion_body(
@@ -757,7 +820,7 @@ def create_app() -> Starlette:
         user_index = _last_user_index(messages)
         user_text = "" if user_index is None else _user_text(messages[user_index])
         try:
-            script = _parse_script(user_text)
+            script = _parse_script(user_text, model)
         except _ScriptError as exc:
             stats.by_outcome["invalid_request"] += 1
             message = f"Scripted model directive error: {exc}"
@@ -765,6 +828,13 @@ def create_app() -> Starlette:
 
         if script.count_token is not None:
             stats.counted[script.count_token] += 1
+            stats.counted_by_model.setdefault(script.count_token, Counter())[model] += 1
+        failing_first = None
+        if (first := script.fail_first) is not None:
+            key = script.count_token if script.count_token is not None else user_text
+            stats.fail_first_seen[key] += 1
+            if stats.fail_first_seen[key] <= first.count:
+                failing_first = first
         stats.in_flight += 1
         stats.in_flight_peak = max(stats.in_flight_peak, stats.in_flight)
         try:
@@ -773,9 +843,12 @@ def create_app() -> Starlette:
                 return Response(status_code=499)  # nobody reads it: the connection is closed
         finally:
             stats.in_flight -= 1
-        if script.fail_status is not None:
+        if script.fail_status is not None or failing_first is not None:
             stats.by_outcome["scripted_failure"] += 1
             authorization = request.headers.get("authorization", "")
+            if failing_first is not None:
+                return _scripted_failure(failing_first.status, model, authorization, failing_first.retry_after)
+            assert script.fail_status is not None
             return _scripted_failure(script.fail_status, model, authorization)
 
         later = messages[user_index + 1 :] if user_index is not None else []

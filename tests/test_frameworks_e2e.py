@@ -75,6 +75,8 @@ class Result:
 
     records: list[RunRecord] = field(default_factory=list)
     traces: list[list[TraceEvent]] = field(default_factory=list)
+    #: Model calls the scripted model counted for the case (``#count``), where it counts them.
+    counted: dict[str, int] = field(default_factory=dict)
 
     @property
     def record(self) -> RunRecord:
@@ -90,6 +92,13 @@ class Harness:
     api: httpx.AsyncClient
     bus: Bus
     framework: str
+    scripted_url: str = ""
+
+    async def counted(self, token: str) -> dict[str, int]:
+        """Calls the scripted model received under ``#count=<token>``, per model."""
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(self.scripted_url.removesuffix("/v1") + "/stats")).json()
+        return stats["counted_by_model"].get(token, {})
 
     def one(self, name: str = "assistant", **data: Any) -> dict[str, Any]:
         data.setdefault("instructions", "Answer the user.")
@@ -170,6 +179,39 @@ async def agent_reuse(h: Harness) -> Result:
     return result
 
 
+async def resume_sequential(h: Harness) -> Result:
+    """Agent three fails once (503) and the run is retried: it resumes after agent two."""
+    nodes = [agent_node(f"n{i}", name, instructions=f"You are {name}.", framework=h.framework,
+                        model_id=f"scripted:{name}") for i, name in enumerate(("one", "two", "three"), 1)]
+    edges = [{"id": f"e{i}", "source": f"n{i}", "target": f"n{i + 1}"} for i in (1, 2)]
+    token = f"{h.framework}-resume-seq"
+    result = await h.run({"nodes": nodes, "edges": edges}, f"#count={token} resume #fail-first=1:503@three",
+                         retry={"attempts": 2, "initial_backoff_s": 0})
+    result.counted = await h.counted(token)
+    return result
+
+
+async def resume_collaborative(h: Harness) -> Result:
+    """The second sub-agent call fails once: the retried run reuses the first call's answer."""
+    nodes = [
+        agent_node("c", "coordinator", instructions="Ask analyst, then writer.", framework=h.framework),
+        agent_node("a", "analyst", instructions="Answer.", framework=h.framework),
+        agent_node("w", "writer", instructions="Answer.", framework=h.framework, model_id="scripted:wm"),
+    ]
+    workflow = {"nodes": nodes, "edges": [{"source": "c", "target": "a"}, {"source": "c", "target": "w"}],
+                "pattern": "collaborative"}
+    first, second = f"{h.framework}-resume-a", f"{h.framework}-resume-w"
+    text = (f"#call=analyst {json.dumps({'request': f'#count={first} part one'})} "
+            f"#call=writer {json.dumps({'request': f'#count={second} part two #fail-first=1:503@wm'})}")
+    result = await h.run(workflow, text, retry={"attempts": 2, "initial_backoff_s": 0})
+    result.counted = {"analyst": sum((await h.counted(first)).values()), "writer": sum((await h.counted(second)).values())}
+    return result
+
+
+async def budget(h: Harness) -> Result:
+    return await h.run(h.one(tools=["add"]), '#loop=add {"a": 1, "b": 1}', max_turns=50, max_tokens=400)
+
+
 #: Case name -> (how to run it, the README column it backs).
 CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
     "simple": (simple, "simple"),
@@ -181,7 +223,14 @@ CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
     "deadline": (deadline, "deadline"),
     "cancel": (cancel, "cancel"),
     "agent_reuse": (agent_reuse, f"agent reuse ({REUSE_RUNS} runs, one worker)"),
+    "resume_sequential": (resume_sequential, "resume (sequential)"),
+    "resume_collaborative": (resume_collaborative, "resume (collaborative)"),
+    "budget": (budget, "budget"),
 }
+
+#: Cases run once the others have finished: the deadline case kills its worker (with every
+#: run on it) when a framework cannot stop a run cooperatively, and these count attempts.
+AFTERWARDS = frozenset({"resume_sequential", "resume_collaborative", "budget"})
 
 
 # -- one stack per framework ------------------------------------------------------------------
@@ -205,9 +254,14 @@ async def outcomes(
         try:
             caps = await _capabilities(bus)
             async with httpx.AsyncClient(base_url=stack.api_url, headers=stack.auth_headers, timeout=60) as api:
-                harness = Harness(api=api, bus=bus, framework=framework)
-                results = await asyncio.gather(*(case(harness) for case, _ in CASES.values()), return_exceptions=True)
-            yield framework, dict(zip(CASES, results, strict=True)), caps
+                harness = Harness(api=api, bus=bus, framework=framework, scripted_url=scripted_model)
+                first = [name for name in CASES if name not in AFTERWARDS]
+                then = [name for name in CASES if name in AFTERWARDS]
+                results: dict[str, Result | BaseException] = {}
+                for wave in (first, then):
+                    done = await asyncio.gather(*(CASES[name][0](harness) for name in wave), return_exceptions=True)
+                    results |= dict(zip(wave, done, strict=True))
+            yield framework, results, caps
         finally:
             await bus.close()
     finally:
@@ -361,6 +415,39 @@ def test_agent_reuse_across_many_runs_on_one_warm_worker(outcomes: Any) -> None:
     # One executor with one worker process (FLOWRELAY_WORKERS=1) ran them all.
     executors = {e.data.get("executor_id") for t in result.traces for e in t if e.type == EventType.RUN_STARTED}
     assert len(executors) == 1
+
+
+def test_a_retried_sequential_run_resumes_after_its_finished_agents(outcomes: Any) -> None:
+    _, result = _case(outcomes, "resume_sequential")
+    record, trace = result.record, result.trace
+    assert record.status == "succeeded", record.error
+    assert record.attempts == 2 and [r.error.agent for r in record.retries] == ["three"]
+    [resumed] = [e for e in trace if e.type == EventType.RUN_RESUMED]
+    assert resumed.data["agents"] == ["one", "two"]
+    assert {d["agent"] for d in _of([e for e in trace if e.seq > resumed.seq], EventType.LLM_STARTED)} == {"three"}
+    assert result.counted == {"one": 1, "two": 1, "three": 2}
+
+
+def test_a_retried_collaborative_run_reuses_its_finished_sub_agent_calls(outcomes: Any) -> None:
+    _, result = _case(outcomes, "resume_collaborative")
+    record, trace = result.record, result.trace
+    assert record.status == "succeeded", record.error
+    assert record.attempts == 2
+    assert [e.data["agents"] for e in trace if e.type == EventType.RUN_RESUMED] == [["analyst"]]
+    assert result.counted["analyst"] == 1, "the analyst's finished call was not made again"
+    assert result.counted["writer"] == 2
+
+
+def test_a_run_over_its_token_budget_stops(outcomes: Any) -> None:
+    framework, result = _case(outcomes, "budget")
+    record, trace = result.record, result.trace
+    assert record.status == "failed" and record.error.code == ErrorCode.BUDGET_EXCEEDED, record.error
+    if framework in NO_TOKENS:
+        assert "cannot be enforced" in record.error.message
+    else:
+        assert record.usage.input_tokens + record.usage.output_tokens > 400
+    last_call = max(e.seq for e in trace if e.type == EventType.LLM_FINISHED)
+    assert not [e for e in trace if e.seq > last_call and e.type == EventType.LLM_STARTED], "no call after the budget"
 
 
 # -- the README table ------------------------------------------------------------------------

@@ -697,3 +697,59 @@ async def test_running_serves_in_process_until_the_block_ends() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=url) as client:
             await client.get("/models")
+
+
+# -- deterministic failures for retries ------------------------------------------------------
+
+
+async def test_fail_first_fails_exactly_n_requests_per_key_then_answers(fresh_server: _ScriptedServer) -> None:
+    async with httpx.AsyncClient(base_url=fresh_server.url) as client:
+        statuses = [
+            (await client.post("/chat/completions", json=_chat("go #fail-first=2:429:1.5"))) for _ in range(4)
+        ]
+        other_key = await client.post("/chat/completions", json=_chat("other #fail-first=2:429:1.5"))
+        counted = [
+            (await client.post("/chat/completions", json=_chat(f"{i} #fail-first=1:503 #count=k1"))).status_code
+            for i in range(3)
+        ]
+        stats = (await client.get(f"{fresh_server.root}/stats")).json()
+    assert [r.status_code for r in statuses] == [429, 429, 200, 200]
+    assert [r.headers.get("retry-after") for r in statuses[:2]] == ["1.5", "1.5"]
+    assert _message(statuses[2].json())["content"] == "echo: go #fail-first=2:429:1.5"
+    assert other_key.status_code == 429, "another text is another key"
+    # with #count the token is the key: the text may differ from call to call
+    assert counted == [503, 200, 200]
+    assert stats["counted"] == {"k1": 3}
+
+
+async def test_retry_after_reaches_any_llms_rate_limit_error(server: _ScriptedServer) -> None:
+    with pytest.raises(AgentRunError) as caught:
+        await _run_agent(server.url, "limited #fail-first=1:429:7",
+                         any_llm_args={"unified_exceptions": True, "max_retries": 0})
+    original = caught.value.original_exception
+    assert isinstance(original, llm_errors.RateLimitError)
+    assert original.retry_after == "7"
+    # a 503's Retry-After is only on the SDK's response
+    with pytest.raises(AgentRunError) as caught:
+        await _run_agent(server.url, "overloaded #fail-first=1:503:3",
+                         any_llm_args={"unified_exceptions": True, "max_retries": 0})
+    original = caught.value.original_exception
+    assert isinstance(original, llm_errors.ProviderError)
+    assert original.original_exception.response.headers["retry-after"] == "3"
+
+
+async def test_model_scoped_directives_apply_to_that_model_only(fresh_server: _ScriptedServer) -> None:
+    text = "x #fail=500@slow #count=scoped"
+    async with httpx.AsyncClient(base_url=fresh_server.url) as client:
+        fast = await client.post("/chat/completions", json={**_chat(text), "model": "fast"})
+        slow = await client.post("/chat/completions", json={**_chat(text), "model": "slow"})
+        bad = await client.post("/chat/completions", json=_chat("x #delay=1@"))
+        stats = (await client.get(f"{fresh_server.root}/stats")).json()
+    assert (fast.status_code, slow.status_code, bad.status_code) == (200, 500, 400)
+    assert stats["counted_by_model"] == {"scoped": {"fast": 1, "slow": 1}}
+
+
+async def test_bad_fail_first_directives_are_400(http: httpx.AsyncClient) -> None:
+    for content in ("#fail-first=2", "#fail-first=x:429", "#fail-first=1:200", "#fail-first=1:429:soon"):
+        response = await http.post("/chat/completions", json=_chat(content))
+        assert response.status_code == 400, content

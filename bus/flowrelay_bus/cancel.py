@@ -51,11 +51,12 @@ async def record_cancel(
         if record.terminal:
             outcome = CancelOutcome.FINISHED
             return None
-        if record.status == RunStatus.QUEUED:
+        if record.status == RunStatus.QUEUED:  # not started, or waiting for a retry
             outcome = CancelOutcome.CANCELLED
+            when = "while it waited for its next attempt" if record.retry_at is not None else "before it started"
             return record.model_copy(update={
-                "status": RunStatus.CANCELLED, "finished_at": utcnow(), "cancel_requested": True,
-                "error": RunError(code=ErrorCode.CANCELLED, message=f"{reason} before it started"),
+                "status": RunStatus.CANCELLED, "finished_at": utcnow(), "cancel_requested": True, "retry_at": None,
+                "error": RunError(code=ErrorCode.CANCELLED, message=f"{reason} {when}"),
             })
         if record.cancel_requested:
             outcome = CancelOutcome.ALREADY_REQUESTED

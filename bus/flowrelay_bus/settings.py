@@ -78,6 +78,36 @@ class BusSettings(BaseSettings):
     max_queued_runs_per_tenant: int = Field(
         default=2_000, ge=1, description="Most runs one tenant may have queued or running at once (429 above)."
     )
+    # -- durable runs: retries and budgets (the API resolves them; the executor again for
+    #    requests published straight to NATS) ----------------------------------------------
+    retry_attempts: int = Field(
+        default=3, ge=1, description="Attempts of runs that set no options.retry.attempts (1: never retry)."
+    )
+    max_retry_attempts: int = Field(default=10, ge=1, description="Largest options.retry.attempts accepted (422 above).")
+    retry_initial_backoff_s: float = Field(
+        default=1.0, ge=0, description="Wait before a run's second attempt, unless options.retry sets one."
+    )
+    retry_max_backoff_s: float = Field(
+        default=30.0, ge=0, description="Longest wait between attempts, unless options.retry sets one."
+    )
+    max_retry_backoff_s: float = Field(
+        default=600.0, ge=0,
+        description="Largest options.retry.initial_backoff_s and max_backoff_s accepted (422 above).",
+    )
+    retry_jitter: float = Field(
+        default=0.2, ge=0, le=1, description="Fraction of each retry wait taken off at random, unless options.retry sets one."
+    )
+    default_max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Cost budget of runs that set no options.max_cost_usd (unset: none)."
+    )
+    max_max_cost_usd: float = Field(default=1000.0, gt=0, description="Largest options.max_cost_usd accepted (422 above).")
+    default_max_tokens: int | None = Field(
+        default=None, ge=1, description="Token budget of runs that set no options.max_tokens (unset: none)."
+    )
+    max_max_tokens: int = Field(
+        default=100_000_000, ge=1, description="Largest options.max_tokens accepted (422 above)."
+    )
+
     mcp_url_allowlist: str = Field(
         default="",
         description="Comma-separated hosts, host:port or CIDR networks that MCP URLs may reach although they "

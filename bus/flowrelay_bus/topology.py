@@ -124,11 +124,22 @@ def api_keys_bucket_config(settings: BusSettings) -> KeyValueConfig:
 def stream_names(settings: BusSettings) -> list[str]:
     """Every JetStream stream :func:`declare` makes: the streams, the streams behind the buckets
     (``KV_``) and behind the object store of outputs (``OBJ_``). The API keys' bucket is the
-    API's own (:func:`api_keys_bucket_config`)."""
+    API's own (:func:`api_keys_bucket_config`), the step checkpoints' the executors' own
+    (:func:`checkpoints_bucket_config`)."""
     return (
         [c.name for c in stream_configs(settings)]
         + [f"KV_{c.bucket}" for c in bucket_configs(settings)]
         + [f"OBJ_{subjects.OUTPUTS_BUCKET}"]
+    )
+
+
+def checkpoints_bucket_config(settings: BusSettings) -> KeyValueConfig:
+    """Step checkpoints: only the executors' NATS user may touch them, so only executors
+    declare the bucket. Kept as long as run records (a run may be redelivered that long);
+    a run's entries are purged when it ends."""
+    return KeyValueConfig(
+        bucket=subjects.CHECKPOINTS_BUCKET, history=1, ttl=settings.runs_ttl_s,
+        replicas=settings.stream_replicas, direct=True, max_value_size=MAX_MSG_BYTES,
     )
 
 

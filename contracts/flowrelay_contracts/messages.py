@@ -84,6 +84,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     OUTPUT_TOO_LARGE = "output_too_large"
     QUEUE_FULL = "queue_full"
+    BUDGET_EXCEEDED = "budget_exceeded"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
 
@@ -92,6 +93,8 @@ class EventType(StrEnum):
     RUN_STARTED = "run.started"
     AGENT_STARTED = "agent.started"
     AGENT_FINISHED = "agent.finished"
+    RUN_RETRYING = "run.retrying"
+    RUN_RESUMED = "run.resumed"
     LLM_STARTED = "llm.started"
     LLM_FINISHED = "llm.finished"
     TOOL_STARTED = "tool.started"
@@ -112,14 +115,51 @@ TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, Even
 # -- parts ------------------------------------------------------------------------------
 
 
+class RetryOptions(BaseModel):
+    """How a run is retried after a retryable failure (rate limited, provider unreachable,
+    provider 5xx, worker crashed). ``None`` means the server default; the API resolves them.
+
+    The wait before attempt ``n + 1`` is ``min(max_backoff_s, initial_backoff_s * 2 ** (n - 1))``,
+    shortened by up to ``jitter`` of itself at random, and never shorter than the provider's
+    ``Retry-After``. No attempt starts past the run's deadline (``timeout_s`` covers all).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int | None = Field(
+        default=None, ge=1, description="Most attempts of the run, the first included (1: never retry)."
+    )
+    initial_backoff_s: float | None = Field(
+        default=None, ge=0, description="Wait before the second attempt, in seconds."
+    )
+    max_backoff_s: float | None = Field(
+        default=None, ge=0, description="Longest wait between two attempts (a provider's Retry-After may ask for more)."
+    )
+    jitter: float | None = Field(
+        default=None, ge=0, le=1, description="Fraction of each wait taken off at random (0: exact waits)."
+    )
+
+
 class RunOptions(BaseModel):
     """Per-run limits. ``None`` means the server default; the API resolves them."""
 
     model_config = ConfigDict(extra="forbid")
 
-    timeout_s: float | None = Field(default=None, gt=0, description="Deadline for the whole run.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Deadline for the whole run, every attempt included."
+    )
     max_turns: int | None = Field(
         default=None, ge=1, description="Most LLM calls one agent may make in a run."
+    )
+    retry: RetryOptions | None = Field(
+        default=None, description="Retries after retryable failures; omitted = the server's policy."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Stop the run (budget_exceeded) once its model calls cost more than this."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Stop the run (budget_exceeded) once its model calls used more tokens "
+        "(input plus output) than this."
     )
 
 
@@ -132,6 +172,16 @@ class Usage(BaseModel):
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
         )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens - other.input_tokens,
+            output_tokens=self.output_tokens - other.output_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 class AgentUsage(BaseModel):
@@ -155,6 +205,8 @@ class RunError(BaseModel):
     agent: str | None = None
     tool: str | None = None
     retryable: bool = False
+    #: What the provider's ``Retry-After`` asked for, in seconds (when it sent one).
+    retry_after_s: float | None = None
 
 
 class OutputRef(BaseModel):
@@ -278,6 +330,62 @@ class RunIndexEntry(_Message):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+# -- durable runs: retries and step checkpoints --------------------------------------
+
+
+class RetryRecord(BaseModel):
+    """One attempt of a run that failed retryably and was scheduled again (``RunRecord.retries``)."""
+
+    attempt: int
+    executor_id: str | None = None
+    error: RunError
+    #: The wait before the next attempt, and when it may start.
+    wait_s: float
+    retry_at: datetime
+    #: Model spend of this attempt that no checkpoint keeps (it is paid again only if re-run).
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = 0.0
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+class CheckpointKind(StrEnum):
+    """What a checkpoint holds the result of."""
+
+    #: A step of the workflow's pattern (sequential: each agent but the last).
+    AGENT_STEP = "agent_step"
+    #: A completed call of a sub-agent by its coordinator (collaborative).
+    SUB_AGENT_CALL = "sub_agent_call"
+
+
+class Checkpoint(_Message):
+    """The stored result of one finished step of a run (``CHECKPOINTS_BUCKET``).
+
+    A later attempt of the same run (redelivered after a crash, or retried) takes the
+    output from here instead of calling the model again. ``name`` identifies the step
+    within its run (letters, digits, ``-``, ``_``, ``=``: it is the last token of the key).
+    """
+
+    run_id: str
+    tenant: TenantId = DEFAULT_TENANT
+    name: str = Field(pattern=r"^[A-Za-z0-9_=-]{1,128}$")
+    kind: CheckpointKind
+    #: Step number in the run's trace (``agent.started``'s ``step``).
+    step: int
+    agent: str
+    #: SHA-256 of the text the step was given: a checkpoint answers only the same question.
+    input_sha256: str
+    output: Any = None
+    #: Set instead of ``output`` when the output was too large for a KV value.
+    output_ref: OutputRef | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = 0.0
+    cost_note: str | None = None
+    attempt: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+    #: Anything else a kind needs to resume (free-form, JSON).
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 # -- run record -------------------------------------------------------------------------
 
 
@@ -304,6 +412,10 @@ class RunRecord(_Message):
     model_provider: str | None = None
     executor_id: str | None = None
     attempts: int = 0
+    #: Attempts that failed retryably and were scheduled again, oldest first.
+    retries: list[RetryRecord] = Field(default_factory=list)
+    #: While a retry waits (status ``queued``): when its next attempt may start.
+    retry_at: datetime | None = None
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -146,10 +146,25 @@ API_KEYS_BUCKET = "flowrelay_api_keys"
 #: Object store of run outputs too large for the record, named ``<tenant>.<run_id>``.
 OUTPUTS_BUCKET = "flowrelay_outputs"
 
+#: Step checkpoints of runs (``Checkpoint``), keyed ``<tenant>.<run_id>.<name>``: what a
+#: redelivered or retried run resumes from. Only the executors' NATS user may touch it;
+#: entries expire with the run records (``runs_ttl_s``) and are purged when a run ends.
+CHECKPOINTS_BUCKET = "flowrelay_checkpoints"
+
 
 def run_key(tenant: str, run_id: str) -> str:
     """Key of a run's record in ``RUNS_BUCKET``."""
     return f"{tenant}.{run_id}"
+
+
+def checkpoint_key(tenant: str, run_id: str, name: str) -> str:
+    """Key of one step checkpoint of a run in ``CHECKPOINTS_BUCKET``."""
+    return f"{tenant}.{run_id}.{name}"
+
+
+def run_checkpoints(tenant: str, run_id: str) -> str:
+    """Key filter matching every checkpoint of a run."""
+    return f"{tenant}.{run_id}.*"
 
 
 def run_record_subject(tenant: str, run_id: str) -> str:

@@ -86,6 +86,9 @@ class Stack:
             "FLOWRELAY_LOG_LEVEL": "INFO",
             # the suite's own requests come fast from one admin key; the limit has its own test
             "FLOWRELAY_RATE_LIMIT": "10000/second",
+            # runs fail at their first failure unless a test asks for retries (options.retry or
+            # this variable): the suite's failure tests then take one attempt, as they assert
+            "FLOWRELAY_RETRY_ATTEMPTS": "1",
             "FLOWRELAY_METRICS_PORT": "0",  # a free port each (logged): never the defaults
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",

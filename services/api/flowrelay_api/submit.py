@@ -46,6 +46,7 @@ from flowrelay_api.metrics import SubmitOutcome
 from flowrelay_api.schemas import RunSubmission
 from flowrelay_api.settings import ApiSettings
 from flowrelay_api.shape import check_shape
+from flowrelay_bus import policy
 from flowrelay_bus.outbound import Allowlist, refusal
 from flowrelay_contracts import (
     ErrorCode,
@@ -150,9 +151,10 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
                 "less_than_equal",
             )
         )
+    problems += policy.option_problems(options, settings)
     if problems:
         raise InvalidRequest(problems)
-    return RunOptions(timeout_s=timeout_s, max_turns=max_turns)
+    return policy.resolve(options.model_copy(update={"timeout_s": timeout_s, "max_turns": max_turns}), settings)
 
 
 async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> RunOptions:

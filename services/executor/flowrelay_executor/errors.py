@@ -14,9 +14,12 @@ working when the agent library behind ``engine.py`` is swapped.
 
 from __future__ import annotations
 
+import email.utils
 import functools
+import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -25,6 +28,7 @@ from flowrelay_contracts import ErrorCode, RunError
 
 __all__ = [
     "REDACTED",
+    "BudgetExceeded",
     "FrameworkNotInstalledError",
     "InvalidWorkflowError",
     "Redactor",
@@ -35,6 +39,7 @@ __all__ = [
     "is_secret_name",
     "missing_key_variable",
     "redact",
+    "retry_after_s",
 ]
 
 #: What a secret is replaced with.
@@ -62,6 +67,9 @@ _PROVIDER_MESSAGE_CHARS = 500
 
 #: How deep :func:`classify` follows ``original_exception`` / ``__cause__`` links.
 _MAX_CHAIN = 12
+
+#: Longest ``Retry-After`` taken at its word (a day); a larger one is treated as this.
+_MAX_RETRY_AFTER_S = 86_400.0
 
 #: An environment variable name, as tools name the one they lack (``KeyError('X_API_KEY')``).
 _ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
@@ -180,6 +188,12 @@ class FrameworkNotInstalledError(RunFailure):
 
 class TurnLimitExceeded(RunFailure):
     code = ErrorCode.MAX_TURNS_EXCEEDED
+
+
+class BudgetExceeded(RunFailure):
+    """The run's model calls passed ``options.max_cost_usd`` or ``options.max_tokens``."""
+
+    code = ErrorCode.BUDGET_EXCEEDED
 
 
 class ToolFailure(RunFailure):
@@ -329,6 +343,7 @@ def classify(
         )
     if status == 429 or _any_named(chain, "RateLimitError"):
         return RunError(
+            retry_after_s=retry_after_s(chain),
             code=ErrorCode.RATE_LIMITED,
             message=f"provider '{provider}' is rate limiting requests{where} (HTTP 429): retry "
             "later, lower concurrency, or raise the account's limits",
@@ -366,6 +381,7 @@ def classify(
             provider_status=status,
             provider_message=provider_message,
             retryable=server_side,
+            retry_after_s=retry_after_s(chain) if server_side else None,
             **base,
         )
     if _any_named(chain, "ValidationError"):
@@ -380,6 +396,49 @@ def classify(
         message=f"unexpected error: {scrub(_clip(_describe(decisive)))}",
         **base,
     )
+
+
+def retry_after_s(chain: Iterable[BaseException], *, now: float | None = None) -> float | None:
+    """The provider's ``Retry-After`` in seconds, if any link of ``chain`` carries one.
+
+    any-llm puts the header's text on its ``RateLimitError`` (``retry_after``: seconds or an
+    HTTP date, or ``retry-after-ms`` converted); for other statuses (a 503) it is only on
+    the SDK's exception, as a response header.
+    """
+    for link in chain:
+        values = [getattr(link, "retry_after", None)]
+        headers = getattr(getattr(link, "response", None), "headers", None)
+        if headers is not None:
+            values += [headers.get("retry-after")]
+            if (millis := _seconds(headers.get("retry-after-ms"))) is not None:
+                values += [str(millis / 1000)]
+        for value in values:
+            if (seconds := _retry_after_value(value, now=now)) is not None:
+                return seconds
+    return None
+
+
+def _retry_after_value(value: object, *, now: float | None) -> float | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    seconds = _seconds(value)
+    if seconds is None:  # an HTTP date
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -6,11 +6,16 @@ fallback thread); they are internal to the executor, not part of the bus contrac
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from flowrelay_contracts import AgentUsage, ErrorCode, RunError, Usage, Workflow
+from flowrelay_contracts import AgentUsage, Checkpoint, ErrorCode, RunError, Usage, Workflow
+
+#: The event "type" under which a worker hands a finished step's checkpoint to the executor
+#: (``data`` is a :class:`~flowrelay_contracts.Checkpoint`). It travels in order with the
+#: run's events but is stored in the checkpoint bucket, never published as an event.
+CHECKPOINT: Final = "flowrelay.checkpoint"
 
 
 class ModelDefaults(BaseModel):
@@ -29,10 +34,22 @@ class Job(BaseModel):
     run_id: str
     workflow: Workflow
     input: str
+    #: What is left of the run's deadline for this attempt (all of it for the first).
     timeout_s: float
+    #: The run's whole deadline (``options.timeout_s``), for messages; None: ``timeout_s``.
+    run_timeout_s: float | None = None
     max_turns: int
     defaults: ModelDefaults
     attempt: int = 1
+    tenant: str = "default"
+    #: Finished steps of earlier attempts, by name: their outputs are reused, not recomputed.
+    checkpoints: dict[str, Checkpoint] = Field(default_factory=dict)
+    #: Budgets of the whole run (None: none) and what earlier attempts spent on calls that no
+    #: checkpoint keeps: it counts against the budgets and is part of the run's usage.
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    spent: Usage = Field(default_factory=Usage)
+    spent_cost_usd: float | None = 0.0
     #: The caller's W3C trace context (``traceparent``, ``tracestate``): the run's spans
     #: continue that trace. Empty: the run starts a trace of its own.
     trace_context: dict[str, str] = Field(default_factory=dict)
@@ -48,6 +65,9 @@ class Outcome(BaseModel):
     agents: list[AgentUsage] = Field(default_factory=list)
     cost_usd: float | None = None
     cost_note: str | None = None
+    #: What this attempt spent on model calls that no checkpoint keeps (paid again on a retry).
+    unsaved: Usage = Field(default_factory=Usage)
+    unsaved_cost_usd: float | None = 0.0
 
 
 def timed_out(job: Job, how: str) -> Outcome:
@@ -56,6 +76,7 @@ def timed_out(job: Job, how: str) -> Outcome:
         status="failed",
         error=RunError(
             code=ErrorCode.TIMEOUT,
-            message=f"the run did not finish within its {job.timeout_s:g} s deadline {how}",
+            message=f"the run did not finish within its {job.run_timeout_s or job.timeout_s:g} s deadline "
+            + ("(every attempt included) " if job.attempt > 1 else "") + how,
         ),
     )

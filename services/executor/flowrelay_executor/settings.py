@@ -50,7 +50,9 @@ class ExecutorSettings(BusSettings):
         default=1.5, gt=0, description="After a deadline, how long a run has to stop before its worker is killed."
     )
     worker_crash_policy: Literal["fail", "retry"] = Field(
-        default="fail", description="Runs on a worker that died: fail them (worker_crashed) or queue them again."
+        default="retry",
+        description="Runs on a worker that died: retry them under their retry policy (options.retry), or fail "
+        "them at once (worker_crashed).",
     )
 
     # -- delivery ------------------------------------------------------------------------

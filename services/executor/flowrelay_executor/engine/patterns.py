@@ -9,6 +9,11 @@
 Each agent step is bracketed by ``agent.started`` / ``agent.finished`` and runs with
 ``CURRENT_AGENT`` set to that agent, which is how hooks firing inside another agent's run
 are told apart (``engine.events``).
+
+Durable steps (``engine.resume``): a sequential step other than the last, and every
+completed sub-agent call, leave a checkpoint; a later attempt of the run reuses the
+checkpoints that answer the same input instead of calling the model again, and says so
+with ``run.resumed``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from flowrelay_contracts import EventType, Pattern, WorkflowError, plan
+from flowrelay_contracts import CheckpointKind, EventType, Pattern, WorkflowError, plan
 from flowrelay_executor import costs
 from flowrelay_executor.engine.agents import AgentPool
 from flowrelay_executor.engine.frameworks import adapter
@@ -76,14 +81,42 @@ class Orchestrator:
             await self._lease(run, each)
 
         if workflow_plan.pattern == Pattern.SEQUENTIAL:
-            output: Any = run.job.input
-            for each in recipes:
-                output = await self.invoke(run, each, as_text(output))
-            return output
+            return await self._sequence(run, recipes)
         return await self.invoke(run, recipes[0], run.job.input)
 
-    async def invoke(self, run: RunState, recipe: Recipe, prompt: str) -> Any:
-        """One agent step: run ``recipe``'s agent on ``prompt``, bracketed by agent events."""
+    async def _sequence(self, run: RunState, recipes: list[Recipe]) -> Any:
+        """Each agent on the previous one's output, after the steps an earlier attempt finished."""
+        output: Any = run.job.input
+        reused: list[str] = []
+        for index, each in enumerate(recipes[:-1], start=1):
+            found = run.steps.reusable(run.steps.step_name(index), agent=each.name, prompt=as_text(output))
+            if found is None:
+                break
+            run.reuse(found)
+            reused.append(each.name)
+            output = found.output
+        if reused:
+            run.skip_steps(len(reused))
+            run.emit(EventType.RUN_RESUMED, {
+                "step": len(reused), "agents": reused, "pattern": str(run.pattern), "attempt": run.job.attempt,
+            })
+        for index, each in enumerate(recipes[len(reused):], start=len(reused) + 1):
+            last = index == len(recipes)
+            name = None if last else run.steps.step_name(index)  # the last output is the run's
+            output = await self.invoke(run, each, as_text(output), checkpoint=name)
+        return output
+
+    async def invoke(
+        self,
+        run: RunState,
+        recipe: Recipe,
+        prompt: str,
+        *,
+        checkpoint: str | None = None,
+        kind: CheckpointKind = CheckpointKind.AGENT_STEP,
+    ) -> Any:
+        """One agent step: run ``recipe``'s agent on ``prompt``, bracketed by agent events;
+        once it finished, its output is checkpointed under the name ``checkpoint`` (if any)."""
         step = run.begin_step(recipe)
         tally = run.tally(recipe.name)
         before = tally.snapshot()
@@ -129,6 +162,11 @@ class Orchestrator:
                 "cost_usd": costs.total(spent.costs),
             },
         )
+        if checkpoint is not None:
+            run.steps.save(
+                checkpoint, kind=kind, step=step, agent=recipe.name, prompt=prompt, output=run.redact(output),
+                usage=spent.usage, step_costs=spent.costs, cost_note="; ".join(sorted(tally.notes)) or None,
+            )
         return output
 
     def sub_agent_tool(
@@ -144,7 +182,17 @@ class Orchestrator:
             run = CURRENT_RUN.get()
             if run is None:
                 raise RuntimeError("a sub-agent tool was called outside Engine.run")
-            return as_text(await orchestrator.invoke(run, sub, request))
+            name = run.steps.call_name(sub.name, request)
+            if (found := run.steps.reusable(name, agent=sub.name, prompt=request)) is not None:
+                run.reuse(found)
+                run.skip_steps(1)
+                run.emit(EventType.RUN_RESUMED, {
+                    "step": found.step, "agents": [sub.name], "pattern": str(run.pattern),
+                    "attempt": run.job.attempt, "call": name,
+                })
+                return as_text(found.output)
+            return as_text(await orchestrator.invoke(run, sub, request, checkpoint=name,
+                                                     kind=CheckpointKind.SUB_AGENT_CALL))
 
         ask.__name__ = ask.__qualname__ = tool_name
         ask.__doc__ = (

@@ -20,10 +20,20 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from any_agent import AgentCancel
 
-from flowrelay_contracts import AgentUsage, ErrorCode, EventType, Pattern, RunError, Usage
+from flowrelay_contracts import (
+    AgentUsage,
+    Checkpoint,
+    ErrorCode,
+    EventType,
+    Pattern,
+    RunError,
+    Usage,
+)
 from flowrelay_executor import costs
+from flowrelay_executor.engine.budget import Budget
+from flowrelay_executor.engine.resume import StepLog
 from flowrelay_executor.engine.text import elapsed_ms, truncate
-from flowrelay_executor.errors import Redactor, TurnLimitExceeded, classify
+from flowrelay_executor.errors import BudgetExceeded, Redactor, TurnLimitExceeded, classify
 from flowrelay_executor.jobs import Job, Outcome
 
 if TYPE_CHECKING:
@@ -102,6 +112,9 @@ class RunState:
         #: Set when the run's task was cancelled (deadline, cancel request): an agent still
         #: running in a thread (smolagents) stops at its next hook.
         self.cancelled = False
+        #: Checkpoints to reuse from earlier attempts, and the ones this attempt writes.
+        self.steps = StepLog(job, emit)  # type: ignore[arg-type]  # it sends CHECKPOINT items
+        self.budget = Budget(max_cost_usd=job.max_cost_usd, max_tokens=job.max_tokens)
         self._emit = emit
         self._max_chars = max_chars
         self._steps = 0
@@ -155,6 +168,18 @@ class RunState:
 
     def step_of(self, agent: str) -> int | None:
         return self._current_step.get(agent)
+
+    def skip_steps(self, count: int) -> None:
+        """Steps finished by an earlier attempt keep their numbers: the next one continues."""
+        self._steps += count
+
+    def reuse(self, checkpoint: Checkpoint) -> None:
+        """Count a reused step's spend as its agent's (it was paid once, by an earlier attempt)."""
+        tally = self.tally(checkpoint.agent)
+        tally.usage = tally.usage + checkpoint.usage
+        tally.costs.append(checkpoint.cost_usd)
+        if checkpoint.cost_note:
+            tally.notes.add(checkpoint.cost_note)
 
     def tally(self, agent: str) -> Tally:
         if agent not in self._tallies:
@@ -250,6 +275,12 @@ class RunState:
         tally.costs.append(cost)
         if note:
             tally.notes.add(note)
+        if self.budget.active and self.failure is None:
+            usage, total_cost = self.spent()
+            if why := self.budget.exceeded(usage, total_cost, cost_note=note, tokens_known=tokens is not None):
+                # Recorded now, raised at the agent's next hook or when it returns: raising
+                # from an after-call hook is not honoured the same way by every framework.
+                self.fail(BudgetExceeded(why, agent=recipe.name, step=self.step_of(recipe.name)))
         self.emit(
             EventType.LLM_FINISHED,
             {
@@ -284,6 +315,13 @@ class RunState:
 
     # outcome -------------------------------------------------------------------------------
 
+    def spent(self) -> tuple[Usage, float | None]:
+        """What the run has spent so far: this attempt's calls, the reused steps, and what
+        earlier attempts spent on calls no checkpoint keeps."""
+        usage = sum((tally.usage for tally in self._tallies.values()), self.job.spent)
+        all_costs = [cost for tally in self._tallies.values() for cost in tally.costs]
+        return usage, costs.total([*all_costs, self.job.spent_cost_usd])
+
     def outcome(self, *, status: Literal["succeeded", "failed"], output: Any = None) -> Outcome:
         agents = [
             AgentUsage(
@@ -294,14 +332,27 @@ class RunState:
             )
             for name, tally in self._tallies.items()
         ]
-        usage = sum((a.usage for a in agents), Usage())
+        usage, total_cost = self.spent()
         notes = sorted({a.cost_note for a in agents if a.cost_note})
+        steps = self.steps
+        this_attempt = sum((a.usage for a in agents), Usage()) - steps.reused
         return Outcome(
             status=status,
             output=output if status == "succeeded" else None,
             error=self.failure if status == "failed" else None,
             usage=usage,
             agents=agents,
-            cost_usd=costs.total([a.cost_usd for a in agents]),
+            cost_usd=total_cost,
             cost_note="; ".join(notes) or None,
+            unsaved=this_attempt - steps.saved,
+            unsaved_cost_usd=_difference(
+                costs.total([a.cost_usd for a in agents]), costs.total(steps.reused_costs), costs.total(steps.saved_costs)
+            ),
         )
+
+
+def _difference(whole: float | None, *parts: float | None) -> float | None:
+    """``whole`` minus ``parts``; None if any is unknown (never a made-up figure)."""
+    if whole is None or any(part is None for part in parts):
+        return None
+    return max(0.0, whole - sum(part for part in parts if part is not None))
