@@ -156,6 +156,7 @@ async def test_a_full_store_fails_submits_fast_with_a_503_saying_so_and_a_comput
 # -- deliveries exhausted ----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(400)  # two executor starts, and the hand-back's delay
 async def test_a_request_delivered_past_max_deliver_fails_its_run_and_is_dead_lettered(
     scripted_model: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -169,10 +170,11 @@ async def test_a_request_delivered_past_max_deliver_fails_its_run_and_is_dead_le
                 executor = stack.start_executor(FLOWRELAY_MAX_DELIVER="2")
                 await bus.wait_record(run_id, terminal=False, timeout=90,
                                       predicate=lambda r: r.status == RunStatus.RUNNING)
-                executor.kill()  # delivery 1 dies with its executor
-                # delivery 2 finds the dead holder's entry still fresh and waits it out;
-                # delivery 3 is past FLOWRELAY_MAX_DELIVER=2
+                # Started before the kill, so delivery 2 surely finds the dead holder's entry
+                # still fresh and waits it out (an executor starting slower than the entry's
+                # freshness would claim delivery 2 and run it); delivery 3 is past the limit.
                 stack.start_executor(FLOWRELAY_MAX_DELIVER="2")
+                executor.kill()  # delivery 1 dies with its executor
                 record = await bus.wait_record(run_id, timeout=120)
             assert record.status == RunStatus.FAILED and record.error.code == ErrorCode.INTERNAL_ERROR
             assert "FLOWRELAY_MAX_DELIVER" in record.error.message
