@@ -368,6 +368,9 @@ async def test_budgets_count_every_attempt(client, bus, executors) -> None:
     ({"retry": {"jitter": 1.5}}, ["body", "options", "retry", "jitter"], "less than or equal to 1"),
     ({"max_cost_usd": -1}, ["body", "options", "max_cost_usd"], "greater than 0"),
     ({"retry": {"attempts": 2, "typo": 1}}, ["body", "options", "retry", "typo"], "Extra inputs"),
+    # pydantic's lax mode would read these as 1 and 0.5 (found by schemathesis)
+    ({"retry": {"jitter": True}}, ["body", "options", "retry", "jitter"], "must be a number"),
+    ({"max_tokens": "5"}, ["body", "options", "max_tokens"], "must be a number"),
 ])
 async def test_out_of_range_retry_and_budget_options_are_refused_naming_field_and_setting(
     client, bus, options: dict[str, Any], loc: list[Any], setting: str

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from flowrelay_contracts.tenants import DEFAULT_TENANT, TENANT_PATTERN
 from flowrelay_contracts.workflow import Workflow
@@ -115,6 +115,19 @@ TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, Even
 # -- parts ------------------------------------------------------------------------------
 
 
+def _json_number(value: Any) -> Any:
+    """Numbers only: pydantic's lax mode would take ``true`` as 1 and ``"5"`` as 5, which the
+    schema (``number``/``integer``) says are not numbers (schemathesis checks)."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a number, not a " + ("boolean" if isinstance(value, bool) else "string"))
+    return value
+
+
+#: A run option that must arrive as a JSON number (None: the server default).
+OptionalFloat = Annotated[float | None, BeforeValidator(_json_number)]
+OptionalInt = Annotated[int | None, BeforeValidator(_json_number)]
+
+
 class RetryOptions(BaseModel):
     """How a run is retried after a retryable failure (rate limited, provider unreachable,
     provider 5xx, worker crashed). ``None`` means the server default; the API resolves them.
@@ -126,16 +139,16 @@ class RetryOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    attempts: int | None = Field(
+    attempts: OptionalInt = Field(
         default=None, ge=1, description="Most attempts of the run, the first included (1: never retry)."
     )
-    initial_backoff_s: float | None = Field(
+    initial_backoff_s: OptionalFloat = Field(
         default=None, ge=0, description="Wait before the second attempt, in seconds."
     )
-    max_backoff_s: float | None = Field(
+    max_backoff_s: OptionalFloat = Field(
         default=None, ge=0, description="Longest wait between two attempts (a provider's Retry-After may ask for more)."
     )
-    jitter: float | None = Field(
+    jitter: OptionalFloat = Field(
         default=None, ge=0, le=1, description="Fraction of each wait taken off at random (0: exact waits)."
     )
 
@@ -145,19 +158,19 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    timeout_s: float | None = Field(
+    timeout_s: OptionalFloat = Field(
         default=None, gt=0, description="Deadline for the whole run, every attempt included."
     )
-    max_turns: int | None = Field(
+    max_turns: OptionalInt = Field(
         default=None, ge=1, description="Most LLM calls one agent may make in a run."
     )
     retry: RetryOptions | None = Field(
         default=None, description="Retries after retryable failures; omitted = the server's policy."
     )
-    max_cost_usd: float | None = Field(
+    max_cost_usd: OptionalFloat = Field(
         default=None, gt=0, description="Stop the run (budget_exceeded) once its model calls cost more than this."
     )
-    max_tokens: int | None = Field(
+    max_tokens: OptionalInt = Field(
         default=None, ge=1, description="Stop the run (budget_exceeded) once its model calls used more tokens "
         "(input plus output) than this."
     )
