@@ -464,7 +464,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if conc.get("wall_s") is not None:
         out.append(
             f"flowrelay {conc['n']} concurrent {conc['delay_s']:g} s runs: all done in {conc['wall_s']:.2f} s, "
-            f"peak RSS {conc['rss_mb']:.0f} MB (target <= 2 s, < 3 GB)"
+            f"peak RSS {conc['rss_mb']:.0f} MB (target <= 1.15 x the floor's wall time, < 3 GB)"
+        )
+    ratios = report.get("ratios") or {}
+    if any(v is not None for v in ratios.values()):
+        shown = ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None)
+        out.append(f"flowrelay / floor in this run: {shown} (targets: cpu <= 3, throughput >= 0.8, burst <= 1.15, p50 <= 3)")
+    peer = report.get("peer") or {}
+    if peer.get("skipped"):
+        out.append(f"peer (Celery): skipped: {peer['skipped']}")
+    elif peer.get("p50_ms") is not None:
+        vs = {k: v for k, v in (peer.get("flowrelay_vs_peer") or {}).items() if v is not None}
+        versus = ", ".join(f"{k} {v:.2f}x" for k, v in vs.items())
+        out.append(
+            f"peer {peer.get('label')}: p50 {peer['p50_ms']:.2f} ms, {peer['runs_s']:.1f} runs/s, "
+            f"CPU {peer.get('cpu_per_run_ms') or 0:.1f} ms per run" + (f"; flowrelay / Celery: {versus}" if versus else "")
         )
     model = report.get("scripted_model") or {}
     if model.get("capacity_req_s"):
