@@ -188,8 +188,11 @@ async def run_events(
         int, Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect.")
     ] = 0,
 ) -> EventStreamResponse:
-    record = await runs.get_run(ctx, caller, run_id)
-    return sse.event_stream(ctx, record, max(after, last_event_id))
+    after_seq = max(after, last_event_id)
+    # A first connection replays everything stored, which tells how far the run got; a
+    # resuming one needs the record's current state to end at once after the run's end.
+    record = await runs.get_run(ctx, caller, run_id, recent_ok=after_seq == 0)
+    return sse.event_stream(ctx, record, after_seq)
 
 
 @router.post(
