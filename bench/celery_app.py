@@ -27,6 +27,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 
+if os.environ.get("BENCH_MODEL_URL"):  # the worker: import once, before the children are forked
+    import any_agent  # noqa: F401
+
 _loop: asyncio.AbstractEventLoop | None = None
 _agent: Any = None
 

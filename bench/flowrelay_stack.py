@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import auth, model, natsops, phases
+from bench import auth, fsync, model, natsops, phases
 from bench.measure import Latency, SystemFigures
 from flowrelay import natscluster, natsserver
 from flowrelay.credentials import Secrets
@@ -127,6 +127,11 @@ def _wait_executor_visible(api_url: str) -> dict[str, Any]:
         f"the API does not see an executor after {EXECUTOR_VISIBLE_TIMEOUT_S} s: {health}"
     )
 
+
+#: Stored writes a sequential run waits for one after another: the record and its index entry
+#: (written together), the request, the executor's claim, the terminal record, the terminal
+#: event. Step events are pipelined behind them.
+SERIAL_WRITES_PER_RUN = 5
 
 #: The tenant the benchmark's runs belong to.
 BENCH_TENANT = "bench"
@@ -318,6 +323,7 @@ def measure(
             client,
         )
         auth_cost = auth.measure(stack.nats_url, stack.secrets)
+    fsync_cost = fsync.measure(bus_per_run["stored_messages"], SERIAL_WRITES_PER_RUN)
     events = {
         "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
         "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,
@@ -338,6 +344,7 @@ def measure(
             "startup_s": startup_s,
             "auth": auth_cost,
             "bus_per_run": bus_per_run,
+            "fsync": fsync_cost,
             **_summarise(seq_runs, tp_runs),
         },
     )

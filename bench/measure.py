@@ -488,6 +488,20 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"{model.get('requests_total', 0)} requests, {model.get('requests_per_second_since_start', 0):.0f}/s "
             f"averaged since start); its RSS {model.get('rss_mb', 0):.0f} MB is not counted above"
         )
+    extra = ((report.get("systems") or {}).get("flowrelay") or {}).get("extra") or {}
+    bus, fs = extra.get("bus_per_run") or {}, extra.get("fsync") or {}
+    if bus.get("stored_messages") is not None:
+        out.append(
+            f"bus per run: {bus['stored_messages']:.1f} stored JetStream messages ({', '.join(f'{k} {v:g}' for k, v in bus['stored_by_stream'].items() if v >= 0.5)}), "
+            f"{bus['client_messages_in']:.1f} messages in, {bus['client_messages_out']:.1f} out, "
+            f"{bus['bytes_in'] / 1024:.1f} kB in, {bus['bytes_out'] / 1024:.1f} kB out"
+        )
+    if fs.get("fsync_ms_per_write") is not None:
+        out.append(
+            f"fsync (sync_interval: always, kept): an acked publish {fs['acked_publish_always']['p50_ms']:.2f} ms vs "
+            f"{fs['acked_publish_default']['p50_ms']:.2f} ms without it (p50); {fs['serial_writes_per_run']} writes a run waits for in turn "
+            f"= {fs['latency_ms_per_run']:.1f} ms of its latency"
+        )
     budget = report.get("cpu_budget") or {}
     if budget.get("flowrelay_cpu_per_run_ms"):
         parts = ", ".join(f"{k} {v:.1f}" for k, v in budget["by_process"].items() if v >= 0.5)
