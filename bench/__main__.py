@@ -98,7 +98,7 @@ def plan(quick: bool, n: int | None) -> Plan:
                 client_processes=1,
             ),
             replicas=replicas.ReplicaSizes(sequential=30, batch=60, rounds=1),
-            celery=celery_peer.CelerySizes(sequential=30, batch=60, rounds=1),
+            celery=celery_peer.CelerySizes(sequential=20, batch=40, rounds=1),
             model_probe_s=1.0,
         )
     return Plan(
