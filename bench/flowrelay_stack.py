@@ -108,6 +108,8 @@ def _env(nats_url: str, model_url: str, api_port: int) -> dict[str, str]:
         "FLOWRELAY_LOG_LEVEL": "INFO",  # the readiness lines are INFO; no per-run lines expected
         # one key drives the whole load: its request rate is what is measured, not capped
         "FLOWRELAY_RATE_LIMIT": "",
+        # never the default ports (other stacks on this machine may hold them): free ones
+        "FLOWRELAY_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -169,3 +169,32 @@ def test_a_secret_set_after_the_first_run_is_still_redacted(monkeypatch: pytest.
     monkeypatch.delenv("PERF_TEST_API_KEY")
     assert "first-secret-value-123" in Redactor.from_environment().redact("first-secret-value-123")
     assert os.environ.get("PERF_TEST_API_KEY") is None
+
+
+async def test_a_follower_that_missed_the_last_event_live_and_in_history_still_gets_it(
+    stack: Any, bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a loaded box exposed: the terminal event is published just before the
+    follower subscribes and stored just after its history read, so neither carries it and
+    no later event reveals the hole. The follower must read the stream again by itself."""
+    run_id = new_run_id()
+    log = RunEventLog(bus.js, bus.tenant, run_id)
+    await log.emit(EventType.RUN_STARTED, {})
+    await log.emit(EventType.AGENT_STARTED, {"agent": "a"})
+    await log.emit(EventType.RUN_COMPLETED, {"status": "succeeded"})
+    real, calls = bus_events._stored_direct, []
+
+    async def first_read_misses_the_last(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        calls.append(args)
+        async for event in real(*args, **kwargs):
+            if len(calls) > 1 or not event.type.terminal:
+                yield event
+
+    monkeypatch.setattr(bus_events, "_stored_direct", first_read_misses_the_last)
+
+    async def replay() -> list[Any]:
+        async with contextlib.aclosing(follow(bus.nc, bus.tenant, run_id, idle_timeout_s=30)) as events:
+            return [event async for event in events if event is not None]
+
+    events = await asyncio.wait_for(replay(), 20)  # far below the 30 s idle period
+    assert [e.seq for e in events] == [1, 2, 3] and events[-1].type == EventType.RUN_COMPLETED
