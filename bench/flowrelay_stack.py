@@ -131,9 +131,9 @@ def _wait_executor_visible(api_url: str) -> dict[str, Any]:
 
 
 #: Stored writes a sequential run waits for one after another: the record and its index entry
-#: (written together), the request, the executor's claim, the terminal record, the terminal
-#: event. Step events are pipelined behind them.
-SERIAL_WRITES_PER_RUN = 5
+#: (written together), the request, the executor's claim, the last step events (pipelined),
+#: the terminal record, the terminal event.
+SERIAL_WRITES_PER_RUN = 6
 
 #: The tenant the benchmark's runs belong to.
 BENCH_TENANT = "bench"

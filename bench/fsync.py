@@ -89,5 +89,5 @@ def measure(stored_per_run: float | None, serial_per_run: int) -> dict[str, Any]
         "latency_ms_per_run": round(extra * serial_per_run, 2),
         "note": "sync_interval 'always' (kept: durability); latency_ms_per_run = fsync cost per write x "
         "writes a sequential run waits for in turn (record and index together, request, claim, "
-        "terminal record, terminal event); its step events are pipelined",
+        "the last step events, terminal record, terminal event)",
     }
