@@ -147,7 +147,14 @@ def _tenant_key(api_url: str, admin_key: str) -> str:
         timeout=10,
     )
     response.raise_for_status()
-    return response.json()["key"]
+    key = response.json()["key"]
+    # On a cluster the API may read the key from a replica that has not got it yet.
+    deadline = time.monotonic() + EXECUTOR_VISIBLE_TIMEOUT_S
+    while httpx.get(f"{api_url}/auth/me", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the API does not accept the benchmark's tenant key")
+        time.sleep(0.2)  # replication: nothing to await from here
+    return key
 
 
 @contextmanager
