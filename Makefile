@@ -72,8 +72,17 @@ test-deploy: install
 	@start=$$(date +%s); FLOWRELAY_FRAMEWORKS="$(DEPLOY_FRAMEWORKS)" deploy/with-docker.sh deploy/test-deploy.sh $(ARGS); \
 	status=$$?; echo "make test-deploy: $$(( $$(date +%s) - start )) s, exit $$status"; exit $$status
 
-## Benchmark against the in-process floor and the original design (QUICK=1 for a short run).
-bench: install
+## Benchmark against the in-process floor, the original design and the Celery peer (QUICK=1 for
+## a short run). The peer needs redis-server: installed with apt-get when missing; where that
+## cannot be done the benchmark says so and skips the peer.
+REDIS_SERVER ?= /usr/bin/redis-server
+
+$(REDIS_SERVER):
+	-$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
+		|| echo "redis-server could not be installed: the benchmark skips the Celery peer"
+	-$(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true
+
+bench: install $(REDIS_SERVER)
 	$(BIN)/python -m bench $(if $(QUICK),--quick,) $(ARGS)
 
 ## Regenerate the lockfile after changing dependencies in pyproject.toml.

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
 import nats.errors
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -49,6 +51,9 @@ REPLAY_MESSAGE_TIMEOUT_S = 10.0
 
 #: A follower that heard nothing for this long asks the stream whether it missed events.
 RECHECK_S = 2.0
+
+#: Most stored events read by one direct get request (the server answers in one go).
+DIRECT_BATCH = 256
 
 History = Literal["direct", "consumer"]
 
@@ -280,25 +285,66 @@ async def _stored_direct(
 ) -> AsyncIterator[TraceEvent]:
     """Events of the run stored in the stream with ``after_seq < seq < before_seq``.
 
-    Direct gets by default (any replica answers); ``leader`` asks the stream's leader,
-    which has every event acknowledged so far: a gap must be read there, since a replica
-    that is catching up may lack exactly the missed events.
+    Batched direct gets by default (any replica answers; up to :data:`DIRECT_BATCH` events
+    per request, then an end-of-batch marker saying how many are left: one round trip for a
+    whole run's history instead of one per event plus one to learn there are no more).
+    ``leader`` asks the stream's leader, which has every event acknowledged so far: a gap
+    must be read there, since a replica that is catching up may lack exactly the missed
+    events.
     """
-    js = nc.jetstream()
     subject = subjects.run_events(tenant, run_id)
     stream_seq = 1
     found: list[TraceEvent] = []
     while True:
-        try:
-            raw = await js.get_msg(subjects.EVENTS_STREAM, seq=stream_seq, subject=subject, next=True, direct=not leader)
-        except NotFoundError:
+        if leader:
+            stored, pending, last_seq = await _leader_get(nc, subject, stream_seq)
+        else:
+            stored, pending, last_seq = await _direct_batch(nc, subjects.EVENTS_STREAM, subject, stream_seq)
+        for data in stored:
+            event = TraceEvent.model_validate_json(data)
+            if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
+                found.append(event)
+        if not pending:
             break
-        event = TraceEvent.model_validate_json(raw.data)
-        if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
-            found.append(event)
-        stream_seq = raw.seq + 1
+        stream_seq = last_seq + 1
     for event in sorted(found, key=lambda e: e.seq):  # stream order may differ (republished)
         yield event
+
+
+async def _leader_get(nc: Client, subject: str, seq: int) -> tuple[list[bytes], int, int]:
+    """The next message on ``subject`` from ``seq`` on, read from the stream's leader (the
+    JetStream API: no batches there): (payloads, 1 if there may be more, its sequence)."""
+    try:
+        raw = await nc.jetstream().get_msg(subjects.EVENTS_STREAM, seq=seq, subject=subject, next=True)
+    except NotFoundError:
+        return [], 0, 0
+    return [raw.data], 1, raw.seq
+
+
+async def _direct_batch(nc: Client, stream: str, subject: str, seq: int) -> tuple[list[bytes], int, int]:
+    """Messages on ``subject`` from stream sequence ``seq`` on, in one batched direct get:
+    (payloads, how many more there are, stream sequence of the last one returned)."""
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request = json.dumps({"seq": seq, "next_by_subj": subject, "batch": DIRECT_BATCH}).encode()
+        await nc.publish(f"{getattr(js, '_prefix', '$JS.API')}.DIRECT.GET.{stream}", request, reply=inbox)
+        payloads: list[bytes] = []
+        while True:
+            msg = await sub.next_msg(timeout=REPLAY_MESSAGE_TIMEOUT_S)
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "404":  # nothing (more) stored on the subject
+                return payloads, 0, 0
+            if status == "204":  # end of this batch
+                return payloads, int(headers.get("Nats-Num-Pending", 0)), int(headers.get("Nats-Last-Sequence", 0))
+            if status:
+                raise NatsError(f"direct get on {stream} answered {status} {headers.get('Description', '')}".strip())
+            payloads.append(msg.data)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def _stored_by_consumer(

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
 from flowrelay_api import runs, sse
 from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
+from flowrelay_api.eventstream import EventStreamResponse
 from flowrelay_api.schemas import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -166,7 +166,7 @@ async def run_output(ctx: Context, caller: Reader, run_id: RunId) -> Response:
 
 @router.get(
     "/runs/{run_id}/events",
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
     summary="Follow a run's events (Server-Sent Events)",
     description="Replays the run's trace from the start, then streams it live: `id` is the event's "
     "`seq`, `event` its type, `data` the TraceEvent JSON. Reconnect with `Last-Event-ID` (or "
@@ -187,9 +187,12 @@ async def run_events(
     last_event_id: Annotated[
         int, Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect.")
     ] = 0,
-) -> EventSourceResponse:
-    record = await runs.get_run(ctx, caller, run_id)
-    return sse.event_stream(ctx, record, max(after, last_event_id))
+) -> EventStreamResponse:
+    after_seq = max(after, last_event_id)
+    # A first connection replays everything stored, which tells how far the run got; a
+    # resuming one needs the record's current state to end at once after the run's end.
+    record = await runs.get_run(ctx, caller, run_id, recent_ok=after_seq == 0)
+    return sse.event_stream(ctx, record, after_seq)
 
 
 @router.post(

@@ -48,11 +48,19 @@ TERMINAL_EVENT_WAIT_S = 2.0
 _TRACE_TICK_S = 0.05
 
 
-async def get_run(ctx: ApiContext, caller: Principal, run_id: str) -> RunRecord:
-    """The record of ``run_id`` if the caller may see it; :class:`RunNotFound` (404) if not."""
+async def get_run(ctx: ApiContext, caller: Principal, run_id: str, *, recent_ok: bool = False) -> RunRecord:
+    """The record of ``run_id`` if the caller may see it; :class:`RunNotFound` (404) if not.
+
+    ``recent_ok``: a record this process created or read may do, though it may be stale
+    (the SSE stream only needs to know the run and follows its events from there; a client
+    following the run it just submitted then costs no read).
+    """
     record = None
     if is_valid_run_id(run_id):
-        record = await (ctx.runs.find(run_id) if caller.is_admin else ctx.runs.get(caller.tenant, run_id))
+        if recent_ok and not caller.is_admin:
+            record = ctx.runs.known(caller.tenant, run_id)
+        if record is None:
+            record = await (ctx.runs.find(run_id) if caller.is_admin else ctx.runs.get(caller.tenant, run_id))
     if record is None or not caller.sees_tenant(record.tenant):
         raise RunNotFound(run_id)
     return record

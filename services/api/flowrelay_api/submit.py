@@ -285,14 +285,19 @@ async def _store_and_queue(
         workflow=request.workflow,
         created_at=request.created_at,
     )
-    if not await ctx.runs.create(record):  # a concurrent repeat stored it first and queues it
+    entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
+    # Record and index entry go to different streams: written concurrently, their two
+    # fsyncs overlap instead of adding up. Only the request, published after both, can
+    # start the run; an entry whose record is missing is skipped by listings.
+    created, indexed = await asyncio.gather(ctx.runs.create(record), ctx.index.add(entry), return_exceptions=True)
+    if isinstance(created, BaseException):
+        raise created
+    if not created:  # a concurrent repeat stored it first and queues it (its entry is the same)
         existing = await ctx.runs.get(request.tenant, request.run_id)
         ctx.metrics.submitted(SubmitOutcome.REPLAYED)
         return Submitted(existing or record, request.options, replayed=True)
-    entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
-    try:
-        await ctx.index.add(entry)
-    except Exception as exc:  # noqa: BLE001 - same as a failed publish: the run must not stay queued
+    if isinstance(indexed, BaseException):  # same as a failed publish: the run must not stay queued
+        exc = indexed
         log.warning("run %s: indexing failed (%s); marking it failed", record.run_id, type(exc).__name__)
         await _mark_unqueued(ctx, record, key_slot)
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
