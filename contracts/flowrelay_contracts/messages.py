@@ -38,6 +38,9 @@ class _Message(BaseModel):
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    #: Paused until a person answers its ``ask_human`` question (``POST /runs/{id}/input``);
+    #: no worker holds it meanwhile.
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -96,10 +99,14 @@ class EventType(StrEnum):
     RUN_RETRYING = "run.retrying"
     RUN_RESUMED = "run.resumed"
     LLM_STARTED = "llm.started"
+    #: Text fragments of a model's answer as it is written (``options.stream_tokens``).
+    LLM_DELTA = "llm.delta"
     LLM_FINISHED = "llm.finished"
     TOOL_STARTED = "tool.started"
     TOOL_FINISHED = "tool.finished"
     SUGGESTION = "suggestion"
+    #: The run asked a person a question (``ask_human``) and is paused until the answer.
+    RUN_WAITING = "run.waiting"
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"
@@ -160,6 +167,9 @@ class RunOptions(BaseModel):
     max_tokens: int | None = Field(
         default=None, ge=1, description="Stop the run (budget_exceeded) once its model calls used more tokens "
         "(input plus output) than this."
+    )
+    stream_tokens: bool = Field(
+        default=False, description="Send the models' text as it is written (llm.delta events)."
     )
 
 
@@ -244,6 +254,9 @@ class RunRequested(_Message):
     #: Executors take the tenant from the subject the request arrived on (which the
     #: publisher's NATS permissions vouch for), never from this field alone.
     tenant: TenantId = DEFAULT_TENANT
+    #: The conversation this run continues (``POST /threads/{id}/runs``): its agent sees the
+    #: thread's earlier turns.
+    thread_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class TraceEvent(_Message):
@@ -410,6 +423,8 @@ class RunRecord(_Message):
     mode: RunMode = RunMode.REAL_EXECUTION
     isolation: Isolation | None = None
     model_provider: str | None = None
+    #: The thread the run belongs to, if any.
+    thread_id: str | None = None
     executor_id: str | None = None
     attempts: int = 0
     #: Attempts that failed retryably and were scheduled again, oldest first.

@@ -19,6 +19,7 @@ subject                                         published by            consumed
 ``flowrelay.runs.failed``                       executor                suggester (durable)
 ``flowrelay.runs.advise``                       api (suggest mode)      suggester (durable)
 ``flowrelay.deadletter``                        executor, suggester     operators
+``flowrelay.threads.<tenant>.<thread_id>``      executor                executor, api, client
 ==============================================  ======================  ==========================
 """
 
@@ -59,6 +60,11 @@ INDEX_ALL = f"{INDEX_PREFIX}.*.*"
 #: Messages no executor can process (payload: ``DeadLetter``).
 DEADLETTER = f"{ROOT}.deadletter"
 
+#: The turns of one conversation (payload: ``ThreadTurn``), in order;
+#: ``flowrelay.threads.<tenant>.<thread_id>``.
+THREADS_PREFIX = f"{ROOT}.threads"
+THREADS_ALL = f"{THREADS_PREFIX}.*.*"
+
 
 def run_requested(tenant: str) -> str:
     """Subject a run request of ``tenant`` is published on."""
@@ -89,6 +95,16 @@ def run_index(tenant: str, run_id: str) -> str:
     return f"{INDEX_PREFIX}.{tenant}.{run_id}"
 
 
+def thread_turns(tenant: str, thread_id: str) -> str:
+    """Subject carrying the turns of ``thread_id``."""
+    return f"{THREADS_PREFIX}.{tenant}.{thread_id}"
+
+
+def tenant_threads(tenant: str) -> str:
+    """Every thread subject of ``tenant`` (what its NATS users may read)."""
+    return f"{THREADS_PREFIX}.{tenant}.>"
+
+
 def tenant_index(tenant: str | None) -> str:
     """Index entries of ``tenant``, or of every tenant for ``None``."""
     return f"{INDEX_PREFIX}.{tenant}.*" if tenant else INDEX_ALL
@@ -111,6 +127,10 @@ INDEX_STREAM_SUBJECTS = (INDEX_ALL,)
 #: Work for the suggester: failure reports and suggestion-only requests.
 SUGGESTER_STREAM = "FLOWRELAY_SUGGESTER"
 SUGGESTER_STREAM_SUBJECTS = (RUN_FAILED, RUN_ADVISE)
+
+#: Conversation turns, each kept ``thread_ttl_s`` from when it was written.
+THREADS_STREAM = "FLOWRELAY_THREADS"
+THREADS_STREAM_SUBJECTS = (THREADS_ALL,)
 
 #: Poison messages, kept for inspection.
 DEADLETTER_STREAM = "FLOWRELAY_DEADLETTER"
@@ -143,6 +163,10 @@ EXECUTORS_BUCKET = "flowrelay_executors"
 #: The API's keys (hashes only), keyed by key id. Only the API's NATS user may touch it.
 API_KEYS_BUCKET = "flowrelay_api_keys"
 
+#: Thread records (``ThreadRecord``), keyed ``<tenant>.<thread_id>``; entries expire
+#: ``thread_ttl_s`` after their last change.
+THREADS_BUCKET = "flowrelay_threads"
+
 #: Object store of run outputs too large for the record, named ``<tenant>.<run_id>``.
 OUTPUTS_BUCKET = "flowrelay_outputs"
 
@@ -165,6 +189,14 @@ def checkpoint_key(tenant: str, run_id: str, name: str) -> str:
 def run_checkpoints(tenant: str, run_id: str) -> str:
     """Key filter matching every checkpoint of a run."""
     return f"{tenant}.{run_id}.*"
+def thread_key(tenant: str, thread_id: str) -> str:
+    """Key of a thread's record in ``THREADS_BUCKET``."""
+    return f"{tenant}.{thread_id}"
+
+
+def thread_record_subject(tenant: str, thread_id: str) -> str:
+    """The KV subject behind a thread's record (what NATS permissions match)."""
+    return f"$KV.{THREADS_BUCKET}.{thread_key(tenant, thread_id)}"
 
 
 def run_record_subject(tenant: str, run_id: str) -> str:

@@ -28,6 +28,24 @@ class ModelDefaults(BaseModel):
     scripted_url: str | None = None
 
 
+class StreamSpec(BaseModel):
+    """Token streaming of one run (``options.stream_tokens``): how fragments are batched."""
+
+    #: A fragment waits at most this long for more text before it is sent.
+    interval_s: float = 0.05
+    #: Most characters in one ``llm.delta`` (keeps every event far below the size limit).
+    max_chars: int = 4096
+
+
+class JobHistory(BaseModel):
+    """A thread's earlier turns given to the run's first agent (oldest first)."""
+
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    turns: int = 0
+    #: Older turns left out to stay within FLOWRELAY_THREAD_HISTORY_MAX_BYTES.
+    dropped: int = 0
+
+
 class Job(BaseModel):
     """One run, resolved: limits are concrete numbers, defaults filled in."""
 
@@ -53,6 +71,10 @@ class Job(BaseModel):
     #: The caller's W3C trace context (``traceparent``, ``tracestate``): the run's spans
     #: continue that trace. Empty: the run starts a trace of its own.
     trace_context: dict[str, str] = Field(default_factory=dict)
+    stream: StreamSpec | None = None
+    #: Set for runs on a thread (possibly with no earlier turns): the outcome then carries
+    #: the turn the run adds.
+    history: JobHistory | None = None
 
 
 class Outcome(BaseModel):
@@ -68,6 +90,10 @@ class Outcome(BaseModel):
     #: What this attempt spent on model calls that no checkpoint keeps (paid again on a retry).
     unsaved: Usage = Field(default_factory=Usage)
     unsaved_cost_usd: float | None = 0.0
+    #: What a run on a thread adds to it (user message first), secrets redacted; and whether
+    #: those are the answering agent's real messages or the user's text and the answer.
+    turn: list[dict[str, Any]] | None = None
+    turn_form: Literal["messages", "text"] = "messages"
 
 
 def timed_out(job: Job, how: str) -> Outcome:

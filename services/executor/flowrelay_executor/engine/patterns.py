@@ -28,8 +28,10 @@ from flowrelay_contracts import CheckpointKind, EventType, Pattern, WorkflowErro
 from flowrelay_executor import costs
 from flowrelay_executor.engine.agents import AgentPool
 from flowrelay_executor.engine.frameworks import adapter
+from flowrelay_executor.engine.history import Conversation
 from flowrelay_executor.engine.recipes import Recipe, recipe_for
 from flowrelay_executor.engine.run import CURRENT_AGENT, CURRENT_RUN, Failed, RunState
+from flowrelay_executor.engine.streaming import stream_support
 from flowrelay_executor.engine.text import as_text
 from flowrelay_executor.engine.tooling import wrap_tool
 from flowrelay_executor.errors import InvalidWorkflowError
@@ -80,12 +82,25 @@ class Orchestrator:
         for each in _with_sub_agents(recipes):
             await self._lease(run, each)
 
+        # On a thread, the first agent gets the earlier turns (engine.history).
+        first, job = recipes[0], run.job
+        conversation = None if job.history is None else Conversation.start(
+            job.history, job.input, framework=first.framework, instructions=first.instructions)
+        prompt: str | list[dict[str, Any]] = conversation.prompt if conversation else job.input
         if workflow_plan.pattern == Pattern.SEQUENTIAL:
-            return await self._sequence(run, recipes)
-        return await self.invoke(run, recipes[0], run.job.input)
+            output = await self._sequence(run, recipes, prompt, conversation)
+        else:
+            output = await self.invoke(run, first, prompt, conversation=conversation)
+        if conversation is not None:
+            run.turn = conversation.turn(job.input, output, answer_is_agents=len(recipes) == 1)
+        return output
 
-    async def _sequence(self, run: RunState, recipes: list[Recipe]) -> Any:
-        """Each agent on the previous one's output, after the steps an earlier attempt finished."""
+    async def _sequence(
+        self, run: RunState, recipes: list[Recipe], prompt: str | list[dict[str, Any]],
+        conversation: Conversation | None,
+    ) -> Any:
+        """Each agent on the previous one's output, after the steps an earlier attempt
+        finished; the first on ``prompt`` (on a thread: with the earlier turns)."""
         output: Any = run.job.input
         reused: list[str] = []
         for index, each in enumerate(recipes[:-1], start=1):
@@ -103,27 +118,35 @@ class Orchestrator:
         for index, each in enumerate(recipes[len(reused):], start=len(reused) + 1):
             last = index == len(recipes)
             name = None if last else run.steps.step_name(index)  # the last output is the run's
-            output = await self.invoke(run, each, as_text(output), checkpoint=name)
+            first = index == 1
+            output = await self.invoke(run, each, prompt if first else as_text(output), checkpoint=name,
+                                       conversation=conversation if first else None)
         return output
 
     async def invoke(
         self,
         run: RunState,
         recipe: Recipe,
-        prompt: str,
+        prompt: str | list[dict[str, Any]],
         *,
         checkpoint: str | None = None,
         kind: CheckpointKind = CheckpointKind.AGENT_STEP,
+        conversation: Conversation | None = None,
     ) -> Any:
         """One agent step: run ``recipe``'s agent on ``prompt``, bracketed by agent events;
-        once it finished, its output is checkpointed under the name ``checkpoint`` (if any)."""
+        once it finished, its output is checkpointed under the name ``checkpoint`` (if any).
+        ``conversation``: the thread this first agent continues (``engine.history``)."""
         step = run.begin_step(recipe)
         tally = run.tally(recipe.name)
         before = tally.snapshot()
-        run.emit(
-            EventType.AGENT_STARTED,
-            {"agent": recipe.name, "step": step, "pattern": str(run.pattern)},
-        )
+        started: dict[str, Any] = {"agent": recipe.name, "step": step, "pattern": str(run.pattern)}
+        if conversation is not None:
+            started["history"] = conversation.notice()
+        if run.stream is not None:
+            started["stream_tokens"], note = stream_support(recipe)
+            if note:
+                started["stream_note"] = note
+        run.emit(EventType.AGENT_STARTED, started)
         lease = run.leases[recipe]
         agent_token = CURRENT_AGENT.set(recipe.name)
         try:
@@ -164,7 +187,9 @@ class Orchestrator:
         )
         if checkpoint is not None:
             run.steps.save(
-                checkpoint, kind=kind, step=step, agent=recipe.name, prompt=prompt, output=run.redact(output),
+                checkpoint, kind=kind, step=step, agent=recipe.name, output=run.redact(output),
+                # a message list (a thread's first agent) answers the user's input
+                prompt=prompt if isinstance(prompt, str) else run.job.input,
                 usage=spent.usage, step_costs=spent.costs, cost_note="; ".join(sorted(tally.notes)) or None,
             )
         return output

@@ -39,6 +39,7 @@ from flowrelay_executor.jobs import Job, Outcome
 if TYPE_CHECKING:
     from flowrelay_executor.engine.agents import Lease
     from flowrelay_executor.engine.recipes import Recipe
+    from flowrelay_executor.engine.streaming import DeltaStream
 
 log = logging.getLogger("flowrelay_executor.engine")
 
@@ -115,6 +116,10 @@ class RunState:
         #: Checkpoints to reuse from earlier attempts, and the ones this attempt writes.
         self.steps = StepLog(job, emit)  # type: ignore[arg-type]  # it sends CHECKPOINT items
         self.budget = Budget(max_cost_usd=job.max_cost_usd, max_tokens=job.max_tokens)
+        #: Set when the run streams tokens (``options.stream_tokens``).
+        self.stream: DeltaStream | None = None
+        #: What a run on a thread adds to it: (messages, form), once its answer is known.
+        self.turn: tuple[list[dict[str, Any]], str] | None = None
         self._emit = emit
         self._max_chars = max_chars
         self._steps = 0
@@ -336,6 +341,7 @@ class RunState:
         notes = sorted({a.cost_note for a in agents if a.cost_note})
         steps = self.steps
         this_attempt = sum((a.usage for a in agents), Usage()) - steps.reused
+        turn = self.turn if status == "succeeded" else None
         return Outcome(
             status=status,
             output=output if status == "succeeded" else None,
@@ -348,6 +354,9 @@ class RunState:
             unsaved_cost_usd=_difference(
                 costs.total([a.cost_usd for a in agents]), costs.total(steps.reused_costs), costs.total(steps.saved_costs)
             ),
+            # the turn may quote a secret (a tool echoed a key), like the output
+            turn=self.redact(turn[0]) if turn else None,
+            turn_form=turn[1] if turn else "messages",
         )
 
 
