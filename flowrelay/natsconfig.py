@@ -114,7 +114,7 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
         publish = [
             *_declare((*_SHARED_STREAMS, f"KV_{subjects.API_KEYS_BUCKET}")),
             f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
-            f"{_API}.STREAM.MSG.GET.{subjects.INDEX_STREAM}",
+            f"{_API}.STREAM.MSG.GET.{subjects.INDEX_STREAM}", f"{_API}.STREAM.MSG.GET.{threads_kv}",
             *_direct(events), *_direct(subjects.INDEX_STREAM), *_direct(runs_kv, body=False),
             *_direct(f"KV_{subjects.IDEMPOTENCY_BUCKET}", body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}"), *_direct(f"KV_{subjects.API_KEYS_BUCKET}"),

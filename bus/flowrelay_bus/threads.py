@@ -22,7 +22,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from flowrelay_bus.runs import RunStore
@@ -140,8 +140,8 @@ class ThreadStore:
         self._runs = runs
 
     @classmethod
-    async def open(cls, nc: Client, runs: RunStore) -> ThreadStore:
-        js = nc.jetstream()
+    async def open(cls, nc: Client, runs: RunStore, js: JetStreamContext | None = None) -> ThreadStore:
+        js = js or nc.jetstream()
         return cls(nc, js, await js.key_value(subjects.THREADS_BUCKET), runs)
 
     # -- records ------------------------------------------------------------------------
@@ -157,6 +157,17 @@ class ThreadStore:
     async def get(self, tenant: str, thread_id: str) -> ThreadRecord | None:
         found = await self._read(tenant, thread_id)
         return found[0] if found else None
+
+    async def find(self, thread_id: str) -> ThreadRecord | None:
+        """The thread ``thread_id`` whatever its tenant (admin keys): one wildcard read."""
+        try:
+            raw = await self._js.get_last_msg(f"KV_{subjects.THREADS_BUCKET}",
+                                              subjects.thread_record_subject("*", thread_id))
+        except NotFoundError:
+            return None
+        if not raw.data or (raw.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return ThreadRecord.model_validate_json(raw.data)
 
     async def claim(self, tenant: str, thread_id: str, run_id: str, *, max_runs: int) -> ThreadRecord:
         """Make ``run_id`` the thread's run in progress and list it among its runs.

@@ -30,6 +30,7 @@ from flowrelay_bus.index import RunIndex
 from flowrelay_bus.lifecycle import stop_broker
 from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
+from flowrelay_bus.threads import ThreadStore
 from flowrelay_contracts import subjects
 from flowrelay_contracts.ids import RunIdGenerator
 from flowrelay_contracts.tenants import DEFAULT_TENANT
@@ -58,6 +59,7 @@ class ApiContext:
     outputs: OutputStore
     rate: RateLimiter
     queue: QueueGauge
+    threads: ThreadStore
     health: BusHealth = field(default_factory=BusHealth)
     ids: RunIdGenerator = field(default_factory=RunIdGenerator)
 
@@ -81,13 +83,15 @@ class ApiContext:
             await broker.stop()
             raise
         log.info("connected to NATS; %d executor(s) live; auth: %s", len(executors.live), settings.auth)
+        runs = await RunStore.open(js)
         return cls(
             settings=settings,
             metrics=metrics,
             broker=broker,
             nc=nc,
             js=js,
-            runs=await RunStore.open(js),
+            runs=runs,
+            threads=await ThreadStore.open(nc, runs, js),
             index=RunIndex(js),
             idempotency=idempotency,
             executors=executors,

@@ -53,6 +53,7 @@ from flowrelay_bus.events import RunEventLog, last_event, terminal_msg_id
 from flowrelay_bus.index import RunIndex
 from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
+from flowrelay_bus.threads import ThreadStore
 from flowrelay_contracts import (
     Checkpoint,
     DeadLetter,
@@ -81,7 +82,8 @@ from flowrelay_contracts.tracing import trace_context
 from flowrelay_contracts.workflow import WorkflowError, WorkflowProblem
 from flowrelay_executor import retries
 from flowrelay_executor.durable import Attempt, Durability
-from flowrelay_executor.jobs import CHECKPOINT, Job, ModelDefaults, Outcome
+from flowrelay_executor.conversations import Conversations, ThreadRefused
+from flowrelay_executor.jobs import CHECKPOINT, Job, JobHistory, ModelDefaults, Outcome, StreamSpec
 from flowrelay_executor.metrics import ExecutorMetrics
 from flowrelay_executor.payloads import fit_event, output_bytes
 from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
@@ -157,6 +159,7 @@ class Executor:
         self._executors_kv: KeyValue | None = None
         self._outputs: OutputStore | None = None
         self._durability: Durability = None  # type: ignore[assignment]  # set by attach
+        self._conversations: Conversations | None = None
         self._active: dict[str, _ActiveRun] = {}
         self._slots: asyncio.Semaphore | None = None
         self._draining = asyncio.Event()
@@ -222,6 +225,7 @@ class Executor:
         self._outputs = OutputStore(js)
         self._durability = Durability(executor_id=self.executor_id, runs=self._store,
                                       checkpoints=await CheckpointStore.open(nc, js, self.settings))
+        self._conversations = Conversations(await ThreadStore.open(nc, self._store), self.settings)
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._consumer.add_done_callback(_report_stopped_consumer)
@@ -309,7 +313,7 @@ class Executor:
             self._slots.release()
 
     async def _execute(self, msg: Msg, request: RunRequested) -> None:
-        assert self._store is not None and self._js is not None and self.pool is not None
+        assert self._store is not None and self._js is not None and self.pool is not None and self._conversations is not None
         run_id = request.run_id
         if run_id in self._active:
             # Redelivered while this executor runs it (heartbeats failed during a broker
@@ -380,10 +384,13 @@ class Executor:
             if too_big := _over_limits(request, self.settings):
                 raise WorkflowError(too_big)
             pattern = plan(request.workflow).pattern
+            history = await self._conversations.history(request) if request.thread_id else None
         except WorkflowError as exc:
             outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_WORKFLOW, message=str(exc)))
+        except ThreadRefused as exc:
+            outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_REQUEST, message=str(exc)))
         else:
-            outcome = await self._run_attempt(run, record, pattern, defaults)
+            outcome = await self._run_attempt(run, record, pattern, defaults, history)
             if outcome is None:  # handed back to JetStream for a retry later
                 return
         await self._close_outbox(run)
@@ -393,10 +400,11 @@ class Executor:
         await self._finish_durably(run, outcome)
 
     async def _run_attempt(
-        self, run: _ActiveRun, record: RunRecord, pattern: Pattern, defaults: ModelDefaults
+        self, run: _ActiveRun, record: RunRecord, pattern: Pattern, defaults: ModelDefaults, history: JobHistory | None
     ) -> Outcome | None:
         """Run this attempt within what is left of the run's deadline, resuming after the steps
-        earlier attempts finished; its outcome, or None once a retry has been scheduled."""
+        earlier attempts finished (on a thread: with its earlier turns); its outcome, or None
+        once a retry has been scheduled."""
         request, attempt = run.request, run.attempt
         limits = self._limits(request.options)
         # The deadline counts from the first attempt's start: it covers every attempt.
@@ -413,6 +421,8 @@ class Executor:
             timeout_s=remaining, run_timeout_s=limits.timeout_s, max_turns=limits.max_turns, defaults=defaults,
             attempt=attempt, checkpoints={c.name: c for c in run.checkpoints}, trace_context=trace_context(run.msg.headers),
             max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens, spent=spent, spent_cost_usd=spent_cost,
+            stream=StreamSpec(interval_s=self.settings.stream_interval_ms / 1000) if request.options.stream_tokens else None,
+            history=history,
         )
         log.debug("run %s: %s pattern, attempt %d", request.run_id, pattern, attempt)
         outcome, innocent = await self._attempt(run, job)
@@ -478,10 +488,12 @@ class Executor:
         executor still holds that claim (None: a run that was never claimed, e.g. cancelled
         while queued).
         """
-        assert self._store is not None and self._outputs is not None
+        assert self._store is not None and self._outputs is not None and self._conversations is not None
         now = utcnow()
         outcome, output_ref = await self._place_output(request, outcome)
         status = RunStatus(outcome.status)
+        if request.thread_id and attempt is not None:  # the turn first: the next run must see it
+            await self._conversations.record(request, attempt, outcome)
 
         def to_terminal(r: RunRecord) -> RunRecord | None:
             if r.terminal:
@@ -686,7 +698,7 @@ class Executor:
                                       fail_record=False)
             return False
         record = RunRecord(run_id=request.run_id, tenant=request.tenant, input=request.input,
-                           workflow=request.workflow, created_at=request.created_at)
+                           workflow=request.workflow, created_at=request.created_at, thread_id=request.thread_id)
         if await self._store.create(record):
             await self._index.add(RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at))
         return True
@@ -819,6 +831,10 @@ def _over_limits(request: RunRequested, settings: ExecutorSettings) -> list[Work
         problems.append(WorkflowProblem(
             pointer="/input", message=f"{size} bytes is above the limit of {settings.max_input_bytes} "
             "(FLOWRELAY_MAX_INPUT_BYTES)"))
+    elif request.thread_id and size > settings.max_thread_message_bytes:
+        problems.append(WorkflowProblem(
+            pointer="/input", message=f"{size} bytes is above the limit of {settings.max_thread_message_bytes} "
+            "for a message on a thread (FLOWRELAY_MAX_THREAD_MESSAGE_BYTES)"))
     return problems
 
 
