@@ -145,8 +145,10 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             subjects.EVENTS_ALL, subjects.INDEX_ALL, subjects.RUN_FAILED, subjects.DEADLETTER,
             subjects.THREADS_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
             _kv(subjects.THREADS_BUCKET),
+            # ask_human: resume requests for answers sent over NATS; parked requests removed
+            subjects.RUN_REQUESTED_ALL, f"{_API}.STREAM.MSG.DELETE.{subjects.RUNS_STREAM}",
         ]
-        subscribe = ["_INBOX.>", subjects.RUN_CANCEL_ALL]
+        subscribe = ["_INBOX.>", subjects.RUN_CANCEL_ALL, subjects.RUN_INPUT_ALL]
     elif role == Role.SUGGESTER:
         publish = [
             *_declare(_SHARED_STREAMS),
@@ -169,10 +171,13 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             f"{_API}.DIRECT.GET.{threads_kv}.{subjects.thread_record_subject(tenant, '>')}",
         ]
         if role == Role.CLIENT:
-            publish += [subjects.run_requested(tenant), subjects.run_cancel(tenant, "*"),
+            publish += [subjects.run_requested(tenant), subjects.run_cancel(tenant, "*"), subjects.run_input(tenant, "*"),
                         subjects.thread_record_subject(tenant, "*")]  # new threads (KV create)
         subscribe = [own_events, f"{subjects.tenant_inbox_prefix(tenant)}.>"]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+    perms: dict[str, Any] = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+    if role == Role.EXECUTOR:
+        perms["allow_responses"] = True  # replies to answers sent over NATS (RUN_INPUT_ALL)
+    return perms
 
 
 def hash_password(password: str) -> str:

@@ -244,3 +244,63 @@ def test_a_turn_larger_than_the_budget_is_stored_shortened() -> None:
     assert [m["role"] for m in small.messages] == ["user", "assistant"]
     assert small.messages[1]["content"].startswith("zzz")
     assert compact_turn(turn, 100_000) is turn
+
+
+# -- ask_human: pause and resume ------------------------------------------------------------
+
+ASK = '#call=ask_human {"question": "Which colour?", "choices": ["red", "blue"]}'
+
+
+async def test_ask_human_pauses_with_the_conversation_and_resumes_with_the_answer(engine: Engine, model_url: str) -> None:
+    from flowrelay_executor.jobs import ResumePoint
+
+    agents = [{"name": "painter", "instructions": "Paint.", "tools": ["ask_human", "add"]}]
+    first = job(model_url, ASK, agents=agents, history=JobHistory())
+    paused, rec1 = await run(engine, first)
+    assert paused.status == "waiting" and paused.output is None and paused.error is None
+    state = paused.pause
+    assert state is not None and state.question == "Which colour?" and state.choices == ["red", "blue"]
+    assert state.agent == "painter" and state.step_index == 0 and state.turn_prefix == 1
+    assert state.messages[-1]["tool_calls"][0]["id"] == state.tool_call_id
+    assert [d["tool"] for d in rec1.of(EventType.TOOL_STARTED)] == ["ask_human"]
+    assert rec1.of(EventType.TOOL_FINISHED) == [] and rec1.of(EventType.AGENT_FINISHED) == []
+    assert paused.usage.input_tokens > 0  # what the first segment spent is reported
+
+    resumed_job = first.model_copy(update={"resume": ResumePoint(wait_id="w1", state=state, answer="blue")})
+    done, rec2 = await run(engine, resumed_job)
+    assert done.status == "succeeded", done.error
+    assert done.output == "blue"  # the scripted model answers with the tool's result: the answer
+    [finished] = rec2.of(EventType.TOOL_FINISHED)
+    assert finished["tool"] == "ask_human" and finished["result"] == "blue"
+    assert rec2.of(EventType.AGENT_STARTED)[0]["resumed"] is True
+    spent = [d for d in rec1.of(EventType.LLM_FINISHED) + rec2.of(EventType.LLM_FINISHED)]
+    assert done.usage.input_tokens == sum(d["input_tokens"] for d in spent)  # every segment counted once
+    assert done.usage.output_tokens == sum(d["output_tokens"] for d in spent)
+    assert [d["turn"] for d in rec2.of(EventType.LLM_STARTED)] == [2]  # turns continue across the pause
+    # the thread turn: the user's message, the question, the answer, the final answer
+    assert done.turn is not None and [m["role"] for m in done.turn] == ["user", "assistant", "tool", "assistant"]
+    assert done.turn[2] == {"role": "tool", "tool_call_id": state.tool_call_id, "name": "ask_human", "content": "blue"}
+
+
+async def test_a_sequential_step_asks_and_the_chain_continues_after_it(engine: Engine, model_url: str) -> None:
+    from flowrelay_executor.jobs import ResumePoint
+
+    agents = [{"name": "one", "instructions": "a", "tools": ["ask_human"]}, {"name": "two", "instructions": "b"}]
+    first = job(model_url, ASK, agents=agents, pattern="sequential")
+    paused, _ = await run(engine, first)
+    assert paused.status == "waiting" and paused.pause is not None and paused.pause.step_index == 0
+    done, rec = await run(engine, first.model_copy(update={
+        "resume": ResumePoint(wait_id="w", state=paused.pause, answer="red")}))
+    assert done.status == "succeeded", done.error
+    assert [d["agent"] for d in rec.of(EventType.AGENT_STARTED)] == ["one", "two"]
+    assert [d["step"] for d in rec.of(EventType.AGENT_STARTED)] == [2, 3]  # numbering continues
+    assert done.output == "echo: red"  # the second agent got the first one's answer
+
+
+async def test_a_sub_agent_cannot_ask(engine: Engine, model_url: str) -> None:
+    agents = [{"name": "boss", "instructions": "Delegate."}, {"name": "helper", "instructions": "h", "tools": ["ask_human"]}]
+    # the coordinator forwards the user's text (with the directive) to its sub-agent
+    text = '#call=helper {"request": "#call=ask_human {\\"question\\": \\"ok?\\"}"}'
+    outcome, _ = await run(engine, job(model_url, text, agents=agents, pattern="collaborative"))
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.code == "invalid_workflow" and "ask_human" in outcome.error.message

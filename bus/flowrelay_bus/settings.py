@@ -126,6 +126,18 @@ class BusSettings(BaseSettings):
         default=1000, ge=1, description="Most runs one thread may have (409 above: start a new thread)."
     )
 
+    # -- human in the loop (ask_human) -------------------------------------------------------
+    default_wait_timeout_s: float = Field(
+        default=3600.0, gt=0, description="How long a question of ask_human waits for its answer when the run sets "
+        "no options.wait_timeout_s.",
+    )
+    max_wait_timeout_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Longest options.wait_timeout_s a run may ask for (422 above).",
+    )
+    max_answer_bytes: int = Field(
+        default=16 * 1024, ge=1, description="Largest answer to an ask_human question, in UTF-8 bytes (422 above).",
+    )
+
     mcp_url_allowlist: str = Field(
         default="",
         description="Comma-separated hosts, host:port or CIDR networks that MCP URLs may reach although they "

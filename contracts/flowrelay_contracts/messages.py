@@ -171,6 +171,10 @@ class RunOptions(BaseModel):
     stream_tokens: bool = Field(
         default=False, description="Send the models' text as it is written (llm.delta events)."
     )
+    wait_timeout_s: float | None = Field(
+        default=None, gt=0, description="How long a question of ask_human waits for its answer before the run "
+        "fails (timeout); the wait does not count against timeout_s.",
+    )
 
 
 class Usage(BaseModel):
@@ -257,6 +261,8 @@ class RunRequested(_Message):
     #: The conversation this run continues (``POST /threads/{id}/runs``): its agent sees the
     #: thread's earlier turns.
     thread_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    #: Set on the request that resumes a run paused by ``ask_human``: the answered wait's id.
+    resume: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class TraceEvent(_Message):
@@ -368,6 +374,8 @@ class CheckpointKind(StrEnum):
     AGENT_STEP = "agent_step"
     #: A completed call of a sub-agent by its coordinator (collaborative).
     SUB_AGENT_CALL = "sub_agent_call"
+    #: A run paused by ``ask_human``: the asking agent's conversation, to resume it from.
+    HUMAN_WAIT = "human_wait"
 
 
 class Checkpoint(_Message):
@@ -399,6 +407,41 @@ class Checkpoint(_Message):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+# -- human in the loop -------------------------------------------------------------------
+
+
+class HumanWait(BaseModel):
+    """A question of ``ask_human`` waiting for (or holding) its answer (``RunRecord.waiting``).
+
+    While the run is ``waiting`` no worker holds it: its conversation is saved in a checkpoint
+    and its request is parked in the run queue until ``deadline``. An answer (``POST
+    /runs/{id}/input``) is stored here, the run turns ``queued`` and a resume request is
+    queued for whichever executor takes it.
+    """
+
+    wait_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    agent: str
+    question: str
+    choices: list[str] | None = None
+    asked_at: datetime = Field(default_factory=utcnow)
+    deadline: datetime
+    answer: str | None = None
+    answered_at: datetime | None = None
+    #: The run's options, for the request that resumes it.
+    options: RunOptions = Field(default_factory=RunOptions)
+    #: Stream sequence of the parked request (removed once the run resumes).
+    parked_seq: int | None = None
+
+
+class HumanInput(_Message):
+    """An answer to a waiting run: body of ``POST /runs/{id}/input`` and payload of a request
+    on ``flowrelay.runs.input.<tenant>.<run_id>``. ``wait_id`` (optional) guards against
+    answering a question that is no longer the one asked."""
+
+    answer: str
+    wait_id: str | None = None
+
+
 # -- run record -------------------------------------------------------------------------
 
 
@@ -425,6 +468,8 @@ class RunRecord(_Message):
     model_provider: str | None = None
     #: The thread the run belongs to, if any.
     thread_id: str | None = None
+    #: The question the run waits on (status ``waiting``), or its answer before it resumes.
+    waiting: HumanWait | None = None
     executor_id: str | None = None
     attempts: int = 0
     #: Attempts that failed retryably and were scheduled again, oldest first.

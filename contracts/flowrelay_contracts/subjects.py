@@ -14,6 +14,7 @@ subject                                         published by            consumed
 ==============================================  ======================  ==========================
 ``flowrelay.runs.requested.<tenant>``           api, client             executor (durable, queue)
 ``flowrelay.runs.cancel.<tenant>.<run_id>``     api, client             executor (core broadcast)
+``flowrelay.runs.input.<tenant>.<run_id>``      client                  executor (queue, replies)
 ``flowrelay.events.<tenant>.<run_id>``          executor, suggester     api (SSE), client, you
 ``flowrelay.index.<tenant>.<run_id>``           api, executor           api (GET /runs)
 ``flowrelay.runs.failed``                       executor                suggester (durable)
@@ -40,6 +41,12 @@ RUN_REQUESTED_ALL = f"{RUN_REQUESTED_PREFIX}.*"
 #: ``flowrelay.runs.cancel.<tenant>.<run_id>``.
 RUN_CANCEL_PREFIX = f"{ROOT}.runs.cancel"
 RUN_CANCEL_ALL = f"{RUN_CANCEL_PREFIX}.*.*"
+
+#: An answer for a run waiting on ``ask_human`` (payload: ``HumanInput``); core NATS
+#: request-reply, one executor of ``INPUT_QUEUE`` applies it and replies;
+#: ``flowrelay.runs.input.<tenant>.<run_id>``.
+RUN_INPUT_PREFIX = f"{ROOT}.runs.input"
+RUN_INPUT_ALL = f"{RUN_INPUT_PREFIX}.*.*"
 
 #: Failure reports for the suggester (payload: ``RunFailed``).
 RUN_FAILED = f"{ROOT}.runs.failed"
@@ -89,6 +96,11 @@ def tenant_events(tenant: str) -> str:
 def run_cancel(tenant: str, run_id: str) -> str:
     """Subject on which a cancel request for ``run_id`` is broadcast to executors."""
     return f"{RUN_CANCEL_PREFIX}.{tenant}.{run_id}"
+
+
+def run_input(tenant: str, run_id: str) -> str:
+    """Subject on which a NATS client answers ``run_id``'s question."""
+    return f"{RUN_INPUT_PREFIX}.{tenant}.{run_id}"
 
 
 def run_index(tenant: str, run_id: str) -> str:
@@ -147,6 +159,9 @@ SUGGESTER_ADVISE_CONSUMER = "suggester-advise"
 
 #: Queue group of executors applying cancel requests to records (one of them per request).
 CANCEL_QUEUE = "flowrelay-cancel"
+
+#: Queue group of executors applying answers sent over NATS (one of them per answer).
+INPUT_QUEUE = "flowrelay-input"
 
 # -- key-value buckets ------------------------------------------------------------------
 

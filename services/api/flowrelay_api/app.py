@@ -14,7 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
-from flowrelay_api import routes_console, routes_execute, routes_keys, routes_ops, routes_runs, routes_threads
+from flowrelay_api import (
+    routes_console,
+    routes_execute,
+    routes_keys,
+    routes_ops,
+    routes_runs,
+    routes_threads,
+)
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import install_error_handlers
 from flowrelay_api.limits import BodyLimitMiddleware

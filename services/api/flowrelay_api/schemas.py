@@ -17,6 +17,7 @@ from starlette.responses import Response
 from flowrelay_contracts import (
     AgentUsage,
     ExecutorCapabilities,
+    HumanWait,
     Isolation,
     OutputRef,
     RunError,
@@ -118,6 +119,10 @@ class RunView(BaseModel):
     isolation: Isolation | None = None
     model_provider: str | None = None
     thread_id: str | None = Field(default=None, description="The thread the run belongs to (POST /threads/{id}/runs).")
+    waiting: HumanWait | None = Field(
+        default=None, description="The question of ask_human the run waits on (status `waiting`), or the last one "
+        "and its answer.",
+    )
     agents: list[AgentUsage] = Field(default_factory=list)
     attempts: int = 0
     cancel_requested: bool = False
@@ -221,6 +226,26 @@ class ThreadView(BaseModel):
     messages: list[dict[str, Any]]
     turns_omitted: int = 0
     links: ThreadLinks
+
+
+class AnswerSubmission(BaseModel):
+    """Body of ``POST /runs/{run_id}/input``: the answer to the run's ``ask_human`` question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: str = Field(min_length=1, description="The answer (one of the question's choices, when it offers some).")
+    wait_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The question answered (`waiting.wait_id` of the run): refused (409) if the run now waits on another.",
+    )
+
+
+class AnswerAccepted(BaseModel):
+    """Answer of ``POST /runs/{run_id}/input``: the answer is stored and the run is queued to resume."""
+
+    run_id: str
+    status: RunStatus
+    wait_id: str
 
 
 class ExecuteResult(BaseModel):

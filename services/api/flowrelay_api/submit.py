@@ -62,6 +62,7 @@ from flowrelay_contracts import (
     plan,
     subjects,
 )
+from flowrelay_contracts.hitl import ask_human_problems
 from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tracing import trace_context
 
@@ -147,6 +148,15 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
                 "less_than_equal",
             )
         )
+    if options.wait_timeout_s is not None and options.wait_timeout_s > settings.max_wait_timeout_s:
+        problems.append(
+            (
+                ("body", "options", "wait_timeout_s"),
+                f"{options.wait_timeout_s:g} s is above the limit of {settings.max_wait_timeout_s:g} s "
+                "(FLOWRELAY_MAX_WAIT_TIMEOUT_S)",
+                "less_than_equal",
+            )
+        )
     max_turns = options.max_turns if options.max_turns is not None else settings.default_max_turns
     if max_turns > settings.max_max_turns:
         problems.append(
@@ -159,7 +169,10 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
     problems += policy.option_problems(options, settings)
     if problems:
         raise InvalidRequest(problems)
-    return policy.resolve(options.model_copy(update={"timeout_s": timeout_s, "max_turns": max_turns}), settings)
+    return policy.resolve(options.model_copy(update={
+        "timeout_s": timeout_s, "max_turns": max_turns,
+        "wait_timeout_s": options.wait_timeout_s or settings.default_wait_timeout_s,
+    }), settings)
 
 
 async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> RunOptions:
@@ -167,9 +180,11 @@ async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> Ru
         if problems := check_shape(body, ctx.settings):  # first: bounds the work of the rest
             raise InvalidRequest(problems)
         try:
-            plan(body.workflow)
+            workflow_plan = plan(body.workflow)
         except WorkflowError as exc:
             raise InvalidRequest.from_workflow(exc.problems) from None
+        if problems := ask_human_problems(body.workflow, workflow_plan):
+            raise InvalidRequest.from_workflow(problems)
         options = _resolve_options(body.options, ctx.settings)
     except InvalidRequest:
         ctx.metrics.submitted(SubmitOutcome.INVALID)

@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from flowrelay_api.auth import Principal
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import ApiError, Conflict, InvalidRequest
-from flowrelay_api.schemas import RunSubmission, ThreadCreate, ThreadLinks, ThreadRunView, ThreadView
+from flowrelay_api.schemas import (
+    RunSubmission,
+    ThreadCreate,
+    ThreadLinks,
+    ThreadRunView,
+    ThreadView,
+)
 from flowrelay_api.submit import Submitted, submit
 from flowrelay_bus.threads import ThreadBusy, ThreadFull, ThreadMissing
 from flowrelay_contracts import RunRecord, Usage

@@ -12,17 +12,20 @@ accepted after that, so it always sees this turn.
 from __future__ import annotations
 
 from flowrelay_bus.threads import ThreadBusy, ThreadFull, ThreadMissing, ThreadStore
-from flowrelay_contracts import RunRequested, RunStatus
+from flowrelay_contracts import ErrorCode, RunError, RunRequested, RunStatus
 from flowrelay_contracts.threads import ThreadTurn
-from flowrelay_executor.jobs import JobHistory, Outcome
+from flowrelay_executor.jobs import CannotStart, JobHistory, Outcome
 from flowrelay_executor.settings import ExecutorSettings
 
 __all__ = ["Conversations", "ThreadRefused"]
 
 
-class ThreadRefused(Exception):
+class ThreadRefused(CannotStart):
     """The run cannot go on its thread (missing, busy with another run, full): it fails
     ``invalid_request`` with this message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RunError(code=ErrorCode.INVALID_REQUEST, message=message))
 
 
 class Conversations:

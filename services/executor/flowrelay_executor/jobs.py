@@ -46,6 +46,38 @@ class JobHistory(BaseModel):
     dropped: int = 0
 
 
+class PauseState(BaseModel):
+    """Everything needed to resume a run paused by ``ask_human`` (see ``engine.human``);
+    the executor saves it as the run's checkpoint."""
+
+    #: Which top-level agent asked (its place in the workflow's order).
+    step_index: int
+    agent: str
+    messages: list[dict[str, Any]]
+    tool_call_id: str
+    #: Calls of the same model message after ``ask_human`` (never run).
+    later_calls: list[str] = Field(default_factory=list)
+    question: str
+    choices: list[str] | None = None
+    #: Per agent: ``input_tokens``, ``output_tokens``, ``costs`` (one per model call),
+    #: ``notes``, ``turns``: the run's totals continue from these.
+    tallies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    steps: int = 0
+    #: Seconds the run has executed so far (its deadline covers every segment).
+    executed_s: float = 0.0
+    #: For a thread run's first agent: where its turn starts in ``messages``, its history.
+    turn_prefix: int | None = None
+    history: JobHistory | None = None
+
+
+class ResumePoint(BaseModel):
+    """A paused run's saved state and the answer it resumes with."""
+
+    wait_id: str
+    state: PauseState
+    answer: str
+
+
 class Job(BaseModel):
     """One run, resolved: limits are concrete numbers, defaults filled in."""
 
@@ -75,12 +107,15 @@ class Job(BaseModel):
     #: Set for runs on a thread (possibly with no earlier turns): the outcome then carries
     #: the turn the run adds.
     history: JobHistory | None = None
+    #: Set when the run resumes after an answer to ``ask_human``.
+    resume: ResumePoint | None = None
 
 
 class Outcome(BaseModel):
     """How a run ended inside a worker."""
 
-    status: Literal["succeeded", "failed", "cancelled"]
+    #: ``waiting``: paused by ``ask_human`` (``pause`` says where); no worker holds it any more.
+    status: Literal["succeeded", "failed", "cancelled", "waiting"]
     output: Any = None
     error: RunError | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -94,6 +129,15 @@ class Outcome(BaseModel):
     #: those are the answering agent's real messages or the user's text and the answer.
     turn: list[dict[str, Any]] | None = None
     turn_form: Literal["messages", "text"] = "messages"
+    pause: PauseState | None = None
+
+
+class CannotStart(Exception):
+    """The run cannot start (its thread is busy, its saved state is gone...): it fails with ``error``."""
+
+    def __init__(self, error: RunError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def timed_out(job: Job, how: str) -> Outcome:

@@ -11,6 +11,7 @@ from opentelemetry import context as otel_context
 from flowrelay_executor import costs, tracing
 from flowrelay_executor.engine.agents import AgentFactory, AgentPool
 from flowrelay_executor.engine.frameworks import ADAPTERS, available_frameworks
+from flowrelay_executor.engine.human import WaitForHuman
 from flowrelay_executor.engine.patterns import Orchestrator
 from flowrelay_executor.engine.run import CURRENT_RUN, Emit, Failed, RunState
 from flowrelay_executor.engine.streaming import DeltaStream
@@ -126,6 +127,8 @@ class Engine:
         """Run it; every failure becomes a failed outcome (cancellation propagates)."""
         try:
             output = await self._orchestrator.execute(run)
+        except WaitForHuman:
+            return run.outcome(status="waiting")  # the executor saves run.pause and frees the slot
         except Failed:
             return run.outcome(status="failed")
         except Exception as exc:  # noqa: BLE001 - a bug or unexpected library error: report it

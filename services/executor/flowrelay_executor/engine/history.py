@@ -41,7 +41,7 @@ class Conversation:
     given_as: Literal["messages", "text"]
     framework: str
     history: JobHistory
-    _prefix: int = 0  # messages of ``prompt`` before the user's message
+    prefix: int = 0  # messages of ``prompt`` before the user's message
 
     @classmethod
     def start(cls, history: JobHistory, user_input: str, *, framework: str, instructions: str) -> Conversation:
@@ -53,9 +53,14 @@ class Conversation:
                         *copy.deepcopy(history.messages)]
             prompt: str | list[dict[str, Any]] = [*messages, {"role": "user", "content": user_input}]
             return cls(prompt=prompt, given_as="messages", framework=framework, history=history,
-                       _prefix=len(messages))
+                       prefix=len(messages))
         text = f"{transcript(history.messages)}\n\n{NEW_MESSAGE_HEADER}\n{user_input}" if history.messages else user_input
         return cls(prompt=text, given_as="text", framework=framework, history=history)
+
+    @classmethod
+    def resumed(cls, messages: list[dict[str, Any]], *, prefix: int, history: JobHistory, framework: str) -> Conversation:
+        """The first agent's conversation continued after a pause (``engine.human``)."""
+        return cls(prompt=messages, given_as="messages", framework=framework, history=history, prefix=prefix)
 
     def notice(self) -> dict[str, Any]:
         """What ``agent.started`` says about the history this agent was given."""
@@ -71,8 +76,8 @@ class Conversation:
     def turn(self, user_input: str, output: Any, *, answer_is_agents: bool) -> tuple[list[dict[str, Any]], str]:
         """The turn to store: (messages, form). ``answer_is_agents``: this agent's answer is
         the run's answer (no other agent came after it)."""
-        if answer_is_agents and isinstance(self.prompt, list) and len(self.prompt) > self._prefix:
-            return [_plain(m) for m in self.prompt[self._prefix:]], "messages"
+        if answer_is_agents and isinstance(self.prompt, list) and len(self.prompt) > self.prefix:
+            return [_plain(m) for m in self.prompt[self.prefix:]], "messages"
         return [{"role": "user", "content": user_input}, {"role": "assistant", "content": as_text(output)}], "text"
 
 

@@ -34,7 +34,7 @@ from flowrelay_executor.engine.budget import Budget
 from flowrelay_executor.engine.resume import StepLog
 from flowrelay_executor.engine.text import elapsed_ms, truncate
 from flowrelay_executor.errors import BudgetExceeded, Redactor, TurnLimitExceeded, classify
-from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.jobs import Job, Outcome, PauseState
 
 if TYPE_CHECKING:
     from flowrelay_executor.engine.agents import Lease
@@ -120,6 +120,15 @@ class RunState:
         self.stream: DeltaStream | None = None
         #: What a run on a thread adds to it: (messages, form), once its answer is known.
         self.turn: tuple[list[dict[str, Any]], str] | None = None
+        #: Each agent's live message list, as its last ``before_llm_call`` saw it (tinyagent):
+        #: what a pause saves (``engine.human``).
+        self.live_messages: dict[str, list[Any]] = {}
+        #: Agents whose conversation is the run's own (they may ask a person and pause).
+        self.top_level: frozenset[str] = frozenset()
+        #: Set when the run paused for a person's answer.
+        self.pause: PauseState | None = None
+        self._clock = time.monotonic()
+        self._executed_before = job.resume.state.executed_s if job.resume else 0.0
         self._emit = emit
         self._max_chars = max_chars
         self._steps = 0
@@ -190,6 +199,29 @@ class RunState:
         if agent not in self._tallies:
             self._tallies[agent] = Tally()
         return self._tallies[agent]
+
+    @property
+    def step_count(self) -> int:
+        """Steps begun so far (earlier segments included)."""
+        return self._steps
+
+    def executed_s(self) -> float:
+        """Seconds this run has executed, earlier segments (before a pause) included."""
+        return self._executed_before + time.monotonic() - self._clock
+
+    def tallies_state(self) -> dict[str, dict[str, Any]]:
+        """The tallies as JSON data (saved when the run pauses)."""
+        return {name: {"input_tokens": t.usage.input_tokens, "output_tokens": t.usage.output_tokens,
+                       "costs": t.costs, "notes": sorted(t.notes), "turns": t.turns}
+                for name, t in self._tallies.items()}
+
+    def restore(self, state: PauseState) -> None:
+        """Continue the tallies and step numbers of the segments before a pause."""
+        self._steps = state.steps
+        for name, saved in state.tallies.items():
+            self._tallies[name] = Tally(
+                usage=Usage(input_tokens=saved["input_tokens"], output_tokens=saved["output_tokens"]),
+                costs=list(saved["costs"]), notes=set(saved["notes"]), turns=saved["turns"])
 
     # failures ------------------------------------------------------------------------------
 
@@ -327,7 +359,7 @@ class RunState:
         all_costs = [cost for tally in self._tallies.values() for cost in tally.costs]
         return usage, costs.total([*all_costs, self.job.spent_cost_usd])
 
-    def outcome(self, *, status: Literal["succeeded", "failed"], output: Any = None) -> Outcome:
+    def outcome(self, *, status: Literal["succeeded", "failed", "waiting"], output: Any = None) -> Outcome:
         agents = [
             AgentUsage(
                 agent=name,
@@ -357,6 +389,7 @@ class RunState:
             # the turn may quote a secret (a tool echoed a key), like the output
             turn=self.redact(turn[0]) if turn else None,
             turn_form=turn[1] if turn else "messages",
+            pause=self.pause if status == "waiting" else None,
         )
 
 
