@@ -126,7 +126,7 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             subjects.INDEX_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.IDEMPOTENCY_BUCKET),
             _kv(subjects.API_KEYS_BUCKET), _kv(subjects.THREADS_BUCKET),
         ]
-        subscribe = ["_INBOX.>", subjects.EVENTS_ALL, _kv(subjects.RUNS_BUCKET)]
+        subscribe = ["_INBOX.>", subjects.EVENTS_ALL, _kv(subjects.RUNS_BUCKET), subjects.RUN_INPUT_ALL]
     elif role == Role.EXECUTOR:
         checkpoints = f"KV_{subjects.CHECKPOINTS_BUCKET}"
         publish = [
@@ -145,10 +145,9 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             subjects.EVENTS_ALL, subjects.INDEX_ALL, subjects.RUN_FAILED, subjects.DEADLETTER,
             subjects.THREADS_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
             _kv(subjects.THREADS_BUCKET),
-            # ask_human: resume requests for answers sent over NATS; parked requests removed
-            subjects.RUN_REQUESTED_ALL, f"{_API}.STREAM.MSG.DELETE.{subjects.RUNS_STREAM}",
+            f"{_API}.STREAM.MSG.DELETE.{subjects.RUNS_STREAM}",  # a resumed run's parked request
         ]
-        subscribe = ["_INBOX.>", subjects.RUN_CANCEL_ALL, subjects.RUN_INPUT_ALL]
+        subscribe = ["_INBOX.>", subjects.RUN_CANCEL_ALL]
     elif role == Role.SUGGESTER:
         publish = [
             *_declare(_SHARED_STREAMS),
@@ -175,7 +174,7 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
                         subjects.thread_record_subject(tenant, "*")]  # new threads (KV create)
         subscribe = [own_events, f"{subjects.tenant_inbox_prefix(tenant)}.>"]
     perms: dict[str, Any] = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
-    if role == Role.EXECUTOR:
+    if role == Role.API:
         perms["allow_responses"] = True  # replies to answers sent over NATS (RUN_INPUT_ALL)
     return perms
 

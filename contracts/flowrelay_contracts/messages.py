@@ -169,7 +169,7 @@ class RunOptions(BaseModel):
         "(input plus output) than this."
     )
     stream_tokens: bool = Field(
-        default=False, description="Send the models' text as it is written (llm.delta events)."
+        default=False, strict=True, description="Send the models' text as it is written (llm.delta events)."
     )
     wait_timeout_s: float | None = Field(
         default=None, gt=0, description="How long a question of ask_human waits for its answer before the run "

@@ -5,7 +5,6 @@ The subscribers declared here are what ``faststream docs gen`` documents (AsyncA
 
 from __future__ import annotations
 
-import json
 import logging
 
 from faststream import AsyncAPI, FastStream
@@ -17,7 +16,6 @@ from flowrelay_bus.lifecycle import stop_broker
 from flowrelay_contracts import (
     CancelRequest,
     DeadLetter,
-    HumanInput,
     RunFailed,
     RunRequested,
     TraceEvent,
@@ -84,20 +82,6 @@ def create_app(
         tenant, run_id = _cancel_target(message.raw_message.subject)
         await executor.record_cancel(tenant, run_id, request.reason)
 
-    @broker.subscriber(
-        subjects.RUN_INPUT_ALL,
-        queue=subjects.INPUT_QUEUE,
-        title="answers",
-        description="flowrelay.runs.input.<tenant>.<run_id>: a NATS client answers the ask_human question of a "
-        "waiting run (request-reply). One executor of the queue group checks it like POST /runs/{id}/input, "
-        "stores it and queues the run's resumption; the reply says whether it was taken.",
-    )
-    async def on_input(body: HumanInput, message: NatsMessage) -> None:
-        tenant, run_id = _target(message.raw_message.subject, subjects.RUN_INPUT_PREFIX)
-        reply = await executor.answer(tenant, run_id, message.body)
-        if message.raw_message.reply:
-            await message.raw_message.respond(json.dumps(reply).encode())
-
     # What the executor publishes. service.py sends these through JetStream directly (it
     # needs message-id headers and publish acks); declaring them documents the channels.
     broker.publisher(
@@ -112,11 +96,6 @@ def create_app(
         subjects.THREADS_ALL, schema=ThreadTurn, title="thread turns",
         description="flowrelay.threads.<tenant>.<thread_id>: what each succeeded run on a thread added to the "
         "conversation (the user's message and the answering agent's messages), in order.",
-    )
-    broker.publisher(
-        subjects.RUN_REQUESTED_ALL, schema=RunRequested, title="resume requests",
-        description="flowrelay.runs.requested.<tenant> with 'resume' set: a run answered over NATS continues "
-        "on whichever executor takes it.",
     )
     broker.publisher(
         subjects.DEADLETTER, schema=DeadLetter, title="dead letters",
@@ -145,11 +124,7 @@ def create_app(
 def _cancel_target(subject: str) -> tuple[str, str]:
     """``(tenant, run_id)`` of a cancel subject: the subject, which NATS permissions vouch
     for, decides which run is meant, not the payload."""
-    return _target(subject, subjects.RUN_CANCEL_PREFIX)
-
-
-def _target(subject: str, prefix: str) -> tuple[str, str]:
-    tenant, _, run_id = subject[len(prefix) + 1 :].partition(".")
+    tenant, _, run_id = subject[len(subjects.RUN_CANCEL_PREFIX) + 1 :].partition(".")
     return tenant, run_id
 
 

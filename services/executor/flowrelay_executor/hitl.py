@@ -6,7 +6,7 @@ question and a deadline, ``run.waiting`` is published, and its request is handed
 JetStream with a delay that ends at the deadline (``nak(delay=...)``). Nothing of the run
 stays in this executor: its worker slot is free at once.
 
-Resuming: an answer (API or NATS) turns the record ``queued`` and queues a resume request
+Resuming: an answer (the API's, over HTTP or NATS) turns the record ``queued`` and queues a resume request
 (``RunRequested.resume``: the wait's id). Whichever executor takes it loads the checkpoint
 (:meth:`Waits.resume_point`) and the run continues with the answer; the parked request is
 deleted from the queue. The run's record keeps the last question and its answer
@@ -26,20 +26,18 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from flowrelay_bus.checkpoints import CheckpointStore
 from flowrelay_bus.events import RunEventLog
-from flowrelay_bus.hitl import InputRefused, answer_run
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import (
     Checkpoint,
     ErrorCode,
     EventType,
-    HumanInput,
     HumanWait,
     RunError,
     RunRecord,
@@ -190,23 +188,6 @@ class Waits:
             await self._checkpoints.clear(record.tenant, record.run_id)
         except Exception as exc:  # noqa: BLE001
             log.info("run %s: its checkpoints stay until they expire (%s)", record.run_id, type(exc).__name__)
-
-    # -- answers over NATS -------------------------------------------------------------------
-
-    async def answer(self, tenant: str, run_id: str, data: bytes) -> dict[str, Any]:
-        """Apply an answer a NATS client sent; the reply says whether it was taken."""
-        try:
-            given = HumanInput.model_validate_json(data)
-        except ValueError as exc:
-            return {"accepted": False, "code": "invalid_answer", "detail": f"not a HumanInput: {exc.errors()[0]['msg']}"
-                    if hasattr(exc, "errors") else "not a HumanInput"}
-        try:
-            record = await answer_run(self._store, self._js, tenant, run_id, given,
-                                      max_answer_bytes=self._settings.max_answer_bytes)
-        except InputRefused as refused:
-            return {"accepted": False, "code": refused.code, "detail": refused.message, "field": refused.field}
-        assert record.waiting is not None
-        return {"accepted": True, "run_id": run_id, "status": record.status.value, "wait_id": record.waiting.wait_id}
 
 
 def _checkpoint_name(wait_id: str) -> str:

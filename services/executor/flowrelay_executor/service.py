@@ -311,13 +311,6 @@ class Executor:
         _, outcome = await record_cancel(self._store, self._js, tenant, run_id, reason, by="executor")
         log.info("run %s: cancel requested over NATS: %s", run_id, outcome.value)
 
-    async def answer(self, tenant: str, run_id: str, data: bytes) -> dict[str, Any]:
-        """Apply an answer a NATS client sent to a waiting run (the reply's content)."""
-        assert self._waits is not None
-        if not (is_valid_tenant(tenant) and is_valid_run_id(run_id)):
-            return {"accepted": False, "code": "not_found", "detail": "no such run"}
-        return await self._waits.answer(tenant, run_id, data)
-
     # -- 3. execute -----------------------------------------------------------------------
 
     async def _guarded_execute(self, msg: Msg, request: RunRequested) -> None:
