@@ -166,7 +166,7 @@ async def test_a_waiting_run_holds_no_slot_and_resumes_on_another_executor(hitl_
     hitl_stack.executors.remove(first)
     answered = await api.post(f"/runs/{waiting}/input", json={"answer": "yes", "wait_id": asked["wait_id"]})
     assert answered.status_code == 202
-    second = hitl_stack.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="1")
+    hitl_stack.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="1")
     done = await bus.wait_record(waiting, timeout=60)
     assert done.status == RunStatus.SUCCEEDED and done.output == "yes"
     started = [e.data for e in await bus.events(waiting) if e.type == EventType.RUN_STARTED]

@@ -11,6 +11,10 @@ call, which cannot be saved).
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel
+
 from flowrelay_contracts.workflow import Pattern, Workflow, WorkflowPlan, WorkflowProblem
 
 #: Name of the built-in tool (what a node lists in ``tools``).
@@ -22,6 +26,21 @@ ASKING_FRAMEWORKS = frozenset({"tinyagent"})
 #: Most choices one question may offer, and their length.
 MAX_CHOICES = 32
 MAX_CHOICE_CHARS = 200
+
+
+class AnswerReply(BaseModel):
+    """The reply to an answer sent on ``flowrelay.runs.input.<tenant>.<run_id>``: taken (the
+    run is ``queued`` to resume) or refused with the code ``POST /runs/{id}/input`` answers
+    with (``not_found``, ``not_waiting``, ``stale_wait``, ``wait_expired``, ``invalid_answer``,
+    ``unavailable``) and the field at fault."""
+
+    accepted: bool
+    run_id: str | None = None
+    status: str | None = None
+    wait_id: str | None = None
+    code: Literal["not_found", "not_waiting", "stale_wait", "wait_expired", "invalid_answer", "unavailable"] | None = None
+    detail: str | None = None
+    field: str | None = None
 
 
 def ask_human_problems(workflow: Workflow, workflow_plan: WorkflowPlan, *, pointer: str = "/workflow") -> list[WorkflowProblem]:

@@ -11,7 +11,6 @@ work is the API's job: executors take runs, they never submit them.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from flowrelay_bus.hitl import InputRefused, answer_run
 from flowrelay_bus.runs import RunStore
 from flowrelay_contracts import HumanInput, subjects
+from flowrelay_contracts.hitl import AnswerReply
 from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.tenants import is_valid_tenant
 
@@ -37,27 +37,26 @@ async def serve_answers(nc: Client, runs: RunStore, *, max_answer_bytes: int) ->
     async def on_request(msg: Any) -> None:
         reply = await _apply(msg.subject, msg.data)
         if msg.reply:
-            await nc.publish(msg.reply, json.dumps(reply).encode())
+            await nc.publish(msg.reply, reply.__pydantic_serializer__.to_json(reply))
 
-    async def _apply(subject: str, data: bytes) -> dict[str, Any]:
+    async def _apply(subject: str, data: bytes) -> AnswerReply:
         tenant, _, run_id = subject[len(subjects.RUN_INPUT_PREFIX) + 1:].partition(".")
         if not (is_valid_tenant(tenant) and is_valid_run_id(run_id)):
-            return {"accepted": False, "code": "not_found", "detail": "no such run", "field": None}
+            return AnswerReply(accepted=False, code="not_found", detail="no such run")
         try:
             given = HumanInput.model_validate_json(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "payload"
-            return {"accepted": False, "code": "invalid_answer", "detail": f"{where}: {first['msg']}", "field": where}
+            return AnswerReply(accepted=False, code="invalid_answer", detail=f"{where}: {first['msg']}", field=where)
         try:
             record = await answer_run(runs, js, tenant, run_id, given, max_answer_bytes=max_answer_bytes)
         except InputRefused as refused:
-            return {"accepted": False, "code": refused.code, "detail": refused.message, "field": refused.field}
+            return AnswerReply(accepted=False, code=refused.code, detail=refused.message, field=refused.field)
         except Exception as exc:  # noqa: BLE001 - the sender needs an answer, the log the details
             log.warning("answer for run %s over NATS failed: %s", run_id, type(exc).__name__)
-            return {"accepted": False, "code": "unavailable", "detail": "the answer could not be stored; retry",
-                    "field": None}
+            return AnswerReply(accepted=False, code="unavailable", detail="the answer could not be stored; retry")
         assert record.waiting is not None
-        return {"accepted": True, "run_id": run_id, "status": record.status.value, "wait_id": record.waiting.wait_id}
+        return AnswerReply(accepted=True, run_id=run_id, status=record.status.value, wait_id=record.waiting.wait_id)
 
     return await nc.subscribe(subjects.RUN_INPUT_ALL, queue=subjects.INPUT_QUEUE, cb=on_request)

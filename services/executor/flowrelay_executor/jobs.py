@@ -32,7 +32,7 @@ class StreamSpec(BaseModel):
     """Token streaming of one run (``options.stream_tokens``): how fragments are batched."""
 
     #: A fragment waits at most this long for more text before it is sent.
-    interval_s: float = 0.05
+    interval_s: float = 0.1
     #: Most characters in one ``llm.delta`` (keeps every event far below the size limit).
     max_chars: int = 4096
 

@@ -47,7 +47,7 @@ class ExecutorSettings(BusSettings):
     max_timeout_s: float = Field(default=3600.0, gt=0, description="Cap on any run's deadline.")
     default_max_turns: int = Field(default=20, ge=1, description="LLM calls per agent for runs that set no options.max_turns.")
     stream_interval_ms: float = Field(
-        default=50.0, gt=0, le=5000,
+        default=100.0, gt=0, le=5000,
         description="Token streaming: a text fragment waits at most this long for more before its llm.delta is sent.",
     )
     kill_grace_s: float = Field(
