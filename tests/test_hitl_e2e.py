@@ -5,6 +5,7 @@ result: the human's answer). Also across an executor restart, a cancel and a dea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -190,3 +191,13 @@ async def test_history_is_trimmed_to_the_budget_at_turn_boundaries(hitl_stack: S
     started = [e.data for e in await bus.events(recall) if e.type == EventType.AGENT_STARTED][0]
     assert started["history"]["turns"] == 2 and started["history"]["dropped"] == 1
     assert "FLOWRELAY_THREAD_HISTORY_MAX_BYTES" in started["history"]["dropped_note"]
+
+
+async def test_the_wait_does_not_count_against_the_run_deadline(api: httpx.AsyncClient, bus: Bus) -> None:
+    run_id = await submit(api, ask("Still there?"), timeout_s=1)
+    await waiting_event(bus, run_id)
+    await asyncio.sleep(1.5)  # longer than the run's whole deadline: only the wait, not execution
+    assert (await api.post(f"/runs/{run_id}/input", json={"answer": "yes"})).status_code == 202
+    done = await bus.wait_record(run_id)
+    assert done.status == RunStatus.SUCCEEDED, done.error
+    assert done.output == "yes"

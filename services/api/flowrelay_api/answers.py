@@ -37,7 +37,7 @@ async def serve_answers(nc: Client, runs: RunStore, *, max_answer_bytes: int) ->
     async def on_request(msg: Any) -> None:
         reply = await _apply(msg.subject, msg.data)
         if msg.reply:
-            await nc.publish(msg.reply, reply.__pydantic_serializer__.to_json(reply))
+            await nc.publish(msg.reply, reply.model_dump_json(exclude_none=True).encode())
 
     async def _apply(subject: str, data: bytes) -> AnswerReply:
         tenant, _, run_id = subject[len(subjects.RUN_INPUT_PREFIX) + 1:].partition(".")
