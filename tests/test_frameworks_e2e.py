@@ -249,9 +249,15 @@ CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
     "stream_tokens": (stream_tokens, "`stream_tokens`"),
 }
 
-#: Cases run once the others have finished: the deadline case kills its worker (with every
-#: run on it) when a framework cannot stop a run cooperatively, and these count attempts.
-AFTERWARDS = frozenset({"resume_sequential", "resume_collaborative", "budget"})
+#: Cases run once the others have finished: these count attempts (a run re-run because its
+#: worker was killed would count twice).
+AFTERWARDS = frozenset({"resume_sequential", "resume_collaborative", "budget", "thread", "stream_tokens"})
+
+#: Run alone, last: the deadline case kills its worker (with every run on it) when the
+#: framework cannot stop a run cooperatively (smolagents runs in a thread), or when the
+#: cooperative stop is slower than FLOWRELAY_KILL_GRACE_S on a loaded machine; the runs
+#: killed with it would be retried and their traces would show it.
+ALONE = frozenset({"deadline"})
 
 
 # -- one stack per framework ------------------------------------------------------------------
@@ -276,10 +282,11 @@ async def outcomes(
             caps = await _capabilities(bus)
             async with httpx.AsyncClient(base_url=stack.api_url, headers=stack.auth_headers, timeout=60) as api:
                 harness = Harness(api=api, bus=bus, framework=framework, scripted_url=scripted_model)
-                first = [name for name in CASES if name not in AFTERWARDS]
+                first = [name for name in CASES if name not in AFTERWARDS | ALONE]
                 then = [name for name in CASES if name in AFTERWARDS]
+                last = [name for name in CASES if name in ALONE]
                 results: dict[str, Result | BaseException] = {}
-                for wave in (first, then):
+                for wave in (first, then, last):
                     done = await asyncio.gather(*(CASES[name][0](harness) for name in wave), return_exceptions=True)
                     results |= dict(zip(wave, done, strict=True))
             yield framework, results, caps
