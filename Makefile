@@ -100,6 +100,7 @@ asyncapi: install
 	mkdir -p docs/asyncapi
 	$(BIN)/faststream docs gen --factory flowrelay_executor.app:asyncapi_app --yaml --out docs/asyncapi/executor.yaml
 	$(BIN)/faststream docs gen --factory flowrelay_suggester.service:asyncapi_app --yaml --out docs/asyncapi/suggester.yaml
+	$(BIN)/faststream docs gen --factory flowrelay_api.asyncapi:asyncapi_app --yaml --out docs/asyncapi/api.yaml
 
 lint: install
 	$(BIN)/ruff check .

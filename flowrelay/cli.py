@@ -306,5 +306,7 @@ def secrets_init(
     console.print(f"nats-server config in {nats_config}", highlight=False)
 
 
+import flowrelay.chat  # noqa: E402, F401 - registers `flowrelay chat` (its own module)
+
 if __name__ == "__main__":
     app()

@@ -42,6 +42,17 @@ after whitespace:
     Count this request under ``token`` (``GET /stats`` -> ``counted``, and per model in
     ``counted_by_model``): how many model calls a run really made, e.g. that a redelivered
     run was not executed twice, or that a resumed run did not call its finished agents again.
+``#recall``
+    Answer ``recall: `` and every message before the last user message but the system
+    prompt, one per ``|``-separated item: ``user: <text>``, ``assistant: <text>``,
+    ``assistant calls <tool>(<arguments>)``, ``tool <tool_call_id>: <result>`` (what a
+    conversation's earlier turns looked like to the model).
+``#tokens=<n>``
+    Answer with a text of exactly ``n`` completion tokens (``n`` four-character words
+    ``000 001 ...``), for streaming volume and cost tests. Capped at ``_MAX_TOKENS``.
+``#pace=<ms>``
+    With ``stream: true``, wait that many milliseconds between chunks (a model writing at
+    a human-visible pace). Capped at ``_MAX_PACE_MS``.
 
 ``#delay``, ``#fail``, ``#fail-first`` and ``#count`` take an optional ``@<model>`` suffix
 (``#delay=5@slow``): the directive then applies only to requests for that model (the
@@ -66,8 +77,13 @@ message's content plus the compact, key-sorted JSON of ``tools``; ``completion_t
 ceil(len(reply) / 4)`` where reply is the content, or the JSON of ``tool_calls`` exactly as
 sent. Both are at least 1.
 
-Endpoints: ``POST /v1/chat/completions`` (``stream: true`` gets the same reply as a short SSE
-chunk stream), ``GET /v1/models``, ``GET /healthz`` and ``GET /stats`` (chat-completion requests
+Conversations are checked like the real API checks them: a ``tool`` message must answer a
+``tool_calls`` id of an earlier assistant message, and every call must be answered before
+the next non-tool message; otherwise 400 (a history cut between a call and its result).
+
+Endpoints: ``POST /v1/chat/completions`` (``stream: true`` gets the same reply as an SSE chunk
+stream: the content one token, four characters, per chunk, tool-call arguments in pieces,
+then a usage chunk when ``stream_options.include_usage``), ``GET /v1/models``, ``GET /healthz`` and ``GET /stats`` (chat-completion requests
 in total and by outcome, requests per second since start, uptime, token totals, and requests
 being handled now and at peak). Malformed requests and directives get an OpenAI-style
 400, never a 422; unknown fields are ignored.
@@ -104,7 +120,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -138,8 +154,23 @@ _GRACEFUL_SHUTDOWN_S: Final = 2.0
 _BACKLOG: Final = 4096
 """Listen backlog: a benchmark may open hundreds of connections at once."""
 
-_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail-first|fail|call|loop|count)=")
+_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail-first|fail|call|loop|count|tokens|pace)=")
 """A directive starts the text or follows whitespace, so ``a#b=`` inside words is inert."""
+
+_RECALL_RE: Final = re.compile(r"(?:(?<=\s)|^)#recall(?=\s|$)")
+"""``#recall`` takes no value."""
+
+_MAX_TOKENS: Final = 100_000
+"""Upper bound for ``#tokens``."""
+
+_MAX_PACE_MS: Final = 1000.0
+"""Upper bound for ``#pace``."""
+
+_STREAM_CHUNK_CHARS: Final = 4
+"""Content characters per streamed chunk (one token of the usage estimate)."""
+
+_STREAM_ARGUMENT_CHARS: Final = 8
+"""Tool-call argument characters per streamed chunk (providers send them in pieces)."""
 
 _TOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 """Tool names allowed by OpenAI function calling (plus dots, which some MCP tools use)."""
@@ -247,6 +278,9 @@ class _Script:
     fail_first: _FailFirst | None = None
     steps: list[_ToolStep] = field(default_factory=list)
     count_token: str | None = None
+    recall: bool = False
+    tokens: int | None = None
+    pace_s: float = 0.0
 
 
 def _compact_json(value: Any) -> str:
@@ -353,7 +387,7 @@ def _parse_fail_first(value: str) -> _FailFirst:
 
 def _parse_script(text: str, model: str | None = None) -> _Script:
     """The directives of ``text`` that apply to a request for ``model``."""
-    script = _Script()
+    script = _Script(recall=_RECALL_RE.search(text) is not None)
     for match in _DIRECTIVE_RE.finditer(text):
         kind, start = match.group(1), match.end()
         if kind in ("call", "loop"):
@@ -372,6 +406,18 @@ def _parse_script(text: str, model: str | None = None) -> _Script:
             if not _COUNT_TOKEN_RE.fullmatch(value):
                 raise _ScriptError(f"#count= needs a token of 1-64 letters, digits, '-' or '_', got {value!r}")
             script.count_token = value
+        elif kind == "tokens":
+            if not value.isdigit() or int(value) < 1:
+                raise _ScriptError(f"#tokens= needs a whole number of tokens >= 1, got {value!r}")
+            script.tokens = min(int(value), _MAX_TOKENS)
+        elif kind == "pace":
+            try:
+                pace = float(value)
+            except ValueError:
+                raise _ScriptError(f"#pace= needs milliseconds, got {value!r}") from None
+            if not math.isfinite(pace) or pace < 0:
+                raise _ScriptError(f"#pace= must be a finite number >= 0, got {value!r}")
+            script.pace_s = min(pace, _MAX_PACE_MS) / 1000
         elif kind == "delay":
             try:
                 delay = float(value)
@@ -596,19 +642,69 @@ def _result_text(content: Any) -> str:
     return text
 
 
-def _tool_call(name: str, arguments: str, number: int) -> list[dict[str, Any]]:
-    # One call per turn; the id is deterministic and unique within the conversation.
+def _tool_call(name: str, arguments: str, number: int, turn: int = 0) -> list[dict[str, Any]]:
+    # One call per turn; the id is deterministic and unique within the conversation (``turn``
+    # is where the last user message sits, so earlier turns' calls have other ids).
     return [
         {
-            "id": f"call_flowrelay_{number}",
+            "id": f"call_flowrelay_{turn}_{number}" if turn else f"call_flowrelay_{number}",
             "type": "function",
             "function": {"name": name, "arguments": arguments},
         }
     ]
 
 
+def _recall(earlier: list[Any]) -> str:
+    """The earlier messages of a conversation as one line (see ``#recall``)."""
+    items: list[str] = []
+    for message in earlier:
+        if not isinstance(message, dict) or message.get("role") == "system":
+            continue
+        role, text = message.get("role"), _content_text(message.get("content"))
+        if role == "tool":
+            items.append(f"tool {message.get('tool_call_id')}: {text}")
+            continue
+        if text:
+            items.append(f"{role}: {text}")
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                items.append(f"{role} calls {function.get('name')}({function.get('arguments')})")
+    return "recall: " + " | ".join(items)
+
+
+def _generated_text(tokens: int) -> str:
+    """``tokens`` four-character words: exactly that many completion tokens."""
+    return "".join(f"{i % 1000:03d} " for i in range(tokens)).rstrip()  # 4n - 1 chars: n tokens
+
+
+def _pairing_error(messages: list[Any]) -> str | None:
+    """What the real API would refuse about tool calls and results in ``messages``."""
+    open_calls: list[str] = []
+    answered: set[str] = set()
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceding message "
+                        f"with 'tool_calls' (tool_call_id {call_id!r} answers no open call).")
+            open_calls.remove(call_id)
+            answered.add(call_id)
+            continue
+        if open_calls:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                    f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_calls)}")
+        if role == "assistant":
+            open_calls = [c.get("id") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    return None
+
+
 def _reply(
-    script: _Script, later: list[Any], user_text: str, response_format: Any, tools: Any = None
+    script: _Script, later: list[Any], user_text: str, response_format: Any, tools: Any = None,
+    earlier: list[Any] | None = None,
 ) -> tuple[str | None, list[dict[str, Any]] | None]:
     """This turn's (content, tool_calls), given the messages after the last user message."""
     results = [
@@ -621,14 +717,22 @@ def _reply(
         if isinstance(m, dict) and m.get("role") == "user" and _is_observation(later, i)
     ]
     step = _next_step(script.steps, len(results))
+    turn = len(earlier or [])
     if step is not None:
-        return None, _tool_call(step.name, step.arguments, len(results))
-    answer = results[-1] if script.steps else f"echo: {user_text}"
+        return None, _tool_call(step.name, step.arguments, len(results), turn)
+    if script.steps:
+        answer = results[-1]
+    elif script.recall:
+        answer = _recall(earlier or [])
+    elif script.tokens is not None:
+        answer = _generated_text(script.tokens)
+    else:
+        answer = f"echo: {user_text}"
     structured = _structured_content(response_format, answer)
     content = answer if structured is None else structured
     parameter = _final_answer_parameter(tools)
     if parameter is not None:
-        return None, _tool_call(_FINAL_ANSWER_TOOL, _compact_json({parameter: content}), len(results))
+        return None, _tool_call(_FINAL_ANSWER_TOOL, _compact_json({parameter: content}), len(results), turn)
     return content, None
 
 
@@ -745,36 +849,50 @@ def _completion_body(
     }
 
 
-def _stream_response(body: dict[str, Any], include_usage: bool) -> Response:
-    """The same completion as a minimal, complete SSE chunk stream sent in one body."""
+def _stream_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """The completion as chat.completion.chunk objects, as a provider streams it: the role,
+    the content one token (four characters) per chunk, each tool call's name and then its
+    arguments in pieces, the finish reason, and the usage last when asked for."""
     message = body["choices"][0]["message"]
-    delta: dict[str, Any] = {"role": "assistant", "content": message["content"], "refusal": None}
-    if "tool_calls" in message:
-        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint", "service_tier")}
     base["object"] = "chat.completion.chunk"
     extra = {"usage": None} if include_usage else {}
-    finish = body["choices"][0]["finish_reason"]
-    chunks = [
-        {
-            **base,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
-            **extra,
-        },
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        },
-    ]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    content = message["content"] or ""
+    chunks += [chunk({"content": content[i : i + _STREAM_CHUNK_CHARS]}) for i in range(0, len(content), _STREAM_CHUNK_CHARS)]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        chunks.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                             "function": {"name": function["name"], "arguments": ""}}]}))
+        arguments = function["arguments"]
+        chunks += [chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i : i + _STREAM_ARGUMENT_CHARS]}}]})
+                   for i in range(0, len(arguments), _STREAM_ARGUMENT_CHARS)]
+    chunks.append(chunk({}, body["choices"][0]["finish_reason"]))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": body["usage"]})
-    text = "".join(f"data: {_compact_json(chunk)}\n\n" for chunk in chunks)
-    return Response(
-        (text + "data: [DONE]\n\n").encode(),
-        headers={MARKER_HEADER: "1", "cache-control": "no-cache"},
-        media_type="text/event-stream",
-    )
+    return chunks
+
+
+def _stream_response(body: dict[str, Any], include_usage: bool, pace_s: float = 0.0) -> Response:
+    """The completion as an SSE chunk stream: one body at once, or chunk by chunk ``pace_s`` apart."""
+    chunks = _stream_chunks(body, include_usage)
+    headers = {MARKER_HEADER: "1", "cache-control": "no-cache"}
+    if not pace_s:
+        text = "".join(f"data: {_compact_json(chunk)}\n\n" for chunk in chunks)
+        return Response((text + "data: [DONE]\n\n").encode(), headers=headers, media_type="text/event-stream")
+
+    async def paced() -> AsyncIterator[bytes]:
+        for number, chunk in enumerate(chunks):
+            if number:
+                await asyncio.sleep(pace_s)
+            yield f"data: {_compact_json(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(paced(), headers=headers, media_type="text/event-stream")
 
 
 async def _wait_unless_gone(request: Request, seconds: float) -> bool:
@@ -851,9 +969,13 @@ def create_app() -> Starlette:
             assert script.fail_status is not None
             return _scripted_failure(script.fail_status, model, authorization)
 
+        if (pairing := _pairing_error(messages)) is not None:
+            stats.by_outcome["invalid_request"] += 1
+            return _error_response(400, pairing, "invalid_request_error", None, "messages")
         later = messages[user_index + 1 :] if user_index is not None else []
+        earlier = messages[:user_index] if user_index is not None else []
         content, tool_calls = _reply(
-            script, later, user_text, body.get("response_format"), body.get("tools")
+            script, later, user_text, body.get("response_format"), body.get("tools"), earlier
         )
         stats.by_outcome["tool_call" if tool_calls else "answer"] += 1
         reply = content if content is not None else _compact_json(tool_calls)
@@ -870,7 +992,7 @@ def create_app() -> Starlette:
         if body.get("stream") is True:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            return _stream_response(completion, include_usage)
+            return _stream_response(completion, include_usage, script.pace_s)
         return _json_response(completion)
 
     async def list_models(_: Request) -> Response:

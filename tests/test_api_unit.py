@@ -278,6 +278,7 @@ async def test_submit_stores_a_queued_record_then_queues_the_request(api: Api) -
         "events": f"/runs/{run_id}/events",
         "cancel": f"/runs/{run_id}/cancel",
         "output": f"/runs/{run_id}/output",
+        "input": f"/runs/{run_id}/input",
     }
     assert response.headers["location"] == f"/runs/{run_id}"
 

@@ -210,6 +210,25 @@ async def resume_collaborative(h: Harness) -> Result:
 
 async def budget(h: Harness) -> Result:
     return await h.run(h.one(tools=["add"]), '#loop=add {"a": 1, "b": 1}', max_turns=50, max_tokens=400)
+#: Frameworks whose agents take a message list: a thread's earlier turns go in as real
+#: messages, and their text streams (llm.delta); the others get the turns as text and
+#: answer whole.
+TAKES_MESSAGES = {"tinyagent"}
+
+
+async def thread(h: Harness) -> Result:
+    thread_id = (await h.api.post("/threads", json={})).json()["thread_id"]
+    second = "#recall" if h.framework in TAKES_MESSAGES else "what was the word?"
+    result = Result()
+    for text in ("remember the word teapot", second):
+        response = await h.api.post(f"/threads/{thread_id}/runs", json=run_body(h.one(), text))
+        assert response.status_code == 202, response.text
+        await h.finish(response.json()["run_id"], result)
+    return result
+
+
+async def stream_tokens(h: Harness) -> Result:
+    return await h.run(h.one(), "#tokens=40", stream_tokens=True)
 
 
 #: Case name -> (how to run it, the README column it backs).
@@ -226,11 +245,19 @@ CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
     "resume_sequential": (resume_sequential, "resume (sequential)"),
     "resume_collaborative": (resume_collaborative, "resume (collaborative)"),
     "budget": (budget, "budget"),
+    "thread": (thread, "thread history"),
+    "stream_tokens": (stream_tokens, "`stream_tokens`"),
 }
 
-#: Cases run once the others have finished: the deadline case kills its worker (with every
-#: run on it) when a framework cannot stop a run cooperatively, and these count attempts.
-AFTERWARDS = frozenset({"resume_sequential", "resume_collaborative", "budget"})
+#: Cases run once the others have finished: these count attempts (a run re-run because its
+#: worker was killed would count twice).
+AFTERWARDS = frozenset({"resume_sequential", "resume_collaborative", "budget", "thread", "stream_tokens"})
+
+#: Run alone, last: the deadline case kills its worker (with every run on it) when the
+#: framework cannot stop a run cooperatively (smolagents runs in a thread), or when the
+#: cooperative stop is slower than FLOWRELAY_KILL_GRACE_S on a loaded machine; the runs
+#: killed with it would be retried and their traces would show it.
+ALONE = frozenset({"deadline"})
 
 
 # -- one stack per framework ------------------------------------------------------------------
@@ -255,10 +282,11 @@ async def outcomes(
             caps = await _capabilities(bus)
             async with httpx.AsyncClient(base_url=stack.api_url, headers=stack.auth_headers, timeout=60) as api:
                 harness = Harness(api=api, bus=bus, framework=framework, scripted_url=scripted_model)
-                first = [name for name in CASES if name not in AFTERWARDS]
+                first = [name for name in CASES if name not in AFTERWARDS | ALONE]
                 then = [name for name in CASES if name in AFTERWARDS]
+                last = [name for name in CASES if name in ALONE]
                 results: dict[str, Result | BaseException] = {}
-                for wave in (first, then):
+                for wave in (first, then, last):
                     done = await asyncio.gather(*(CASES[name][0](harness) for name in wave), return_exceptions=True)
                     results |= dict(zip(wave, done, strict=True))
             yield framework, results, caps
@@ -448,6 +476,32 @@ def test_a_run_over_its_token_budget_stops(outcomes: Any) -> None:
         assert record.usage.input_tokens + record.usage.output_tokens > 400
     last_call = max(e.seq for e in trace if e.type == EventType.LLM_FINISHED)
     assert not [e for e in trace if e.seq > last_call and e.type == EventType.LLM_STARTED], "no call after the budget"
+def test_a_thread_run_sees_the_earlier_turn(outcomes: Any) -> None:
+    framework, result = _case(outcomes, "thread")
+    first, second = result.records
+    assert first.status == second.status == "succeeded", (first.error, second.error)
+    assert "teapot" in second.output and second.thread_id == first.thread_id
+    [started] = _of(result.traces[1], EventType.AGENT_STARTED)
+    assert started["history"]["turns"] == 1
+    if framework in TAKES_MESSAGES:
+        assert started["history"]["as"] == "messages"
+        assert second.output == "recall: user: remember the word teapot | assistant: echo: remember the word teapot"
+    else:  # said so: the turns came as text
+        assert started["history"]["as"] == "text" and framework in started["history"]["note"]
+
+
+def test_stream_tokens_streams_or_says_it_cannot(outcomes: Any) -> None:
+    framework, result = _case(outcomes, "stream_tokens")
+    record = result.record
+    assert record.status == "succeeded", record.error
+    assert record.output == " ".join(f"{i:03d}" for i in range(40))
+    deltas = _of(result.trace, EventType.LLM_DELTA)
+    [started] = _of(result.trace, EventType.AGENT_STARTED)
+    if framework in TAKES_MESSAGES:
+        assert started["stream_tokens"] is True and "".join(d["text"] for d in deltas) == record.output
+    else:
+        assert deltas == [] and started["stream_tokens"] is False and framework in started["stream_note"]
+    _check_tokens(framework, result.trace, record)
 
 
 # -- the README table ------------------------------------------------------------------------
@@ -468,8 +522,18 @@ def framework_table() -> str:
         extra = "(built in)" if name == "tinyagent" else f"`{name}`"
         version = f"{DISTRIBUTIONS[name]} {versions[DISTRIBUTIONS[name]]}"
         tokens = "unknown: null + `cost_note`" if name in NO_TOKENS else "yes"
-        lines.append(f"| `{name}` | {extra} | {version} | " + " | ".join("yes" for _ in columns) + f" | {tokens} |")
+        cells = [_cell(name, case) for case in CASES]
+        lines.append(f"| `{name}` | {extra} | {version} | " + " | ".join(cells) + f" | {tokens} |")
     return "\n".join(lines)
+
+
+def _cell(framework: str, case: str) -> str:
+    messages = framework in TAKES_MESSAGES
+    if case == "thread":
+        return "yes (messages)" if messages else "yes (as text, said in `history.note`)"
+    if case == "stream_tokens":
+        return "yes" if messages else "whole answer (said in `stream_note`)"
+    return "yes"
 
 
 def test_readme_framework_table_is_current() -> None:

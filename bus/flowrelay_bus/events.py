@@ -396,3 +396,36 @@ async def _stored_by_consumer(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def replay(nc: Client, stream: str, subject: str) -> list[tuple[int, bytes]]:
+    """Every message of ``subject`` stored in ``stream`` now, as ``(stream seq, data)`` in
+    stream order, through a consumer whose create subject names the filter (what a tenant's
+    NATS user may create: see :func:`_stored_by_consumer`; used for a thread's turns too).
+
+    How many: ``num_pending`` plus ``delivered`` of the create answer (the server may start
+    delivering before it answers).
+    """
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    arrived: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        arrived.put_nowait(msg)
+
+    sub = await nc.subscribe(inbox, cb=on_message)
+    try:
+        info = await js.add_consumer(stream, ConsumerConfig(
+            name=f"replay_{NUID().next().decode()}", filter_subject=subject, deliver_subject=inbox,
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=REPLAY_INACTIVE_S,
+            mem_storage=True, num_replicas=1,
+        ))
+        count = (info.num_pending or 0) + (info.delivered.consumer_seq if info.delivered else 0)
+        found = []
+        for _ in range(count):
+            msg = await asyncio.wait_for(arrived.get(), REPLAY_MESSAGE_TIMEOUT_S)
+            found.append((msg.metadata.sequence.stream, msg.data))
+        return found
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -95,6 +95,14 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
             allow_direct=True,  # GET /runs pages through it with direct gets only
         ),
         stream(
+            subjects.THREADS_STREAM,
+            subjects.THREADS_STREAM_SUBJECTS,
+            RetentionPolicy.LIMITS,
+            max_age=settings.thread_ttl_s,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,  # a thread's turns are read with one batched direct get
+        ),
+        stream(
             subjects.DEADLETTER_STREAM,
             subjects.DEADLETTER_STREAM_SUBJECTS,
             RetentionPolicy.LIMITS,
@@ -113,6 +121,7 @@ def bucket_configs(settings: BusSettings) -> list[KeyValueConfig]:
         bucket(subjects.RUNS_BUCKET, settings.runs_ttl_s),
         bucket(subjects.IDEMPOTENCY_BUCKET, settings.runs_ttl_s),
         bucket(subjects.EXECUTORS_BUCKET, EXECUTOR_LIVENESS_TTL_S),
+        bucket(subjects.THREADS_BUCKET, settings.thread_ttl_s),
     ]
 
 

@@ -38,6 +38,9 @@ class _Message(BaseModel):
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    #: Paused until a person answers its ``ask_human`` question (``POST /runs/{id}/input``);
+    #: no worker holds it meanwhile.
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -96,10 +99,14 @@ class EventType(StrEnum):
     RUN_RETRYING = "run.retrying"
     RUN_RESUMED = "run.resumed"
     LLM_STARTED = "llm.started"
+    #: Text fragments of a model's answer as it is written (``options.stream_tokens``).
+    LLM_DELTA = "llm.delta"
     LLM_FINISHED = "llm.finished"
     TOOL_STARTED = "tool.started"
     TOOL_FINISHED = "tool.finished"
     SUGGESTION = "suggestion"
+    #: The run asked a person a question (``ask_human``) and is paused until the answer.
+    RUN_WAITING = "run.waiting"
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"
@@ -173,6 +180,13 @@ class RunOptions(BaseModel):
     max_tokens: OptionalInt = Field(
         default=None, ge=1, description="Stop the run (budget_exceeded) once its model calls used more tokens "
         "(input plus output) than this."
+    )
+    stream_tokens: bool = Field(
+        default=False, strict=True, description="Send the models' text as it is written (llm.delta events)."
+    )
+    wait_timeout_s: float | None = Field(
+        default=None, gt=0, description="How long a question of ask_human waits for its answer before the run "
+        "fails (timeout); the wait does not count against timeout_s.",
     )
 
 
@@ -257,6 +271,11 @@ class RunRequested(_Message):
     #: Executors take the tenant from the subject the request arrived on (which the
     #: publisher's NATS permissions vouch for), never from this field alone.
     tenant: TenantId = DEFAULT_TENANT
+    #: The conversation this run continues (``POST /threads/{id}/runs``): its agent sees the
+    #: thread's earlier turns.
+    thread_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    #: Set on the request that resumes a run paused by ``ask_human``: the answered wait's id.
+    resume: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class TraceEvent(_Message):
@@ -368,6 +387,8 @@ class CheckpointKind(StrEnum):
     AGENT_STEP = "agent_step"
     #: A completed call of a sub-agent by its coordinator (collaborative).
     SUB_AGENT_CALL = "sub_agent_call"
+    #: A run paused by ``ask_human``: the asking agent's conversation, to resume it from.
+    HUMAN_WAIT = "human_wait"
 
 
 class Checkpoint(_Message):
@@ -399,6 +420,41 @@ class Checkpoint(_Message):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+# -- human in the loop -------------------------------------------------------------------
+
+
+class HumanWait(BaseModel):
+    """A question of ``ask_human`` waiting for (or holding) its answer (``RunRecord.waiting``).
+
+    While the run is ``waiting`` no worker holds it: its conversation is saved in a checkpoint
+    and its request is parked in the run queue until ``deadline``. An answer (``POST
+    /runs/{id}/input``) is stored here, the run turns ``queued`` and a resume request is
+    queued for whichever executor takes it.
+    """
+
+    wait_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    agent: str
+    question: str
+    choices: list[str] | None = None
+    asked_at: datetime = Field(default_factory=utcnow)
+    deadline: datetime
+    answer: str | None = None
+    answered_at: datetime | None = None
+    #: The run's options, for the request that resumes it.
+    options: RunOptions = Field(default_factory=RunOptions)
+    #: Stream sequence of the parked request (removed once the run resumes).
+    parked_seq: int | None = None
+
+
+class HumanInput(_Message):
+    """An answer to a waiting run: body of ``POST /runs/{id}/input`` and payload of a request
+    on ``flowrelay.runs.input.<tenant>.<run_id>``. ``wait_id`` (optional) guards against
+    answering a question that is no longer the one asked."""
+
+    answer: str
+    wait_id: str | None = None
+
+
 # -- run record -------------------------------------------------------------------------
 
 
@@ -423,6 +479,10 @@ class RunRecord(_Message):
     mode: RunMode = RunMode.REAL_EXECUTION
     isolation: Isolation | None = None
     model_provider: str | None = None
+    #: The thread the run belongs to, if any.
+    thread_id: str | None = None
+    #: The question the run waits on (status ``waiting``), or its answer before it resumes.
+    waiting: HumanWait | None = None
     executor_id: str | None = None
     attempts: int = 0
     #: Attempts that failed retryably and were scheduled again, oldest first.

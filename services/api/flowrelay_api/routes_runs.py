@@ -14,6 +14,8 @@ from flowrelay_api.eventstream import EventStreamResponse
 from flowrelay_api.schemas import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    AnswerAccepted,
+    AnswerSubmission,
     CancelAccepted,
     ErrorResponse,
     RunAccepted,
@@ -196,11 +198,35 @@ async def run_events(
 
 
 @router.post(
+    "/runs/{run_id}/input",
+    status_code=202,
+    response_model=AnswerAccepted,
+    summary="Answer a run's question (ask_human)",
+    description="A run whose agent called `ask_human` is `waiting` (the question is in its record's `waiting` and "
+    "in the `run.waiting` event). The answer is stored, the run turns `queued` and whichever executor takes it "
+    "resumes it with the answer as the tool's result. 409 when the run is not waiting (or on another question, "
+    "or past its deadline); 422 naming `answer` when it is blank, too long (FLOWRELAY_MAX_ANSWER_BYTES) or not "
+    "one of the question's choices.",
+    responses={
+        409: {"model": ErrorResponse, "description": "`not_waiting`, `stale_wait` or `wait_expired`."},
+        **BODY_ERRORS,
+        **_INVALID,
+        **_NOT_FOUND,
+        **_UNAVAILABLE,
+    },
+)
+async def answer_run(ctx: Context, caller: Submitter, run_id: RunId, body: AnswerSubmission) -> Response:
+    record = await runs.answer_run(ctx, caller, run_id, body.answer, body.wait_id)
+    assert record.waiting is not None
+    return json_response(AnswerAccepted(run_id=record.run_id, status=record.status, wait_id=record.waiting.wait_id), 202)
+
+
+@router.post(
     "/runs/{run_id}/cancel",
     status_code=202,
     response_model=CancelAccepted,
     summary="Cancel a run",
-    description="A queued run is cancelled at once (`status: cancelled`). A running one is stopped by "
+    description="A queued run (or one waiting for an answer) is cancelled at once (`status: cancelled`). A running one is stopped by "
     "its executor within about a second (`status: running` now; the record and the event stream "
     "show the end). A run that has already ended answers 409.",
     responses={

@@ -21,6 +21,7 @@ request with the same key finish the job of a first one that died half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,6 +62,7 @@ from flowrelay_contracts import (
     plan,
     subjects,
 )
+from flowrelay_contracts.hitl import ask_human_problems
 from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tracing import trace_context
 
@@ -109,12 +111,15 @@ async def submit(
     idempotency_key: str | None = None,
     before_publish: BeforePublish | None = None,
     trace: Mapping[str, str] | None = None,
+    *,
+    thread_id: str | None = None,
 ) -> Submitted:
     """Check, store and queue a run; raise an ``ApiError``/``InvalidRequest`` to refuse it.
 
     ``before_publish`` runs once the run id is known and before anything can happen to the
-    run, so a caller can start listening to it without missing a thing. ``trace``: the
-    request's headers; their valid W3C trace context goes along with the run request.
+    run, so a caller can start listening to it (or claim a thread for it) without missing a
+    thing; when it raises, nothing is stored. ``trace``: the request's headers; their valid
+    W3C trace context goes along with the run request. ``thread_id``: the thread the run continues.
     """
     headers = trace_context(trace)
     if not ctx.connected:
@@ -122,7 +127,8 @@ async def submit(
         raise ServiceUnavailable(_UNAVAILABLE)
     options = await _check(ctx, body, caller.tenant)
     request = RunRequested(
-        run_id="", tenant=caller.tenant, workflow=body.workflow, input=body.input, options=options
+        run_id="", tenant=caller.tenant, workflow=body.workflow, input=body.input, options=options,
+        thread_id=thread_id,
     )
     if idempotency_key is None:
         request.run_id = ctx.ids.new()
@@ -142,6 +148,15 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
                 "less_than_equal",
             )
         )
+    if options.wait_timeout_s is not None and options.wait_timeout_s > settings.max_wait_timeout_s:
+        problems.append(
+            (
+                ("body", "options", "wait_timeout_s"),
+                f"{options.wait_timeout_s:g} s is above the limit of {settings.max_wait_timeout_s:g} s "
+                "(FLOWRELAY_MAX_WAIT_TIMEOUT_S)",
+                "less_than_equal",
+            )
+        )
     max_turns = options.max_turns if options.max_turns is not None else settings.default_max_turns
     if max_turns > settings.max_max_turns:
         problems.append(
@@ -154,7 +169,10 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
     problems += policy.option_problems(options, settings)
     if problems:
         raise InvalidRequest(problems)
-    return policy.resolve(options.model_copy(update={"timeout_s": timeout_s, "max_turns": max_turns}), settings)
+    return policy.resolve(options.model_copy(update={
+        "timeout_s": timeout_s, "max_turns": max_turns,
+        "wait_timeout_s": options.wait_timeout_s or settings.default_wait_timeout_s,
+    }), settings)
 
 
 async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> RunOptions:
@@ -162,9 +180,11 @@ async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> Ru
         if problems := check_shape(body, ctx.settings):  # first: bounds the work of the rest
             raise InvalidRequest(problems)
         try:
-            plan(body.workflow)
+            workflow_plan = plan(body.workflow)
         except WorkflowError as exc:
             raise InvalidRequest.from_workflow(exc.problems) from None
+        if problems := ask_human_problems(body.workflow, workflow_plan):
+            raise InvalidRequest.from_workflow(problems)
         options = _resolve_options(body.options, ctx.settings)
     except InvalidRequest:
         ctx.metrics.submitted(SubmitOutcome.INVALID)
@@ -212,7 +232,9 @@ async def _submit_once(
     # Any header value becomes a valid KV key; the tenant makes keys per tenant, so two
     # tenants choosing the same key get two runs and learn nothing of each other.
     slot = hashlib.sha256(f"{request.tenant}\n{key}".encode()).hexdigest()
-    fingerprint = hashlib.sha256(body.__pydantic_serializer__.to_json(body)).hexdigest()
+    # the thread is part of the request: the same body sent to another thread is another run
+    fingerprint = hashlib.sha256(body.__pydantic_serializer__.to_json(body)
+                                 + f"\n{request.thread_id or ''}".encode()).hexdigest()
     for _ in range(_KEY_ATTEMPTS):
         request.run_id = ctx.ids.new()
         entry = _KeyEntry(run_id=request.run_id, fingerprint=fingerprint)
@@ -277,13 +299,20 @@ async def _store_and_queue(
     headers: dict[str, str],
 ) -> Submitted:
     if before_publish is not None:
-        await before_publish(request.run_id)
+        try:
+            await before_publish(request.run_id)
+        except BaseException:
+            if key_slot is not None:  # nothing was stored: a retry with the key starts afresh
+                with contextlib.suppress(*BUS_ERRORS):
+                    await ctx.idempotency.delete(key_slot)
+            raise
     record = RunRecord(
         run_id=request.run_id,
         tenant=request.tenant,
         input=request.input,
         workflow=request.workflow,
         created_at=request.created_at,
+        thread_id=request.thread_id,
     )
     entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
     # Record and index entry go to different streams: written concurrently, their two

@@ -55,6 +55,10 @@ _KEY_SHAPE_RE = re.compile(
     r"\bsk-[A-Za-z0-9_\-]{6,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{6,}|\bfrk_[a-z2-7]{12}_[A-Za-z0-9_\-]{43}"
 )
 
+#: Every character a key shape above may contain (and the whitespace after ``Bearer``): text
+#: streamed in pieces is cut only at other characters, so no key is cut in two.
+KEY_SHAPE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=-")
+
 #: Values shorter than this are not redacted by value: replacing "1" or "true" everywhere
 #: would mangle output while protecting nothing.
 _MIN_SECRET_CHARS = 6
@@ -133,6 +137,8 @@ class Redactor:
         )
         # Longest first, so a secret containing another is replaced whole.
         self._values_re = re.compile("|".join(map(re.escape, values))) if values else None
+        #: Length of the longest secret value (0 without any).
+        self.longest_secret = len(values[0]) if values else 0
 
     @classmethod
     def from_environment(cls, *, extra: Iterable[str | None] = ()) -> Redactor:
@@ -143,6 +149,13 @@ class Redactor:
         if self._values_re is not None:
             text = self._values_re.sub(REDACTED, text)
         return _KEY_SHAPE_RE.sub(REDACTED, text)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where ``text`` holds a secret value or a key shape ((start, end) pairs)."""
+        found = [m.span() for m in _KEY_SHAPE_RE.finditer(text)]
+        if self._values_re is not None:
+            found += [m.span() for m in self._values_re.finditer(text)]
+        return found
 
 
 def _environment_secrets() -> frozenset[str]:

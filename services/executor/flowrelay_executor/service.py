@@ -33,6 +33,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +54,7 @@ from flowrelay_bus.events import RunEventLog, last_event, terminal_msg_id
 from flowrelay_bus.index import RunIndex
 from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
+from flowrelay_bus.threads import ThreadStore
 from flowrelay_contracts import (
     Checkpoint,
     DeadLetter,
@@ -73,6 +75,7 @@ from flowrelay_contracts import (
     plan,
     subjects,
 )
+from flowrelay_contracts.hitl import ask_human_problems
 from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.limits import workflow_problems
 from flowrelay_contracts.messages import utcnow
@@ -80,8 +83,19 @@ from flowrelay_contracts.tenants import is_valid_tenant
 from flowrelay_contracts.tracing import trace_context
 from flowrelay_contracts.workflow import WorkflowError, WorkflowProblem
 from flowrelay_executor import retries
+from flowrelay_executor.conversations import Conversations
 from flowrelay_executor.durable import Attempt, Durability
-from flowrelay_executor.jobs import CHECKPOINT, Job, ModelDefaults, Outcome
+from flowrelay_executor.hitl import Waits
+from flowrelay_executor.jobs import (
+    CHECKPOINT,
+    CannotStart,
+    Job,
+    JobHistory,
+    ModelDefaults,
+    Outcome,
+    ResumePoint,
+    StreamSpec,
+)
 from flowrelay_executor.metrics import ExecutorMetrics
 from flowrelay_executor.payloads import fit_event, output_bytes
 from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
@@ -157,6 +171,8 @@ class Executor:
         self._executors_kv: KeyValue | None = None
         self._outputs: OutputStore | None = None
         self._durability: Durability = None  # type: ignore[assignment]  # set by attach
+        self._conversations: Conversations | None = None
+        self._waits: Waits | None = None
         self._active: dict[str, _ActiveRun] = {}
         self._slots: asyncio.Semaphore | None = None
         self._draining = asyncio.Event()
@@ -220,8 +236,11 @@ class Executor:
         self._index = RunIndex(js)
         self._executors_kv = await js.key_value(subjects.EXECUTORS_BUCKET)
         self._outputs = OutputStore(js)
-        self._durability = Durability(executor_id=self.executor_id, runs=self._store,
-                                      checkpoints=await CheckpointStore.open(nc, js, self.settings))
+        checkpoints = await CheckpointStore.open(nc, js, self.settings)
+        self._durability = Durability(executor_id=self.executor_id, runs=self._store, checkpoints=checkpoints)
+        self._conversations = Conversations(await ThreadStore.open(nc, self._store), self.settings)
+        self._waits = Waits(js=js, store=self._store, checkpoints=checkpoints, settings=self.settings,
+                            executor_id=self.executor_id)
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._consumer.add_done_callback(_report_stopped_consumer)
@@ -310,6 +329,7 @@ class Executor:
 
     async def _execute(self, msg: Msg, request: RunRequested) -> None:
         assert self._store is not None and self._js is not None and self.pool is not None
+        assert self._conversations is not None and self._waits is not None
         run_id = request.run_id
         if run_id in self._active:
             # Redelivered while this executor runs it (heartbeats failed during a broker
@@ -326,6 +346,13 @@ class Executor:
                 return
             record = await self._store.get(tenant, run_id)
             assert record is not None
+        if record.waiting is not None and not record.terminal:  # it asked a person (hitl.py)
+            delivery = await self._waits.on_delivery(msg, request, record)
+            if delivery == "expired":
+                await self._finish(msg, request, await RunEventLog.resume(self._js, tenant, run_id),
+                                   self._waits.expired(record), only_if=lambda r: r.status == RunStatus.WAITING)
+            if delivery != "run":
+                return
         if not record.terminal and await self._held_elsewhere(record):
             log.info("run %s is running on executor %s; handing the redelivery back", run_id, record.executor_id)
             await msg.nak(delay=HELD_ELSEWHERE_DELAY_S)
@@ -372,39 +399,66 @@ class Executor:
         run.pump = asyncio.create_task(self._pump(run))
         run.outbox.put_nowait((EventType.RUN_STARTED, {
             "attempt": attempt, "executor_id": self.executor_id, "isolation": isolation.value,
-            "model_provider": provider, "tenant": tenant,
+            "model_provider": provider, "tenant": tenant, **({"resumed": True} if request.resume else {}),
         }, None))
 
         try:
             # The API checked this already; a request published straight to NATS was not.
             if too_big := _over_limits(request, self.settings):
                 raise WorkflowError(too_big)
-            pattern = plan(request.workflow).pattern
+            workflow_plan = plan(request.workflow)
+            if cannot_ask := ask_human_problems(request.workflow, workflow_plan):
+                raise WorkflowError(cannot_ask)
+            history, resume = await self._opening(request, record)
         except WorkflowError as exc:
             outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_WORKFLOW, message=str(exc)))
+        except CannotStart as exc:
+            outcome = Outcome(status="failed", error=exc.error)
         else:
-            outcome = await self._run_attempt(run, record, pattern, defaults)
+            outcome = await self._run_attempt(run, record, workflow_plan.pattern, defaults, history, resume)
             if outcome is None:  # handed back to JetStream for a retry later
                 return
         await self._close_outbox(run)
         if run.stale:
             log.warning("run %s: another executor took it over; this attempt ends without writing", run_id)
             return  # its holder acks the message; acking it here could lose the run
+        if outcome.status == "waiting":  # paused by ask_human: saved and parked, the slot is free
+            parked = await self._waits.park(msg, request, events, attempt, outcome)
+            if parked.outcome != "cancel_requested":
+                return
+            outcome = outcome.model_copy(update={"status": "cancelled", "pause": None, "error": RunError(
+                code=ErrorCode.CANCELLED, message="cancelled by client as it asked a person")})
         await self._finish_durably(run, outcome)
 
+    async def _opening(self, request: RunRequested, record: RunRecord) -> tuple[JobHistory | None, ResumePoint | None]:
+        """What the run starts from besides its input: a thread's earlier turns
+        (``conversations.py``), or the saved state of a run answered after ``ask_human``
+        (``hitl.py``). Raises ``CannotStart``."""
+        assert self._conversations is not None and self._waits is not None
+        if request.resume is not None:
+            return None, await self._waits.resume_point(record)
+        if request.thread_id is not None:
+            return await self._conversations.history(request), None
+        return None, None
+
     async def _run_attempt(
-        self, run: _ActiveRun, record: RunRecord, pattern: Pattern, defaults: ModelDefaults
+        self, run: _ActiveRun, record: RunRecord, pattern: Pattern, defaults: ModelDefaults,
+        history: JobHistory | None, resume: ResumePoint | None,
     ) -> Outcome | None:
         """Run this attempt within what is left of the run's deadline, resuming after the steps
-        earlier attempts finished; its outcome, or None once a retry has been scheduled."""
+        earlier attempts finished (on a thread: with its earlier turns; after an answer: from
+        where it paused); its outcome, or None once a retry has been scheduled."""
         request, attempt = run.request, run.attempt
         limits = self._limits(request.options)
-        # The deadline counts from the first attempt's start: it covers every attempt.
+        # The deadline counts from the first attempt's start: it covers every attempt, but
+        # not the time the run waited for a person (a resumed run gets what it had left).
         deadline = (record.started_at or utcnow()) + timedelta(seconds=limits.timeout_s or 0)
+        if resume is not None:
+            deadline = utcnow() + timedelta(seconds=(limits.timeout_s or 0) - resume.state.executed_s)
         if (remaining := (deadline - utcnow()).total_seconds()) <= 0:
             return Outcome(status="failed", error=RunError(code=ErrorCode.TIMEOUT, message=(
                 f"the run's {limits.timeout_s:g} s deadline passed before attempt {attempt} could start "
-                "(options.timeout_s covers every attempt)")))
+                "(options.timeout_s covers every attempt, not the waits for an answer)")))
         if attempt > 1 and pattern != Pattern.SIMPLE:  # a simple run has no step to resume after
             run.checkpoints = await self._durability.resumable(request.tenant, request.run_id)
         spent, spent_cost = retries.unsaved_spend(record.retries)
@@ -413,6 +467,8 @@ class Executor:
             timeout_s=remaining, run_timeout_s=limits.timeout_s, max_turns=limits.max_turns, defaults=defaults,
             attempt=attempt, checkpoints={c.name: c for c in run.checkpoints}, trace_context=trace_context(run.msg.headers),
             max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens, spent=spent, spent_cost_usd=spent_cost,
+            stream=StreamSpec(interval_s=self.settings.stream_interval_ms / 1000) if request.options.stream_tokens else None,
+            history=history, resume=resume,
         )
         log.debug("run %s: %s pattern, attempt %d", request.run_id, pattern, attempt)
         outcome, innocent = await self._attempt(run, job)
@@ -470,24 +526,31 @@ class Executor:
                 await asyncio.sleep(delay)
 
     async def _finish(
-        self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome, *, attempt: int | None = None
+        self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome, *, attempt: int | None = None,
+        only_if: Callable[[RunRecord], bool] | None = None,
     ) -> None:
         """Store the outcome, publish the terminal event (+ failure report), then ack.
 
         ``attempt``: the claim this outcome belongs to; the record is only ended while this
         executor still holds that claim (None: a run that was never claimed, e.g. cancelled
-        while queued).
+        while queued). ``only_if``: a further condition on the stored record (a wait that
+        expired ends only if the run is still waiting).
         """
-        assert self._store is not None and self._outputs is not None
+        assert self._store is not None and self._outputs is not None and self._conversations is not None
+        assert self._waits is not None
         now = utcnow()
         outcome, output_ref = await self._place_output(request, outcome)
         status = RunStatus(outcome.status)
+        if request.thread_id and attempt is not None:  # the turn first: the next run must see it
+            await self._conversations.record(request, attempt, outcome)
 
         def to_terminal(r: RunRecord) -> RunRecord | None:
             if r.terminal:
                 return None
             if attempt is not None and (r.executor_id != self.executor_id or r.attempts != attempt):
                 return None  # the claim moved on: another executor owns this run now
+            if only_if is not None and not only_if(r):
+                return None
             return r.model_copy(update={
                 "status": status, "output": outcome.output, "output_ref": output_ref, "error": outcome.error,
                 "usage": outcome.usage,
@@ -504,6 +567,8 @@ class Executor:
                 status.value, outcome.error.code.value if outcome.error else None,
                 time.monotonic() - active.started if active else None,
             )
+            if stored.waiting is not None:
+                await self._waits.forget(stored)
         elif stored is not None and stored.terminal:
             # Ended by someone else (a cancel), or by an earlier try of ours whose terminal
             # event did not go out: announce it unless it already was (once, by its id).
@@ -560,11 +625,13 @@ class Executor:
 
     async def _republish_terminal(self, record: RunRecord) -> None:
         """A run ended but maybe its holder died before announcing it: announce it once."""
-        assert self._js is not None
+        assert self._js is not None and self._waits is not None
         last = await last_event(self._js, record.tenant, record.run_id)  # one read: what exists, and its seq
         if last is None or not last.type.terminal and last.type != EventType.SUGGESTION:
             events = RunEventLog(self._js, record.tenant, record.run_id, last_seq=last.seq if last else 0)
             await self._publish_terminal(record, events, None)
+        if record.waiting is not None:  # cancelled while it waited: its saved state goes too
+            await self._waits.forget(record)
 
     # -- events and heartbeats ----------------------------------------------------------
 
@@ -686,7 +753,7 @@ class Executor:
                                       fail_record=False)
             return False
         record = RunRecord(run_id=request.run_id, tenant=request.tenant, input=request.input,
-                           workflow=request.workflow, created_at=request.created_at)
+                           workflow=request.workflow, created_at=request.created_at, thread_id=request.thread_id)
         if await self._store.create(record):
             await self._index.add(RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at))
         return True
@@ -819,6 +886,10 @@ def _over_limits(request: RunRequested, settings: ExecutorSettings) -> list[Work
         problems.append(WorkflowProblem(
             pointer="/input", message=f"{size} bytes is above the limit of {settings.max_input_bytes} "
             "(FLOWRELAY_MAX_INPUT_BYTES)"))
+    elif request.thread_id and size > settings.max_thread_message_bytes:
+        problems.append(WorkflowProblem(
+            pointer="/input", message=f"{size} bytes is above the limit of {settings.max_thread_message_bytes} "
+            "for a message on a thread (FLOWRELAY_MAX_THREAD_MESSAGE_BYTES)"))
     return problems
 
 

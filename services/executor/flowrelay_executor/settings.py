@@ -46,6 +46,10 @@ class ExecutorSettings(BusSettings):
     default_timeout_s: float = Field(default=120.0, gt=0, description="Deadline of runs that set no options.timeout_s.")
     max_timeout_s: float = Field(default=3600.0, gt=0, description="Cap on any run's deadline.")
     default_max_turns: int = Field(default=20, ge=1, description="LLM calls per agent for runs that set no options.max_turns.")
+    stream_interval_ms: float = Field(
+        default=100.0, gt=0, le=5000,
+        description="Token streaming: a text fragment waits at most this long for more before its llm.delta is sent.",
+    )
     kill_grace_s: float = Field(
         default=1.5, gt=0, description="After a deadline, how long a run has to stop before its worker is killed."
     )

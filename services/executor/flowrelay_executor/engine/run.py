@@ -34,11 +34,12 @@ from flowrelay_executor.engine.budget import Budget
 from flowrelay_executor.engine.resume import StepLog
 from flowrelay_executor.engine.text import elapsed_ms, truncate
 from flowrelay_executor.errors import BudgetExceeded, Redactor, TurnLimitExceeded, classify
-from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.jobs import Job, Outcome, PauseState
 
 if TYPE_CHECKING:
     from flowrelay_executor.engine.agents import Lease
     from flowrelay_executor.engine.recipes import Recipe
+    from flowrelay_executor.engine.streaming import DeltaStream
 
 log = logging.getLogger("flowrelay_executor.engine")
 
@@ -115,6 +116,19 @@ class RunState:
         #: Checkpoints to reuse from earlier attempts, and the ones this attempt writes.
         self.steps = StepLog(job, emit)  # type: ignore[arg-type]  # it sends CHECKPOINT items
         self.budget = Budget(max_cost_usd=job.max_cost_usd, max_tokens=job.max_tokens)
+        #: Set when the run streams tokens (``options.stream_tokens``).
+        self.stream: DeltaStream | None = None
+        #: What a run on a thread adds to it: (messages, form), once its answer is known.
+        self.turn: tuple[list[dict[str, Any]], str] | None = None
+        #: Each agent's live message list, as its last ``before_llm_call`` saw it (tinyagent):
+        #: what a pause saves (``engine.human``).
+        self.live_messages: dict[str, list[Any]] = {}
+        #: Agents whose conversation is the run's own (they may ask a person and pause).
+        self.top_level: frozenset[str] = frozenset()
+        #: Set when the run paused for a person's answer.
+        self.pause: PauseState | None = None
+        self._clock = time.monotonic()
+        self._executed_before = job.resume.state.executed_s if job.resume else 0.0
         self._emit = emit
         self._max_chars = max_chars
         self._steps = 0
@@ -185,6 +199,29 @@ class RunState:
         if agent not in self._tallies:
             self._tallies[agent] = Tally()
         return self._tallies[agent]
+
+    @property
+    def step_count(self) -> int:
+        """Steps begun so far (earlier segments included)."""
+        return self._steps
+
+    def executed_s(self) -> float:
+        """Seconds this run has executed, earlier segments (before a pause) included."""
+        return self._executed_before + time.monotonic() - self._clock
+
+    def tallies_state(self) -> dict[str, dict[str, Any]]:
+        """The tallies as JSON data (saved when the run pauses)."""
+        return {name: {"input_tokens": t.usage.input_tokens, "output_tokens": t.usage.output_tokens,
+                       "costs": t.costs, "notes": sorted(t.notes), "turns": t.turns}
+                for name, t in self._tallies.items()}
+
+    def restore(self, state: PauseState) -> None:
+        """Continue the tallies and step numbers of the segments before a pause."""
+        self._steps = state.steps
+        for name, saved in state.tallies.items():
+            self._tallies[name] = Tally(
+                usage=Usage(input_tokens=saved["input_tokens"], output_tokens=saved["output_tokens"]),
+                costs=list(saved["costs"]), notes=set(saved["notes"]), turns=saved["turns"])
 
     # failures ------------------------------------------------------------------------------
 
@@ -322,7 +359,7 @@ class RunState:
         all_costs = [cost for tally in self._tallies.values() for cost in tally.costs]
         return usage, costs.total([*all_costs, self.job.spent_cost_usd])
 
-    def outcome(self, *, status: Literal["succeeded", "failed"], output: Any = None) -> Outcome:
+    def outcome(self, *, status: Literal["succeeded", "failed", "waiting"], output: Any = None) -> Outcome:
         agents = [
             AgentUsage(
                 agent=name,
@@ -336,6 +373,7 @@ class RunState:
         notes = sorted({a.cost_note for a in agents if a.cost_note})
         steps = self.steps
         this_attempt = sum((a.usage for a in agents), Usage()) - steps.reused
+        turn = self.turn if status == "succeeded" else None
         return Outcome(
             status=status,
             output=output if status == "succeeded" else None,
@@ -348,6 +386,10 @@ class RunState:
             unsaved_cost_usd=_difference(
                 costs.total([a.cost_usd for a in agents]), costs.total(steps.reused_costs), costs.total(steps.saved_costs)
             ),
+            # the turn may quote a secret (a tool echoed a key), like the output
+            turn=self.redact(turn[0]) if turn else None,
+            turn_form=turn[1] if turn else "messages",
+            pause=self.pause if status == "waiting" else None,
         )
 
 

@@ -42,6 +42,11 @@ class FrameworkAdapter:
     #: keeps the current run's state on the agent object: each concurrent run then gets an
     #: instance of its own (still reused by later runs).
     concurrent_runs: ClassVar[bool] = True
+    #: Whether ``run_async`` takes an OpenAI-style message list (a thread's earlier turns as
+    #: real messages); the others get them as text.
+    takes_messages: ClassVar[bool] = False
+    #: Whether flowrelay can stream this framework's model text (``llm.delta``).
+    streams: ClassVar[bool] = False
 
     def installed(self) -> bool:
         try:
