@@ -25,9 +25,9 @@ from typing import Any
 
 import httpx
 
-from bench import auth, model, phases
+from bench import auth, fsync, model, natsops, phases
 from bench.measure import Latency, SystemFigures
-from flowrelay import natsserver
+from flowrelay import natscluster, natsserver
 from flowrelay.credentials import Secrets
 from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL, Role
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
@@ -69,22 +69,24 @@ def _free_port() -> int:
 
 @dataclass
 class RunningStack:
-    nats: natsserver.NatsServer
+    nats: list[subprocess.Popen[bytes]]  # one nats-server, or each node of a cluster
+    nats_url: str  # comma-separated for a cluster
     api: ServiceProcess
     executor: ServiceProcess
     suggester: ServiceProcess
     api_url: str
     root: Path
     secrets: Secrets
+    monitor_url: str
     profilers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def pids(self) -> list[int]:
         """Roots of the stack's process trees (the executor's workers are its children)."""
-        return [self.nats.process.pid, self.api.pid, self.executor.pid, self.suggester.pid]
+        return [*(p.pid for p in self.nats), self.api.pid, self.executor.pid, self.suggester.pid]
 
     def services(self) -> dict[str, int]:
         return {
-            "nats-server": self.nats.process.pid,
+            "nats-server": self.nats[0].pid,
             "api": self.api.pid,
             "executor": self.executor.pid,
             "suggester": self.suggester.pid,
@@ -106,6 +108,8 @@ def _env(nats_url: str, model_url: str, api_port: int) -> dict[str, str]:
         "FLOWRELAY_LOG_LEVEL": "INFO",  # the readiness lines are INFO; no per-run lines expected
         # one key drives the whole load: its request rate is what is measured, not capped
         "FLOWRELAY_RATE_LIMIT": "",
+        # never the default ports (other stacks on this machine may hold them): free ones
+        "FLOWRELAY_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -126,18 +130,63 @@ def _wait_executor_visible(api_url: str) -> dict[str, Any]:
     )
 
 
+#: Stored writes a sequential run waits for one after another: the record and its index entry
+#: (written together), the request, the executor's claim, the last step events (pipelined),
+#: the terminal record, the terminal event.
+SERIAL_WRITES_PER_RUN = 6
+
+#: The tenant the benchmark's runs belong to.
+BENCH_TENANT = "bench"
+
+
+def _tenant_key(api_url: str, admin_key: str) -> str:
+    response = httpx.post(
+        f"{api_url}/keys",
+        json={"tenant": BENCH_TENANT, "name": "benchmark load"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    key = response.json()["key"]
+    # On a cluster the API may read the key from a replica that has not got it yet.
+    deadline = time.monotonic() + EXECUTOR_VISIBLE_TIMEOUT_S
+    while httpx.get(f"{api_url}/auth/me", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the API does not accept the benchmark's tenant key")
+        time.sleep(0.2)  # replication: nothing to await from here
+    return key
+
+
 @contextmanager
-def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterator[RunningStack]:
-    """Start the stack (in order: NATS, API, executor, suggester); stop it all afterwards."""
+def running(
+    model_url: str, log_dir: Path, py_spy: str | None = None, *, cluster_replicas: int | None = None
+) -> Iterator[RunningStack]:
+    """Start the stack (in order: NATS, API, executor, suggester); stop it all afterwards.
+
+    With ``cluster_replicas``, NATS is a local 3-node cluster (``flowrelay.natscluster``) and
+    every stream and bucket has that many replicas; otherwise one nats-server (replicas 1).
+    """
     root = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
     # As deployed: each service its own NATS user, the API behind keys (auth on).
     secrets = Secrets.ensure(root / "secrets")
     # The fsync policy flowrelay deploys with, unless the run asks for another to compare.
     sync = os.environ.get("FLOWRELAY_NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)
-    nats = natsserver.start_secure(root / "nats", secrets, log_file=log_dir / "nats.log", sync_interval=sync)
+    if cluster_replicas is None:
+        monitor_port = _free_port()
+        server = natsserver.start_secure(
+            root / "nats", secrets, log_file=log_dir / "nats.log", sync_interval=sync, monitor_port=monitor_port
+        )
+        nats_url, stop_nats, nats = server.url, server.stop, [server.process]
+        monitor_url = f"http://127.0.0.1:{monitor_port}"
+    else:
+        cluster = natscluster.start(root / "nats", secrets, log_dir=log_dir, sync_interval=sync)
+        nats_url, stop_nats = cluster.url, cluster.stop
+        nats = [node.server.process for node in cluster.nodes if node.server is not None]
+        monitor_url = cluster.nodes[0].monitor_url  # counts of one node (streams are replicated)
     port = _free_port()
-    env = _env(nats.url, model_url, port)
-    os.environ["FLOWRELAY_API_KEY"] = secrets.admin_key()  # the load clients send it
+    env = _env(nats_url, model_url, port)
+    if cluster_replicas is not None:
+        env["FLOWRELAY_STREAM_REPLICAS"] = str(cluster_replicas)
     started: list[ServiceProcess] = []
 
     def service(name: str) -> ServiceProcess:
@@ -157,7 +206,10 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
             proc.wait_ready(timeout=SERVICE_START_TIMEOUT_S)
         api_url = f"http://127.0.0.1:{port}"
         _wait_executor_visible(api_url)
-        stack = RunningStack(nats, api, executor, suggester, api_url, root, secrets)
+        # The load clients send what a user of the service holds: a key of one tenant with
+        # the default scopes (submit, read, cancel), made with the operator's admin key.
+        os.environ["FLOWRELAY_API_KEY"] = _tenant_key(api_url, secrets.admin_key())
+        stack = RunningStack(nats, nats_url, api, executor, suggester, api_url, root, secrets, monitor_url)
         if py_spy:
             stack.profilers = _start_profilers(py_spy, stack, log_dir / "profiles")
         yield stack
@@ -166,7 +218,7 @@ def running(model_url: str, log_dir: Path, py_spy: str | None = None) -> Iterato
             _stop_profilers(stack.profilers)
         for proc in reversed(started):
             proc.terminate(timeout=15)
-        nats.stop()
+        stop_nats()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -186,6 +238,7 @@ def _start_profilers(py_spy: str, stack: RunningStack, out: Path) -> list[subpro
             "250",
             "--format",
             "raw",
+            "--gil",  # only the thread holding the GIL: idle threads and waits drop out
             "--output",
             str(out / f"{name}.txt"),
         ]
@@ -238,10 +291,15 @@ def measure(
         roots = stack.pids
         url = stack.api_url
         n, batch = sizes.sequential, sizes.batch * sizes.rounds
+        bus0 = natsops.BusCounters.read(stack.monitor_url)
         seq_runs = phases.check(
             "POST /runs sequential",
             phases.sequential(url, "flowrelay_runs", n, WORKFLOW, sm, roots, client),
             n,
+        )
+        # the phase's warm-up runs went through the bus too
+        bus_per_run = natsops.per_run(
+            bus0, natsops.BusCounters.read(stack.monitor_url), n + phases.WARMUP_RUNS
         )
         seq_exec = phases.check(
             "POST /execute sequential",
@@ -273,7 +331,8 @@ def measure(
             roots,
             client,
         )
-        auth_cost = auth.measure(stack.nats.url, stack.secrets)
+        auth_cost = auth.measure(stack.nats_url, stack.secrets)
+    fsync_cost = fsync.measure(bus_per_run["stored_messages"], SERIAL_WRITES_PER_RUN)
     events = {
         "sequential": Latency.of_ms(seq_runs["event_lag_ms"]).__dict__,
         "sequential_replayed": Latency.of_ms(seq_runs["replayed_lag_ms"]).__dict__,
@@ -293,6 +352,8 @@ def measure(
             "label": "flowrelay POST /runs + SSE",
             "startup_s": startup_s,
             "auth": auth_cost,
+            "bus_per_run": bus_per_run,
+            "fsync": fsync_cost,
             **_summarise(seq_runs, tp_runs),
         },
     )

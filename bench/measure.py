@@ -464,7 +464,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if conc.get("wall_s") is not None:
         out.append(
             f"flowrelay {conc['n']} concurrent {conc['delay_s']:g} s runs: all done in {conc['wall_s']:.2f} s, "
-            f"peak RSS {conc['rss_mb']:.0f} MB (target <= 2 s, < 3 GB)"
+            f"peak RSS {conc['rss_mb']:.0f} MB (target <= 1.15 x the floor's wall time, < 3 GB)"
+        )
+    ratios = report.get("ratios") or {}
+    if any(v is not None for v in ratios.values()):
+        shown = ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None)
+        out.append(f"flowrelay / floor in this run: {shown} (targets: cpu <= 3, throughput >= 0.8, burst <= 1.15, p50 <= 3)")
+    peer = report.get("peer") or {}
+    if peer.get("skipped"):
+        out.append(f"peer (Celery): skipped: {peer['skipped']}")
+    elif peer.get("p50_ms") is not None:
+        vs = {k: v for k, v in (peer.get("flowrelay_vs_peer") or {}).items() if v is not None}
+        versus = ", ".join(f"{k} {v:.2f}x" for k, v in vs.items())
+        out.append(
+            f"peer {peer.get('label')}: p50 {peer['p50_ms']:.2f} ms, {peer['runs_s']:.1f} runs/s, "
+            f"CPU {peer.get('cpu_per_run_ms') or 0:.1f} ms per run" + (f"; flowrelay / Celery: {versus}" if versus else "")
         )
     model = report.get("scripted_model") or {}
     if model.get("capacity_req_s"):
@@ -473,6 +487,20 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"(peak rate it saw during a phase: {model.get('max_phase_req_s', 0):.0f} requests/s; its /stats: "
             f"{model.get('requests_total', 0)} requests, {model.get('requests_per_second_since_start', 0):.0f}/s "
             f"averaged since start); its RSS {model.get('rss_mb', 0):.0f} MB is not counted above"
+        )
+    extra = ((report.get("systems") or {}).get("flowrelay") or {}).get("extra") or {}
+    bus, fs = extra.get("bus_per_run") or {}, extra.get("fsync") or {}
+    if bus.get("stored_messages") is not None:
+        out.append(
+            f"bus per run: {bus['stored_messages']:.1f} stored JetStream messages ({', '.join(f'{k} {v:g}' for k, v in bus['stored_by_stream'].items() if v >= 0.5)}), "
+            f"{bus['client_messages_in']:.1f} messages in, {bus['client_messages_out']:.1f} out, "
+            f"{bus['bytes_in'] / 1024:.1f} kB in, {bus['bytes_out'] / 1024:.1f} kB out"
+        )
+    if fs.get("fsync_ms_per_write") is not None:
+        out.append(
+            f"fsync (sync_interval: always, kept): an acked publish {fs['acked_publish_always']['p50_ms']:.2f} ms vs "
+            f"{fs['acked_publish_default']['p50_ms']:.2f} ms without it (p50); {fs['serial_writes_per_run']} writes a run waits for in turn "
+            f"= {fs['latency_ms_per_run']:.1f} ms of its latency"
         )
     budget = report.get("cpu_budget") or {}
     if budget.get("flowrelay_cpu_per_run_ms"):
@@ -487,6 +515,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"on {budget['cores']} cores that alone caps flowrelay at about {budget['max_runs_s']:.0f} runs/s, and "
             f"{budget['concurrent_n']} runs need at least {budget['min_concurrent_wall_s']:.1f} s of wall time for their CPU"
         )
+    if report.get("replication_summary"):
+        out.append(report["replication_summary"])
     busy = busy_shares(report)
     if busy:
         shown = ", ".join(f"{name} {share:.0%}" for name, share in busy.items())

@@ -9,6 +9,7 @@ down, a key is refused, a run does not exist) are one line on stderr and exit st
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -63,15 +64,21 @@ def up_command(
     scripted_port: int = typer.Option(9100, help="Port of the scripted model (when no provider key is set)."),
     metrics_port: int = typer.Option(9101, min=-1, help="First Prometheus port: executors get it and the next "
                                      "ones, the suggester the one after them; 0: free ports; -1: off."),
+    nats_cluster: int = typer.Option(1, "--nats-cluster", min=1, max=5, metavar="N",
+                                     help="Embed a local N-node NATS cluster (client ports --nats-port, +1, ...) "
+                                          "with every stream and bucket at N replicas; 3 survives a node's loss."),
 ) -> None:
     """Run the stack: NATS, API, executors, suggester; restarts what crashes, Ctrl-C stops it in order.
 
     NATS is embedded unless FLOWRELAY_NATS_URL is set; the scripted model stands in when no
     provider key is set. A second Ctrl-C kills everything at once.
     """
+    if nats_cluster > 1 and os.environ.get("FLOWRELAY_NATS_URL"):
+        raise _fail(CliError("--nats-cluster embeds its own NATS cluster: unset FLOWRELAY_NATS_URL "
+                             "(or give it your cluster's URLs and leave --nats-cluster out)"))
     code = up(UpOptions(executors=executors, workers=workers, data_dir=data_dir, api_host=api_host,
                         api_port=api_port, nats_port=nats_port, scripted_port=scripted_port,
-                        metrics_port=metrics_port))
+                        metrics_port=metrics_port, nats_cluster=nats_cluster))
     raise typer.Exit(code)
 
 
@@ -266,22 +273,40 @@ def secrets_init(
     nats_store: Path = typer.Option(Path("/data"), help="JetStream store directory of the configured nats-server."),
     sync_interval: str = typer.Option(DEFAULT_SYNC_INTERVAL,
                                       help="JetStream fsync period ('always' fsyncs every write before acking it)."),
+    nats_cluster: str | None = typer.Option(
+        None, help="Comma-separated node names of a NATS cluster (they reach each other by these names, routes "
+        "on port 6222): writes NAME.conf beside --nats-config for each node, with route credentials."),
+    container_readable: bool = typer.Option(
+        False, help="Files mode 0644 inside the 0700 directory, for compose to mount each one into its own "
+        "service's container, whose user is not the files' owner."),
 ) -> None:
     """Create the admin API key and the NATS users' passwords (keeps what exists)."""
-    from flowrelay.credentials import Secrets
+    from flowrelay.credentials import CONTAINER_FILE_MODE, FILE_MODE, Secrets
+    from flowrelay.natscluster import node_configs, write_secret
     from flowrelay.natsconfig import server_config
 
-    secrets = Secrets.ensure(directory)
+    secrets = Secrets.ensure(directory, file_mode=CONTAINER_FILE_MODE if container_readable else FILE_MODE)
     console = Console(stderr=True)
     console.print(f"secrets in {secrets.root} (admin key: {secrets.admin_key_file})", highlight=False)
-    if nats_config is not None:
-        text = server_config(users=secrets.users(), host=nats_host, port=nats_port, store_dir=nats_store,
-                             sync_interval=sync_interval)
-        nats_config.parent.mkdir(parents=True, exist_ok=True)
-        nats_config.touch(mode=0o600)
-        nats_config.write_text(text)
-        console.print(f"nats-server config in {nats_config}", highlight=False)
+    if nats_config is None:
+        if nats_cluster:
+            raise _fail(CliError("--nats-cluster needs --nats-config (the configs are written beside it)"))
+        return
+    if nats_cluster:
+        names = [name.strip() for name in nats_cluster.split(",") if name.strip()]
+        configs = node_configs(names, secrets, listen_host=nats_host, store_dir=nats_store, client_port=nats_port,
+                               sync_interval=sync_interval)
+        for name, text in configs.items():
+            write_secret(nats_config.with_name(f"{name}.conf"), text)
+        console.print(f"nats-server configs of {', '.join(names)} in {nats_config.parent}", highlight=False)
+        return
+    text = server_config(users=secrets.users(), host=nats_host, port=nats_port, store_dir=nats_store,
+                         sync_interval=sync_interval)
+    write_secret(nats_config, text)
+    console.print(f"nats-server config in {nats_config}", highlight=False)
 
+
+import flowrelay.chat  # noqa: E402, F401 - registers `flowrelay chat` (its own module)
 
 if __name__ == "__main__":
     app()

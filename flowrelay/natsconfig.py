@@ -72,6 +72,8 @@ _SHARED_STREAMS = (
     f"KV_{subjects.IDEMPOTENCY_BUCKET}",
     f"KV_{subjects.EXECUTORS_BUCKET}",
     f"OBJ_{subjects.OUTPUTS_BUCKET}",
+    subjects.THREADS_STREAM,
+    f"KV_{subjects.THREADS_BUCKET}",
 )
 _API = "$JS.API"
 
@@ -105,35 +107,45 @@ def _durable(stream: str, consumer: str) -> list[str]:
 def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
     """The publish/subscribe allow lists of ``role`` (None: unrestricted)."""
     events, runs_kv = subjects.EVENTS_STREAM, f"KV_{subjects.RUNS_BUCKET}"
+    threads, threads_kv = subjects.THREADS_STREAM, f"KV_{subjects.THREADS_BUCKET}"
     if role == Role.OPERATOR:
         return None
     if role == Role.API:
         publish = [
             *_declare((*_SHARED_STREAMS, f"KV_{subjects.API_KEYS_BUCKET}")),
             f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
-            f"{_API}.STREAM.MSG.GET.{subjects.INDEX_STREAM}",
+            f"{_API}.STREAM.MSG.GET.{subjects.INDEX_STREAM}", f"{_API}.STREAM.MSG.GET.{threads_kv}",
             *_direct(events), *_direct(subjects.INDEX_STREAM), *_direct(runs_kv, body=False),
             *_direct(f"KV_{subjects.IDEMPOTENCY_BUCKET}", body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}"), *_direct(f"KV_{subjects.API_KEYS_BUCKET}"),
             *_direct(f"OBJ_{subjects.OUTPUTS_BUCKET}"),  # GET /runs/{id}/output, without a consumer
             # GET /executors reads the queue depth from the executors' consumer
             f"{_API}.CONSUMER.INFO.{subjects.RUNS_STREAM}.{subjects.EXECUTORS_CONSUMER}",
+            *_direct(threads), *_direct(threads_kv, body=False),  # threads: turns, records
             subjects.RUN_REQUESTED_ALL, subjects.RUN_ADVISE, subjects.RUN_CANCEL_ALL, subjects.EVENTS_ALL,
             subjects.INDEX_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.IDEMPOTENCY_BUCKET),
-            _kv(subjects.API_KEYS_BUCKET),
+            _kv(subjects.API_KEYS_BUCKET), _kv(subjects.THREADS_BUCKET),
         ]
-        subscribe = ["_INBOX.>", subjects.EVENTS_ALL, _kv(subjects.RUNS_BUCKET)]
+        subscribe = ["_INBOX.>", subjects.EVENTS_ALL, _kv(subjects.RUNS_BUCKET), subjects.RUN_INPUT_ALL]
     elif role == Role.EXECUTOR:
+        checkpoints = f"KV_{subjects.CHECKPOINTS_BUCKET}"
         publish = [
-            *_declare(_SHARED_STREAMS), *_durable(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER),
+            *_declare((*_SHARED_STREAMS, checkpoints)), *_durable(subjects.RUNS_STREAM, subjects.EXECUTORS_CONSUMER),
+            # step checkpoints (bus/flowrelay_bus/checkpoints.py): written, read back in one
+            # batched direct get when a run resumes, and purged per run when it ends
+            _kv(subjects.CHECKPOINTS_BUCKET), *_direct(checkpoints), f"{_API}.STREAM.PURGE.{checkpoints}",
+            *_direct(f"OBJ_{subjects.OUTPUTS_BUCKET}"),  # a checkpoint too large for KV is read back
             f"{_API}.STREAM.MSG.GET.{events}", f"{_API}.STREAM.MSG.GET.{runs_kv}",
             *_direct(events), *_direct(runs_kv, body=False),
             *_direct(f"KV_{subjects.EXECUTORS_BUCKET}", body=False),  # is a run's holder alive?
             # large outputs: nats-py's object store reads the meta and purges replaced chunks
             f"$O.{subjects.OUTPUTS_BUCKET}.>", f"{_API}.STREAM.MSG.GET.OBJ_{subjects.OUTPUTS_BUCKET}",
             f"{_API}.STREAM.PURGE.OBJ_{subjects.OUTPUTS_BUCKET}",
+            *_direct(threads), *_direct(threads_kv, body=False),  # a run's history; thread claims
             subjects.EVENTS_ALL, subjects.INDEX_ALL, subjects.RUN_FAILED, subjects.DEADLETTER,
-            _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
+            subjects.THREADS_ALL, _kv(subjects.RUNS_BUCKET), _kv(subjects.EXECUTORS_BUCKET),
+            _kv(subjects.THREADS_BUCKET),
+            f"{_API}.STREAM.MSG.DELETE.{subjects.RUNS_STREAM}",  # a resumed run's parked request
         ]
         subscribe = ["_INBOX.>", subjects.RUN_CANCEL_ALL]
     elif role == Role.SUGGESTER:
@@ -153,11 +165,18 @@ def permissions(role: Role, tenant: str | None = None) -> dict[str, Any] | None:
             f"{_API}.CONSUMER.CREATE.{events}.*.{own_events}",
             f"{_API}.DIRECT.GET.{events}.{own_events}",
             f"{_API}.DIRECT.GET.{runs_kv}.{subjects.run_record_subject(tenant, '>')}",
+            # its threads: turns through consumers confined like events, records by key
+            f"{_API}.CONSUMER.CREATE.{threads}.*.{subjects.tenant_threads(tenant)}",
+            f"{_API}.DIRECT.GET.{threads_kv}.{subjects.thread_record_subject(tenant, '>')}",
         ]
         if role == Role.CLIENT:
-            publish += [subjects.run_requested(tenant), subjects.run_cancel(tenant, "*")]
+            publish += [subjects.run_requested(tenant), subjects.run_cancel(tenant, "*"), subjects.run_input(tenant, "*"),
+                        subjects.thread_record_subject(tenant, "*")]  # new threads (KV create)
         subscribe = [own_events, f"{subjects.tenant_inbox_prefix(tenant)}.>"]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+    perms: dict[str, Any] = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+    if role == Role.API:
+        perms["allow_responses"] = True  # replies to answers sent over NATS (RUN_INPUT_ALL)
+    return perms
 
 
 def hash_password(password: str) -> str:
@@ -212,3 +231,25 @@ def server_config(
         config["pid_file"] = str(pid_file)
     config |= extra or {}
     return json.dumps(config, indent=2) + "\n"
+
+
+#: The user cluster nodes authenticate each other's routes with. It exists only in the
+#: ``cluster`` block, so no client can connect with it.
+ROUTE_USER = "route"
+
+
+def cluster_block(*, name: str, host: str, port: int, peers: Sequence[str], route_password: str) -> dict[str, Any]:
+    """The ``cluster`` block of one node, for ``server_config(extra={"cluster": ...})``.
+
+    The node listens for routes on ``host:port`` and accepts only peers presenting
+    ``ROUTE_USER``/``route_password`` (stored as a bcrypt hash); it connects to each of
+    ``peers`` (``host:port`` of the other nodes' route listeners) with the same credentials,
+    which therefore appear in clear in the route URLs: the config file is a secret.
+    """
+    return {
+        "name": name,
+        "host": host,
+        "port": port,
+        "authorization": {"user": ROUTE_USER, "password": hash_password(route_password)},
+        "routes": [f"nats-route://{ROUTE_USER}:{route_password}@{peer}" for peer in peers],
+    }

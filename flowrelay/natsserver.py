@@ -79,25 +79,29 @@ def start_secure(
     sync_interval: str | None = None,
     max_file_store: int | None = None,
     log_file: Path | None = None,
+    monitor_port: int | None = None,
 ) -> NatsServer:
     """Start nats-server in ``root`` with the users of ``secrets`` (re-read on reload).
 
     ``max_file_store`` caps the JetStream store (bytes), e.g. to make a test's disk "full".
+    ``monitor_port`` serves the HTTP monitoring endpoints (``/varz``, ``/jsz``) on ``host``
+    (the benchmark counts JetStream operations with them).
     """
     root.mkdir(parents=True, exist_ok=True)
     config = write_config(root, secrets, host=host, port=port, tls=tls, sync_interval=sync_interval,
-                          max_file_store=max_file_store)
+                          max_file_store=max_file_store, monitor_port=monitor_port)
     return start(root, host=host, port=port, log_file=log_file, config=config)
 
 
 def write_config(
     root: Path, secrets: Secrets, *, host: str, port: int, tls: TlsFiles | None = None,
-    sync_interval: str | None = None, max_file_store: int | None = None,
+    sync_interval: str | None = None, max_file_store: int | None = None, monitor_port: int | None = None,
 ) -> Path:
     """(Re)write ``root/nats.conf`` (mode 0600: it holds password hashes) from ``secrets``."""
     text = server_config(
         users=secrets.users(), host=host, port=port or -1, store_dir=root, tls=tls, sync_interval=sync_interval,
         pid_file=root / PID_FILE, max_file_store=max_file_store,
+        extra={"http": f"{host}:{monitor_port}"} if monitor_port else None,
     )
     path = root / CONFIG_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -24,6 +24,12 @@ after whitespace:
 ``#fail=<http status>``
     Answer with that status (400-599) and an OpenAI-style error body; 429 also carries
     ``retry-after: 0``.
+``#fail-first=<n>:<http status>[:<retry-after seconds>]``
+    Fail only the first ``n`` requests of its key (as ``#fail`` does, with ``retry-after``
+    set to the given seconds, or ``0`` for a 429 without one), then answer normally. The key
+    is the ``#count`` token of the request when it has one, else the whole last user text,
+    so a run whose retries send the same request fails exactly ``n`` times, whichever
+    process sends them. Counters live as long as the server.
 ``#call=<tool> <json object>``
     Ask for one call of ``tool`` per turn, in the order written. Once the conversation after
     the last user message holds as many ``tool`` results as there are ``#call`` directives,
@@ -33,10 +39,28 @@ after whitespace:
     Always ask for a call of ``tool``; never finish (for testing turn limits). Performed after
     any ``#call`` directives written before it.
 ``#count=<token>``
-    Count this request under ``token`` (``GET /stats`` -> ``counted``): how many model calls a
-    run really made, e.g. that a redelivered run was not executed twice. ``/stats`` ->
-    ``parameters`` keeps the last such request's fields other than messages and tools
-    (``model``, ``temperature``, ``max_tokens``, ...): what really reached the model.
+    Count this request under ``token`` (``GET /stats`` -> ``counted``, and per model in
+    ``counted_by_model``): how many model calls a run really made, e.g. that a redelivered
+    run was not executed twice, or that a resumed run did not call its finished agents again.
+    ``/stats`` -> ``parameters`` keeps the last such request's fields other than messages and
+    tools (``model``, ``temperature``, ``max_tokens``, ...): what really reached the model.
+``#recall``
+    Answer ``recall: `` and every message before the last user message but the system
+    prompt, one per ``|``-separated item: ``user: <text>``, ``assistant: <text>``,
+    ``assistant calls <tool>(<arguments>)``, ``tool <tool_call_id>: <result>`` (what a
+    conversation's earlier turns looked like to the model).
+``#tokens=<n>``
+    Answer with a text of exactly ``n`` completion tokens (``n`` four-character words
+    ``000 001 ...``), for streaming volume and cost tests. Capped at ``_MAX_TOKENS``.
+``#pace=<ms>``
+    With ``stream: true``, wait that many milliseconds between chunks (a model writing at
+    a human-visible pace). Capped at ``_MAX_PACE_MS``.
+
+``#delay``, ``#fail``, ``#fail-first`` and ``#count`` take an optional ``@<model>`` suffix
+(``#delay=5@slow``): the directive then applies only to requests for that model (the
+request's ``model``, e.g. ``slow`` for an agent with ``model_id: "scripted:slow"``). Agents
+of a sequential workflow pass the directives on in their echoed answers; the suffix is how
+one of them is told apart.
 
 smolagents sends tool calls and results as plain messages (an assistant ``Calling tools:``
 message, then a user ``Observation:`` message): such an observation counts as a tool result,
@@ -55,8 +79,13 @@ message's content plus the compact, key-sorted JSON of ``tools``; ``completion_t
 ceil(len(reply) / 4)`` where reply is the content, or the JSON of ``tool_calls`` exactly as
 sent. Both are at least 1.
 
-Endpoints: ``POST /v1/chat/completions`` (``stream: true`` gets the same reply as a short SSE
-chunk stream), ``GET /v1/models``, ``GET /healthz`` and ``GET /stats`` (chat-completion requests
+Conversations are checked like the real API checks them: a ``tool`` message must answer a
+``tool_calls`` id of an earlier assistant message, and every call must be answered before
+the next non-tool message; otherwise 400 (a history cut between a call and its result).
+
+Endpoints: ``POST /v1/chat/completions`` (``stream: true`` gets the same reply as an SSE chunk
+stream: the content one token, four characters, per chunk, tool-call arguments in pieces,
+then a usage chunk when ``stream_options.include_usage``), ``GET /v1/models``, ``GET /healthz`` and ``GET /stats`` (chat-completion requests
 in total and by outcome, requests per second since start, uptime, token totals, and requests
 being handled now and at peak). Malformed requests and directives get an OpenAI-style
 400, never a 422; unknown fields are ignored.
@@ -93,7 +122,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -127,8 +156,23 @@ _GRACEFUL_SHUTDOWN_S: Final = 2.0
 _BACKLOG: Final = 4096
 """Listen backlog: a benchmark may open hundreds of connections at once."""
 
-_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail|call|loop|count)=")
+_DIRECTIVE_RE: Final = re.compile(r"(?:(?<=\s)|^)#(delay|fail-first|fail|call|loop|count|tokens|pace)=")
 """A directive starts the text or follows whitespace, so ``a#b=`` inside words is inert."""
+
+_RECALL_RE: Final = re.compile(r"(?:(?<=\s)|^)#recall(?=\s|$)")
+"""``#recall`` takes no value."""
+
+_MAX_TOKENS: Final = 100_000
+"""Upper bound for ``#tokens``."""
+
+_MAX_PACE_MS: Final = 1000.0
+"""Upper bound for ``#pace``."""
+
+_STREAM_CHUNK_CHARS: Final = 4
+"""Content characters per streamed chunk (one token of the usage estimate)."""
+
+_STREAM_ARGUMENT_CHARS: Final = 8
+"""Tool-call argument characters per streamed chunk (providers send them in pieces)."""
 
 _TOOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 """Tool names allowed by OpenAI function calling (plus dots, which some MCP tools use)."""
@@ -225,12 +269,23 @@ class _ToolStep:
     repeat: bool  # True for #loop: never completes
 
 
+@dataclass(frozen=True, slots=True)
+class _FailFirst:
+    count: int
+    status: int
+    retry_after: str | None
+
+
 @dataclass(slots=True)
 class _Script:
     delay_s: float = 0.0
     fail_status: int | None = None
+    fail_first: _FailFirst | None = None
     steps: list[_ToolStep] = field(default_factory=list)
     count_token: str | None = None
+    recall: bool = False
+    tokens: int | None = None
+    pace_s: float = 0.0
 
 
 def _compact_json(value: Any) -> str:
@@ -313,18 +368,61 @@ def _parse_tool_step(text: str, start: int, *, repeat: bool) -> _ToolStep:
     )
 
 
-def _parse_script(text: str) -> _Script:
-    script = _Script()
+def _http_status(value: str, directive: str) -> int:
+    if not value.isdigit() or not 400 <= int(value) <= 599:
+        raise _ScriptError(f"{directive} needs an HTTP error status 400-599, got {value!r}")
+    return int(value)
+
+
+def _parse_fail_first(value: str) -> _FailFirst:
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit():
+        raise _ScriptError(f"#fail-first= needs <n>:<status>[:<retry-after seconds>], got {value!r}")
+    retry_after = None
+    if len(parts) == 3:
+        try:
+            seconds = float(parts[2])
+        except ValueError:
+            raise _ScriptError(f"#fail-first= retry-after must be a number of seconds, got {parts[2]!r}") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise _ScriptError(f"#fail-first= retry-after must be a finite number >= 0, got {parts[2]!r}")
+        retry_after = parts[2]
+    return _FailFirst(count=int(parts[0]), status=_http_status(parts[1], "#fail-first="), retry_after=retry_after)
+
+
+def _parse_script(text: str, model: str | None = None) -> _Script:
+    """The directives of ``text`` that apply to a request for ``model``."""
+    script = _Script(recall=_RECALL_RE.search(text) is not None)
     for match in _DIRECTIVE_RE.finditer(text):
         kind, start = match.group(1), match.end()
         if kind in ("call", "loop"):
             script.steps.append(_parse_tool_step(text, start, repeat=kind == "loop"))
             continue
         value = text[start:].split(maxsplit=1)[0] if text[start:].strip() else ""
+        value, scoped, only_for = value.partition("@")
+        if scoped and not only_for:
+            raise _ScriptError(f"#{kind}= has '@' without a model name")
+        if scoped and only_for != model:
+            continue  # scoped to another model
+        if kind == "fail-first":
+            script.fail_first = _parse_fail_first(value)  # the last #fail-first wins
+            continue
         if kind == "count":
             if not _COUNT_TOKEN_RE.fullmatch(value):
                 raise _ScriptError(f"#count= needs a token of 1-64 letters, digits, '-' or '_', got {value!r}")
             script.count_token = value
+        elif kind == "tokens":
+            if not value.isdigit() or int(value) < 1:
+                raise _ScriptError(f"#tokens= needs a whole number of tokens >= 1, got {value!r}")
+            script.tokens = min(int(value), _MAX_TOKENS)
+        elif kind == "pace":
+            try:
+                pace = float(value)
+            except ValueError:
+                raise _ScriptError(f"#pace= needs milliseconds, got {value!r}") from None
+            if not math.isfinite(pace) or pace < 0:
+                raise _ScriptError(f"#pace= must be a finite number >= 0, got {value!r}")
+            script.pace_s = min(pace, _MAX_PACE_MS) / 1000
         elif kind == "delay":
             try:
                 delay = float(value)
@@ -334,9 +432,7 @@ def _parse_script(text: str) -> _Script:
                 raise _ScriptError(f"#delay= must be a finite number >= 0, got {value!r}")
             script.delay_s = min(delay, _MAX_DELAY_S)  # the last #delay wins
         else:
-            if not value.isdigit() or not 400 <= int(value) <= 599:
-                raise _ScriptError(f"#fail= needs an HTTP error status 400-599, got {value!r}")
-            script.fail_status = int(value)  # the last #fail wins
+            script.fail_status = _http_status(value, "#fail=")  # the last #fail wins
     return script
 
 
@@ -551,19 +647,69 @@ def _result_text(content: Any) -> str:
     return text
 
 
-def _tool_call(name: str, arguments: str, number: int) -> list[dict[str, Any]]:
-    # One call per turn; the id is deterministic and unique within the conversation.
+def _tool_call(name: str, arguments: str, number: int, turn: int = 0) -> list[dict[str, Any]]:
+    # One call per turn; the id is deterministic and unique within the conversation (``turn``
+    # is where the last user message sits, so earlier turns' calls have other ids).
     return [
         {
-            "id": f"call_flowrelay_{number}",
+            "id": f"call_flowrelay_{turn}_{number}" if turn else f"call_flowrelay_{number}",
             "type": "function",
             "function": {"name": name, "arguments": arguments},
         }
     ]
 
 
+def _recall(earlier: list[Any]) -> str:
+    """The earlier messages of a conversation as one line (see ``#recall``)."""
+    items: list[str] = []
+    for message in earlier:
+        if not isinstance(message, dict) or message.get("role") == "system":
+            continue
+        role, text = message.get("role"), _content_text(message.get("content"))
+        if role == "tool":
+            items.append(f"tool {message.get('tool_call_id')}: {text}")
+            continue
+        if text:
+            items.append(f"{role}: {text}")
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                items.append(f"{role} calls {function.get('name')}({function.get('arguments')})")
+    return "recall: " + " | ".join(items)
+
+
+def _generated_text(tokens: int) -> str:
+    """``tokens`` four-character words: exactly that many completion tokens."""
+    return "".join(f"{i % 1000:03d} " for i in range(tokens)).rstrip()  # 4n - 1 chars: n tokens
+
+
+def _pairing_error(messages: list[Any]) -> str | None:
+    """What the real API would refuse about tool calls and results in ``messages``."""
+    open_calls: list[str] = []
+    answered: set[str] = set()
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceding message "
+                        f"with 'tool_calls' (tool_call_id {call_id!r} answers no open call).")
+            open_calls.remove(call_id)
+            answered.add(call_id)
+            continue
+        if open_calls:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                    f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_calls)}")
+        if role == "assistant":
+            open_calls = [c.get("id") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    return None
+
+
 def _reply(
-    script: _Script, later: list[Any], user_text: str, response_format: Any, tools: Any = None
+    script: _Script, later: list[Any], user_text: str, response_format: Any, tools: Any = None,
+    earlier: list[Any] | None = None,
 ) -> tuple[str | None, list[dict[str, Any]] | None]:
     """This turn's (content, tool_calls), given the messages after the last user message."""
     results = [
@@ -576,14 +722,22 @@ def _reply(
         if isinstance(m, dict) and m.get("role") == "user" and _is_observation(later, i)
     ]
     step = _next_step(script.steps, len(results))
+    turn = len(earlier or [])
     if step is not None:
-        return None, _tool_call(step.name, step.arguments, len(results))
-    answer = results[-1] if script.steps else f"echo: {user_text}"
+        return None, _tool_call(step.name, step.arguments, len(results), turn)
+    if script.steps:
+        answer = results[-1]
+    elif script.recall:
+        answer = _recall(earlier or [])
+    elif script.tokens is not None:
+        answer = _generated_text(script.tokens)
+    else:
+        answer = f"echo: {user_text}"
     structured = _structured_content(response_format, answer)
     content = answer if structured is None else structured
     parameter = _final_answer_parameter(tools)
     if parameter is not None:
-        return None, _tool_call(_FINAL_ANSWER_TOOL, _compact_json({parameter: content}), len(results))
+        return None, _tool_call(_FINAL_ANSWER_TOOL, _compact_json({parameter: content}), len(results), turn)
     return content, None
 
 
@@ -608,6 +762,9 @@ class _Stats:
     #: Per ``#count`` token, the request's parameters besides messages and tools (the last
     #: request's), so a test can see what reached the model, e.g. a node's ``model_args``.
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counted_by_model: dict[str, Counter[str]] = field(default_factory=dict)
+    #: Requests seen per ``#fail-first`` key.
+    fail_first_seen: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, Any]:
         uptime = time.monotonic() - self.started
@@ -623,6 +780,7 @@ class _Stats:
             "completion_tokens_total": self.completion_tokens,
             "counted": dict(self.counted),
             "parameters": self.parameters,
+            "counted_by_model": {token: dict(models) for token, models in self.counted_by_model.items()},
         }
 
 
@@ -639,22 +797,31 @@ def _json_response(
 
 
 def _error_response(
-    status: int, message: str, error_type: str, code: str | None, param: str | None = None
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None,
+    param: str | None = None,
+    retry_after: str | None = None,
 ) -> Response:
     # 429 carries retry-after like the real API. Note: the openai client treats 0 as "no hint"
     # and falls back to its own backoff (about 0.5 s, then 1 s) for its two default retries.
-    headers = {"retry-after": "0"} if status == 429 else None
+    if retry_after is None and status == 429:
+        retry_after = "0"
+    headers = {"retry-after": retry_after} if retry_after is not None else None
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return _json_response(body, status, headers)
 
 
-def _scripted_failure(status: int, model: str, authorization: str) -> Response:
+def _scripted_failure(
+    status: int, model: str, authorization: str, retry_after: str | None = None
+) -> Response:
     default_type = "server_error" if status >= 500 else "invalid_request_error"
     message, error_type, code = _ERROR_TEMPLATES.get(
         status, (f"Scripted failure with HTTP status {status}.", default_type, None)
     )
     message = message.format(model=model, key=_mask_key(authorization))
-    return _error_response(status, message, error_type, code)
+    return _error_response(status, message, error_type, code, retry_after=retry_after)
 
 
 def _completion_body(
@@ -691,36 +858,50 @@ def _completion_body(
     }
 
 
-def _stream_response(body: dict[str, Any], include_usage: bool) -> Response:
-    """The same completion as a minimal, complete SSE chunk stream sent in one body."""
+def _stream_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """The completion as chat.completion.chunk objects, as a provider streams it: the role,
+    the content one token (four characters) per chunk, each tool call's name and then its
+    arguments in pieces, the finish reason, and the usage last when asked for."""
     message = body["choices"][0]["message"]
-    delta: dict[str, Any] = {"role": "assistant", "content": message["content"], "refusal": None}
-    if "tool_calls" in message:
-        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint", "service_tier")}
     base["object"] = "chat.completion.chunk"
     extra = {"usage": None} if include_usage else {}
-    finish = body["choices"][0]["finish_reason"]
-    chunks = [
-        {
-            **base,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
-            **extra,
-        },
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        },
-    ]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    content = message["content"] or ""
+    chunks += [chunk({"content": content[i : i + _STREAM_CHUNK_CHARS]}) for i in range(0, len(content), _STREAM_CHUNK_CHARS)]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        chunks.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                             "function": {"name": function["name"], "arguments": ""}}]}))
+        arguments = function["arguments"]
+        chunks += [chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i : i + _STREAM_ARGUMENT_CHARS]}}]})
+                   for i in range(0, len(arguments), _STREAM_ARGUMENT_CHARS)]
+    chunks.append(chunk({}, body["choices"][0]["finish_reason"]))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": body["usage"]})
-    text = "".join(f"data: {_compact_json(chunk)}\n\n" for chunk in chunks)
-    return Response(
-        (text + "data: [DONE]\n\n").encode(),
-        headers={MARKER_HEADER: "1", "cache-control": "no-cache"},
-        media_type="text/event-stream",
-    )
+    return chunks
+
+
+def _stream_response(body: dict[str, Any], include_usage: bool, pace_s: float = 0.0) -> Response:
+    """The completion as an SSE chunk stream: one body at once, or chunk by chunk ``pace_s`` apart."""
+    chunks = _stream_chunks(body, include_usage)
+    headers = {MARKER_HEADER: "1", "cache-control": "no-cache"}
+    if not pace_s:
+        text = "".join(f"data: {_compact_json(chunk)}\n\n" for chunk in chunks)
+        return Response((text + "data: [DONE]\n\n").encode(), headers=headers, media_type="text/event-stream")
+
+    async def paced() -> AsyncIterator[bytes]:
+        for number, chunk in enumerate(chunks):
+            if number:
+                await asyncio.sleep(pace_s)
+            yield f"data: {_compact_json(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(paced(), headers=headers, media_type="text/event-stream")
 
 
 async def _wait_unless_gone(request: Request, seconds: float) -> bool:
@@ -766,7 +947,7 @@ def create_app() -> Starlette:
         user_index = _last_user_index(messages)
         user_text = "" if user_index is None else _user_text(messages[user_index])
         try:
-            script = _parse_script(user_text)
+            script = _parse_script(user_text, model)
         except _ScriptError as exc:
             stats.by_outcome["invalid_request"] += 1
             message = f"Scripted model directive error: {exc}"
@@ -777,6 +958,13 @@ def create_app() -> Starlette:
             stats.parameters[script.count_token] = {
                 k: v for k, v in body.items() if k not in _UNRECORDED_PARAMETERS
             }
+            stats.counted_by_model.setdefault(script.count_token, Counter())[model] += 1
+        failing_first = None
+        if (first := script.fail_first) is not None:
+            key = script.count_token if script.count_token is not None else user_text
+            stats.fail_first_seen[key] += 1
+            if stats.fail_first_seen[key] <= first.count:
+                failing_first = first
         stats.in_flight += 1
         stats.in_flight_peak = max(stats.in_flight_peak, stats.in_flight)
         try:
@@ -785,14 +973,21 @@ def create_app() -> Starlette:
                 return Response(status_code=499)  # nobody reads it: the connection is closed
         finally:
             stats.in_flight -= 1
-        if script.fail_status is not None:
+        if script.fail_status is not None or failing_first is not None:
             stats.by_outcome["scripted_failure"] += 1
             authorization = request.headers.get("authorization", "")
+            if failing_first is not None:
+                return _scripted_failure(failing_first.status, model, authorization, failing_first.retry_after)
+            assert script.fail_status is not None
             return _scripted_failure(script.fail_status, model, authorization)
 
+        if (pairing := _pairing_error(messages)) is not None:
+            stats.by_outcome["invalid_request"] += 1
+            return _error_response(400, pairing, "invalid_request_error", None, "messages")
         later = messages[user_index + 1 :] if user_index is not None else []
+        earlier = messages[:user_index] if user_index is not None else []
         content, tool_calls = _reply(
-            script, later, user_text, body.get("response_format"), body.get("tools")
+            script, later, user_text, body.get("response_format"), body.get("tools"), earlier
         )
         stats.by_outcome["tool_call" if tool_calls else "answer"] += 1
         reply = content if content is not None else _compact_json(tool_calls)
@@ -809,7 +1004,7 @@ def create_app() -> Starlette:
         if body.get("stream") is True:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            return _stream_response(completion, include_usage)
+            return _stream_response(completion, include_usage, script.pace_s)
         return _json_response(completion)
 
     async def list_models(_: Request) -> Response:

@@ -257,8 +257,13 @@ class Supervisor:
             if program.handle is None:
                 program.state = "stopped"
                 continue
-            if program.exit_code() is not None:  # died on its own and not restarted yet
+            code = program.exit_code()
+            if code is not None:  # killed by a forced stop, or died and not restarted yet
                 _kill_group(program)
+                if program.state == "restarting":
+                    self._say(f"  {program.name:<14} was not running (it had exited with {_describe(code)})")
+                else:
+                    self._say(f"  {program.name:<14} {_ending(code)} after {time.monotonic() - begun:.1f} s")
                 program.state = "stopped"
                 continue
             with contextlib.suppress(ProcessLookupError):

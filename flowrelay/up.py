@@ -1,7 +1,9 @@
 """``flowrelay up``: the whole pipeline on one machine, no cloud account needed.
 
 Starts an embedded nats-server (JetStream, loopback only, store kept in the data dir)
-unless ``FLOWRELAY_NATS_URL`` names one, the scripted stand-in model when no provider key
+unless ``FLOWRELAY_NATS_URL`` names one (with ``--nats-cluster N``, a local N-node cluster
+from :mod:`flowrelay.natscluster`, each node a program of its own, every stream and bucket at
+N replicas: the clustered topology on one machine), the scripted stand-in model when no provider key
 is configured, then the executor(s), the suggester and the API, each in a process group of
 its own under :class:`~flowrelay.supervisor.Supervisor`: a crashed service is restarted
 with backoff, and Ctrl-C (or SIGTERM) stops everything in dependency order, leaving nothing
@@ -27,7 +29,7 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from flowrelay import natsserver
+from flowrelay import natscluster, natsserver
 from flowrelay.credentials import Secrets
 from flowrelay.datadir import AlreadyRunning, DataDirLock, write_state
 from flowrelay.natsconfig import DEFAULT_SYNC_INTERVAL, Role
@@ -69,6 +71,9 @@ class UpOptions:
     #: First Prometheus port: executors get it and the next ones, the suggester the one after
     #: them (9101, 9102 with one executor). 0: free ports (shown in the banner); -1: off.
     metrics_port: int = 9101
+    #: Nodes of the embedded NATS: 1, one server; more, a local cluster on client ports
+    #: nats_port, nats_port + 1, ... with every stream and bucket at that many replicas.
+    nats_cluster: int = 1
 
 
 def up(options: UpOptions, console: Console | None = None) -> int:
@@ -99,6 +104,7 @@ class _LocalStack:
         self.supervisor = Supervisor(say=self._say, on_change=self._write_state)
         self.nats_url = self.env.get("FLOWRELAY_NATS_URL", "")
         self.embedded = not self.nats_url
+        self.cluster: natscluster.NatsCluster | None = None
         self.scripted_url: str | None = None
         self._ports: dict[str, int] = {}  # pinned at the first start, so restarts keep them
 
@@ -126,7 +132,9 @@ class _LocalStack:
 
     def _start_all(self) -> None:
         sup = self.supervisor
-        if self.embedded:
+        if self.embedded and self.options.nats_cluster > 1:
+            self._start_cluster()
+        elif self.embedded:
             nats = sup.start(Program("nats", self._start_nats, RANK_NATS, stop_timeout_s=10))
             sup.wait_ready(nats)
         self.env["FLOWRELAY_NATS_URL"] = self.nats_url
@@ -186,6 +194,26 @@ class _LocalStack:
         self._ports["nats"] = server.port
         self.nats_url = server.url
         return server
+
+    def _start_cluster(self) -> None:
+        """Every node a program (a crashed node is restarted on its ports and store like any
+        service); all are launched before any is waited for, as a node is ready only once a
+        majority runs."""
+        size, first = self.options.nats_cluster, self.options.nats_port
+        sync = self.env.get("FLOWRELAY_NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)
+        cluster = self.cluster = natscluster.NatsCluster(
+            self.data_dir / "nats-cluster", self.secrets, size=size, ports=[first + i for i in range(size)],
+            log_dir=self.logs, sync_interval=sync)
+        nodes = [
+            self.supervisor.start(Program(
+                f"nats-{i + 1}", lambda node=node: cluster.launch(node), RANK_NATS, stop_timeout_s=10,
+                ready=lambda _handle, node=node: cluster.wait_node_ready(node)))
+            for i, node in enumerate(cluster.nodes)
+        ]
+        for program in nodes:
+            self.supervisor.wait_ready(program)
+        self.nats_url = cluster.url  # every node: the client picks one and fails over to the rest
+        self.env["FLOWRELAY_STREAM_REPLICAS"] = str(size)
 
     def _service(self, service: str, label: str) -> Callable[[], Handle]:
         """A start function for ``service``: a fresh process with the environment as of now."""
@@ -259,7 +287,10 @@ class _LocalStack:
         """Where everything is, one fact per line (never wrapped, so URLs stay copyable)."""
         o, secrets = self.options, self.secrets
         api = f"http://{o.api_host}:{o.api_port}"
-        store = (f" (embedded, JetStream store in {self.data_dir / 'nats'}; users only, passwords in "
+        where = self.data_dir / ("nats-cluster" if self.cluster else "nats")
+        topology = (f"{len(self.cluster.nodes)}-node cluster, every stream and bucket at "
+                    f"{len(self.cluster.nodes)} replicas, ") if self.cluster else ""
+        store = (f" (embedded, {topology}JetStream store in {where}; users only, passwords in "
                  f"{secrets.root / 'nats'})") if self.embedded else ""
         model = self.env.get("FLOWRELAY_DEFAULT_MODEL", "openai:gpt-4o-mini")
         if self.scripted_url:

@@ -277,6 +277,7 @@ async def test_submit_stores_a_queued_record_then_queues_the_request(api: Api) -
         "events": f"/runs/{run_id}/events",
         "cancel": f"/runs/{run_id}/cancel",
         "output": f"/runs/{run_id}/output",
+        "input": f"/runs/{run_id}/input",
     }
     assert response.headers["location"] == f"/runs/{run_id}"
 
@@ -348,6 +349,24 @@ async def test_failed_publish_marks_the_run_failed_and_answers_503(api: Api) -> 
     )
     retry = await api.client.post("/runs", json=submission(), headers={"Idempotency-Key": "k"})
     assert retry.status_code == 202 and retry.json()["run_id"] != listed[0]["run_id"]
+
+
+async def test_a_retry_that_finishes_a_dead_submission_releases_the_key_when_queueing_fails(api: Api) -> None:
+    """A key left by a request that died before storing its record: the retry that stores it
+    and fails to queue it must release the key too, or every later retry gets the failed run."""
+    headers = {"Idempotency-Key": "half-done"}
+    first = (await api.client.post("/runs", json=submission(), headers=headers)).json()["run_id"]
+    runs = await api.ctx.js.key_value(subjects.RUNS_BUCKET)
+    await runs.purge(first)  # as if the first request had died between reserving and storing
+    await api.ctx.js.delete_stream(subjects.RUNS_STREAM)
+    failed = await api.client.post("/runs", json=submission(), headers=headers)
+    assert failed.status_code == 503 and first in failed.json()["detail"]
+    await api.ctx.js.add_stream(
+        name=subjects.RUNS_STREAM, subjects=list(subjects.RUNS_STREAM_SUBJECTS)
+    )
+    retry = await api.client.post("/runs", json=submission(), headers=headers)
+    assert retry.status_code == 202
+    assert retry.json()["run_id"] != first and retry.json()["status"] == "queued"
 
 
 # -- capabilities -------------------------------------------------------------------------------

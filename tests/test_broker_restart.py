@@ -18,7 +18,11 @@ from flowrelay import natsserver
 from flowrelay.credentials import Secrets
 from flowrelay.natsconfig import Role
 from flowrelay.natsserver import NatsServer
-from flowrelay_contracts import EventType, RunStatus, subjects
+from flowrelay_bus import topology
+from flowrelay_bus.events import RunEventLog, follow
+from flowrelay_bus.settings import BusSettings
+from flowrelay_contracts import EventType, RunStatus, TraceEvent, subjects
+from flowrelay_contracts.tenants import DEFAULT_TENANT
 
 
 @dataclass
@@ -132,3 +136,47 @@ async def test_a_revoked_bootstrap_key_stays_revoked_when_the_api_starts_again(d
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
         assert (await api.get("/auth/me", headers=stack.auth_headers)).status_code == 401
         assert (await api.get("/auth/me", headers={"Authorization": f"Bearer {other}"})).status_code == 200
+
+
+async def test_a_follower_gets_events_published_while_its_connection_was_down(tmp_path) -> None:
+    """Live messages published while a follower reconnects never reach its subscription; it
+    must find them in the stream (the SSE stream of a run otherwise never ends)."""
+    port = free_port()
+    secrets = Secrets.ensure(tmp_path / "secrets")
+    server = natsserver.start_secure(tmp_path / "nats", secrets, port=port, log_file=tmp_path / "nats.log")
+    writer = follower = None
+
+    async def connect(role: Role, reconnect_time_wait: float) -> nats.NATS:
+        return await nats.connect(server.url, user=role.value, password=secrets.password(role.value),
+                                  max_reconnect_attempts=-1, reconnect_time_wait=reconnect_time_wait)
+
+    try:
+        writer = await connect(Role.EXECUTOR, 0.05)
+        await topology.declare(writer.jetstream(), BusSettings())
+        # The follower (the API's user) comes back only seconds after the server, when the run has ended.
+        follower = await connect(Role.API, 3)
+        log = RunEventLog(writer.jetstream(), DEFAULT_TENANT, "r-reconnect")
+        await log.emit(EventType.RUN_STARTED, {"attempt": 1})
+        seen: list[TraceEvent] = []
+
+        async def read() -> None:
+            async for event in follow(follower, DEFAULT_TENANT, "r-reconnect"):
+                assert event is not None
+                seen.append(event)
+
+        reader = asyncio.create_task(read())
+        while not seen:
+            await asyncio.sleep(0.01)  # the first event arrives at once; nothing else to await
+        await asyncio.to_thread(server.stop)
+        server = await asyncio.to_thread(
+            natsserver.start_secure, tmp_path / "nats", secrets, port=port, log_file=tmp_path / "nats.log"
+        )
+        await log.emit(EventType.RUN_COMPLETED, {"status": "succeeded"})
+        assert not follower.is_connected  # the terminal event was published while it was away
+        await asyncio.wait_for(reader, 20)
+        assert [e.seq for e in seen] == [1, 2]
+    finally:
+        for nc in (writer, follower):
+            if nc is not None:
+                await nc.close()
+        server.stop()

@@ -41,13 +41,16 @@ def test_every_subject_stream_and_bucket_is_in_the_readme() -> None:
              subjects.RUN_FAILED, subjects.RUN_ADVISE, subjects.DEADLETTER,
              subjects.RUNS_STREAM, subjects.EVENTS_STREAM, subjects.INDEX_STREAM, subjects.SUGGESTER_STREAM,
              subjects.DEADLETTER_STREAM, subjects.RUNS_BUCKET, subjects.IDEMPOTENCY_BUCKET,
-             subjects.EXECUTORS_BUCKET, subjects.API_KEYS_BUCKET, subjects.CANCEL_QUEUE]
+             subjects.EXECUTORS_BUCKET, subjects.API_KEYS_BUCKET, subjects.CANCEL_QUEUE,
+             subjects.thread_turns("<tenant>", "<thread_id>"), subjects.run_input("<tenant>", "<run_id>"),
+             subjects.THREADS_STREAM, subjects.THREADS_BUCKET, subjects.INPUT_QUEUE]
     assert [n for n in names if n not in README] == []
 
 
 @pytest.mark.parametrize(
     ("factory", "document"),
-    [("flowrelay_executor.app:asyncapi_app", "executor.yaml"), ("flowrelay_suggester.service:asyncapi_app", "suggester.yaml")],
+    [("flowrelay_executor.app:asyncapi_app", "executor.yaml"), ("flowrelay_suggester.service:asyncapi_app", "suggester.yaml"),
+     ("flowrelay_api.asyncapi:asyncapi_app", "api.yaml")],
 )
 def test_committed_asyncapi_documents_are_current(factory: str, document: str, tmp_path: Path) -> None:
     out = tmp_path / document

@@ -75,6 +75,8 @@ class Result:
 
     records: list[RunRecord] = field(default_factory=list)
     traces: list[list[TraceEvent]] = field(default_factory=list)
+    #: Model calls the scripted model counted for the case (``#count``), where it counts them.
+    counted: dict[str, int] = field(default_factory=dict)
 
     @property
     def record(self) -> RunRecord:
@@ -90,6 +92,13 @@ class Harness:
     api: httpx.AsyncClient
     bus: Bus
     framework: str
+    scripted_url: str = ""
+
+    async def counted(self, token: str) -> dict[str, int]:
+        """Calls the scripted model received under ``#count=<token>``, per model."""
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(self.scripted_url.removesuffix("/v1") + "/stats")).json()
+        return stats["counted_by_model"].get(token, {})
 
     def one(self, name: str = "assistant", **data: Any) -> dict[str, Any]:
         data.setdefault("instructions", "Answer the user.")
@@ -170,6 +179,58 @@ async def agent_reuse(h: Harness) -> Result:
     return result
 
 
+async def resume_sequential(h: Harness) -> Result:
+    """Agent three fails once (503) and the run is retried: it resumes after agent two."""
+    nodes = [agent_node(f"n{i}", name, instructions=f"You are {name}.", framework=h.framework,
+                        model_id=f"scripted:{name}") for i, name in enumerate(("one", "two", "three"), 1)]
+    edges = [{"id": f"e{i}", "source": f"n{i}", "target": f"n{i + 1}"} for i in (1, 2)]
+    token = f"{h.framework}-resume-seq"
+    result = await h.run({"nodes": nodes, "edges": edges}, f"#count={token} resume #fail-first=1:503@three",
+                         retry={"attempts": 2, "initial_backoff_s": 0})
+    result.counted = await h.counted(token)
+    return result
+
+
+async def resume_collaborative(h: Harness) -> Result:
+    """The second sub-agent call fails once: the retried run reuses the first call's answer."""
+    nodes = [
+        agent_node("c", "coordinator", instructions="Ask analyst, then writer.", framework=h.framework),
+        agent_node("a", "analyst", instructions="Answer.", framework=h.framework),
+        agent_node("w", "writer", instructions="Answer.", framework=h.framework, model_id="scripted:wm"),
+    ]
+    workflow = {"nodes": nodes, "edges": [{"source": "c", "target": "a"}, {"source": "c", "target": "w"}],
+                "pattern": "collaborative"}
+    first, second = f"{h.framework}-resume-a", f"{h.framework}-resume-w"
+    text = (f"#call=analyst {json.dumps({'request': f'#count={first} part one'})} "
+            f"#call=writer {json.dumps({'request': f'#count={second} part two #fail-first=1:503@wm'})}")
+    result = await h.run(workflow, text, retry={"attempts": 2, "initial_backoff_s": 0})
+    result.counted = {"analyst": sum((await h.counted(first)).values()), "writer": sum((await h.counted(second)).values())}
+    return result
+
+
+async def budget(h: Harness) -> Result:
+    return await h.run(h.one(tools=["add"]), '#loop=add {"a": 1, "b": 1}', max_turns=50, max_tokens=400)
+#: Frameworks whose agents take a message list: a thread's earlier turns go in as real
+#: messages, and their text streams (llm.delta); the others get the turns as text and
+#: answer whole.
+TAKES_MESSAGES = {"tinyagent"}
+
+
+async def thread(h: Harness) -> Result:
+    thread_id = (await h.api.post("/threads", json={})).json()["thread_id"]
+    second = "#recall" if h.framework in TAKES_MESSAGES else "what was the word?"
+    result = Result()
+    for text in ("remember the word teapot", second):
+        response = await h.api.post(f"/threads/{thread_id}/runs", json=run_body(h.one(), text))
+        assert response.status_code == 202, response.text
+        await h.finish(response.json()["run_id"], result)
+    return result
+
+
+async def stream_tokens(h: Harness) -> Result:
+    return await h.run(h.one(), "#tokens=40", stream_tokens=True)
+
+
 #: Case name -> (how to run it, the README column it backs).
 CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
     "simple": (simple, "simple"),
@@ -181,7 +242,22 @@ CASES: dict[str, tuple[Callable[[Harness], Awaitable[Result]], str]] = {
     "deadline": (deadline, "deadline"),
     "cancel": (cancel, "cancel"),
     "agent_reuse": (agent_reuse, f"agent reuse ({REUSE_RUNS} runs, one worker)"),
+    "resume_sequential": (resume_sequential, "resume (sequential)"),
+    "resume_collaborative": (resume_collaborative, "resume (collaborative)"),
+    "budget": (budget, "budget"),
+    "thread": (thread, "thread history"),
+    "stream_tokens": (stream_tokens, "`stream_tokens`"),
 }
+
+#: Cases run once the others have finished: these count attempts (a run re-run because its
+#: worker was killed would count twice).
+AFTERWARDS = frozenset({"resume_sequential", "resume_collaborative", "budget", "thread", "stream_tokens"})
+
+#: Run alone, last: the deadline case kills its worker (with every run on it) when the
+#: framework cannot stop a run cooperatively (smolagents runs in a thread), or when the
+#: cooperative stop is slower than FLOWRELAY_KILL_GRACE_S on a loaded machine; the runs
+#: killed with it would be retried and their traces would show it.
+ALONE = frozenset({"deadline"})
 
 
 # -- one stack per framework ------------------------------------------------------------------
@@ -207,9 +283,15 @@ async def outcomes(
         try:
             caps = await _capabilities(bus)
             async with httpx.AsyncClient(base_url=stack.api_url, headers=stack.auth_headers, timeout=60) as api:
-                harness = Harness(api=api, bus=bus, framework=framework)
-                results = await asyncio.gather(*(case(harness) for case, _ in CASES.values()), return_exceptions=True)
-            yield framework, dict(zip(CASES, results, strict=True)), caps
+                harness = Harness(api=api, bus=bus, framework=framework, scripted_url=scripted_model)
+                first = [name for name in CASES if name not in AFTERWARDS | ALONE]
+                then = [name for name in CASES if name in AFTERWARDS]
+                last = [name for name in CASES if name in ALONE]
+                results: dict[str, Result | BaseException] = {}
+                for wave in (first, then, last):
+                    done = await asyncio.gather(*(CASES[name][0](harness) for name in wave), return_exceptions=True)
+                    results |= dict(zip(wave, done, strict=True))
+            yield framework, results, caps
         finally:
             await bus.close()
     finally:
@@ -366,6 +448,65 @@ def test_agent_reuse_across_many_runs_on_one_warm_worker(outcomes: Any) -> None:
     assert len(executors) == 1
 
 
+def test_a_retried_sequential_run_resumes_after_its_finished_agents(outcomes: Any) -> None:
+    _, result = _case(outcomes, "resume_sequential")
+    record, trace = result.record, result.trace
+    assert record.status == "succeeded", record.error
+    assert record.attempts == 2 and [r.error.agent for r in record.retries] == ["three"]
+    [resumed] = [e for e in trace if e.type == EventType.RUN_RESUMED]
+    assert resumed.data["agents"] == ["one", "two"]
+    assert {d["agent"] for d in _of([e for e in trace if e.seq > resumed.seq], EventType.LLM_STARTED)} == {"three"}
+    assert result.counted == {"one": 1, "two": 1, "three": 2}
+
+
+def test_a_retried_collaborative_run_reuses_its_finished_sub_agent_calls(outcomes: Any) -> None:
+    _, result = _case(outcomes, "resume_collaborative")
+    record, trace = result.record, result.trace
+    assert record.status == "succeeded", record.error
+    assert record.attempts == 2
+    assert [e.data["agents"] for e in trace if e.type == EventType.RUN_RESUMED] == [["analyst"]]
+    assert result.counted["analyst"] == 1, "the analyst's finished call was not made again"
+    assert result.counted["writer"] == 2
+
+
+def test_a_run_over_its_token_budget_stops(outcomes: Any) -> None:
+    framework, result = _case(outcomes, "budget")
+    record, trace = result.record, result.trace
+    assert record.status == "failed" and record.error.code == ErrorCode.BUDGET_EXCEEDED, record.error
+    if framework in NO_TOKENS:
+        assert "cannot be enforced" in record.error.message
+    else:
+        assert record.usage.input_tokens + record.usage.output_tokens > 400
+    last_call = max(e.seq for e in trace if e.type == EventType.LLM_FINISHED)
+    assert not [e for e in trace if e.seq > last_call and e.type == EventType.LLM_STARTED], "no call after the budget"
+def test_a_thread_run_sees_the_earlier_turn(outcomes: Any) -> None:
+    framework, result = _case(outcomes, "thread")
+    first, second = result.records
+    assert first.status == second.status == "succeeded", (first.error, second.error)
+    assert "teapot" in second.output and second.thread_id == first.thread_id
+    [started] = _of(result.traces[1], EventType.AGENT_STARTED)
+    assert started["history"]["turns"] == 1
+    if framework in TAKES_MESSAGES:
+        assert started["history"]["as"] == "messages"
+        assert second.output == "recall: user: remember the word teapot | assistant: echo: remember the word teapot"
+    else:  # said so: the turns came as text
+        assert started["history"]["as"] == "text" and framework in started["history"]["note"]
+
+
+def test_stream_tokens_streams_or_says_it_cannot(outcomes: Any) -> None:
+    framework, result = _case(outcomes, "stream_tokens")
+    record = result.record
+    assert record.status == "succeeded", record.error
+    assert record.output == " ".join(f"{i:03d}" for i in range(40))
+    deltas = _of(result.trace, EventType.LLM_DELTA)
+    [started] = _of(result.trace, EventType.AGENT_STARTED)
+    if framework in TAKES_MESSAGES:
+        assert started["stream_tokens"] is True and "".join(d["text"] for d in deltas) == record.output
+    else:
+        assert deltas == [] and started["stream_tokens"] is False and framework in started["stream_note"]
+    _check_tokens(framework, result.trace, record)
+
+
 # -- the README table ------------------------------------------------------------------------
 
 _TABLE_START, _TABLE_END = "<!-- frameworks:start", "<!-- frameworks:end -->"
@@ -384,8 +525,18 @@ def framework_table() -> str:
         extra = "(built in)" if name == "tinyagent" else f"`{name}`"
         version = f"{DISTRIBUTIONS[name]} {versions[DISTRIBUTIONS[name]]}"
         tokens = "unknown: null + `cost_note`" if name in NO_TOKENS else "yes"
-        lines.append(f"| `{name}` | {extra} | {version} | " + " | ".join("yes" for _ in columns) + f" | {tokens} |")
+        cells = [_cell(name, case) for case in CASES]
+        lines.append(f"| `{name}` | {extra} | {version} | " + " | ".join(cells) + f" | {tokens} |")
     return "\n".join(lines)
+
+
+def _cell(framework: str, case: str) -> str:
+    messages = framework in TAKES_MESSAGES
+    if case == "thread":
+        return "yes (messages)" if messages else "yes (as text, said in `history.note`)"
+    if case == "stream_tokens":
+        return "yes" if messages else "whole answer (said in `stream_note`)"
+    return "yes"
 
 
 def test_readme_framework_table_is_current() -> None:

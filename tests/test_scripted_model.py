@@ -548,7 +548,72 @@ async def test_stream_through_the_openai_client(server: _ScriptedServer) -> None
             async for chunk in stream
             for call in (chunk.choices[0].delta.tool_calls or [] if chunk.choices else [])
         ]
-        assert [(c.function.name, c.function.arguments) for c in calls] == [("add", '{"a":1}')]
+        # the name first, then the arguments in pieces, as providers stream them
+        assert calls[0].function.name == "add" and calls[0].id
+        assert "".join(c.function.arguments or "" for c in calls) == '{"a":1}'
+        assert {c.index for c in calls} == {0}
+
+
+async def test_stream_sends_one_token_per_chunk_and_exact_usage(server: _ScriptedServer) -> None:
+    from any_llm import AnyLLM
+    from any_llm.utils.streaming import ChatCompletionAccumulator
+
+    llm = AnyLLM.create("openai", api_key="x", api_base=server.url)
+    plain = await llm.acompletion(model="m", messages=[{"role": "user", "content": "#tokens=25"}])
+    stream = await llm.acompletion(model="m", messages=[{"role": "user", "content": "#tokens=25"}],
+                                   stream=True, stream_options={"include_usage": True})
+    accumulator = ChatCompletionAccumulator()
+    texts = []
+    async for chunk in stream:
+        accumulator.add(chunk)
+        texts += [c.delta.content for c in chunk.choices if c.delta.content]
+    completion = accumulator.completion
+    assert len(texts) == 25 and all(len(t) <= 4 for t in texts)
+    assert "".join(texts) == completion.choices[0].message.content == plain.choices[0].message.content
+    assert completion.usage.completion_tokens == plain.usage.completion_tokens == 25
+    assert completion.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+async def test_paced_stream_arrives_chunk_by_chunk(http: httpx.AsyncClient) -> None:
+    request = _chat("#tokens=3 #pace=5", stream=True)
+    async with http.stream("POST", "/chat/completions", json=request) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    contents = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines[:-1]]
+    assert "".join(c or "" for c in contents) == "000 001 002"
+
+
+async def test_recall_lists_the_earlier_messages(http: httpx.AsyncClient) -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a":1}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "2"},
+        {"role": "assistant", "content": "hello Ada"},
+        {"role": "user", "content": "#recall"},
+    ]
+    body = (await http.post("/chat/completions", json={"model": "m", "messages": messages})).json()
+    assert body["choices"][0]["message"]["content"] == (
+        'recall: user: my name is Ada | assistant calls add({"a":1}) | tool c1: 2 | assistant: hello Ada'
+    )
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "tool", "tool_call_id": "c9", "content": "orphan result"}, {"role": "user", "content": "hi"}],
+        [{"role": "assistant", "content": None,
+          "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+         {"role": "user", "content": "a call without its result"}],
+    ],
+    ids=["result-without-call", "call-without-result"],
+)
+async def test_tool_calls_and_results_must_pair_like_the_real_api(http: httpx.AsyncClient, messages: list[Any]) -> None:
+    response = await http.post("/chat/completions", json={"model": "m", "messages": messages})
+    assert response.status_code == 400
+    assert "tool" in response.json()["error"]["message"]
 
 
 class Node(BaseModel):
@@ -704,3 +769,59 @@ async def test_running_serves_in_process_until_the_block_ends() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=url) as client:
             await client.get("/models")
+
+
+# -- deterministic failures for retries ------------------------------------------------------
+
+
+async def test_fail_first_fails_exactly_n_requests_per_key_then_answers(fresh_server: _ScriptedServer) -> None:
+    async with httpx.AsyncClient(base_url=fresh_server.url) as client:
+        statuses = [
+            (await client.post("/chat/completions", json=_chat("go #fail-first=2:429:1.5"))) for _ in range(4)
+        ]
+        other_key = await client.post("/chat/completions", json=_chat("other #fail-first=2:429:1.5"))
+        counted = [
+            (await client.post("/chat/completions", json=_chat(f"{i} #fail-first=1:503 #count=k1"))).status_code
+            for i in range(3)
+        ]
+        stats = (await client.get(f"{fresh_server.root}/stats")).json()
+    assert [r.status_code for r in statuses] == [429, 429, 200, 200]
+    assert [r.headers.get("retry-after") for r in statuses[:2]] == ["1.5", "1.5"]
+    assert _message(statuses[2].json())["content"] == "echo: go #fail-first=2:429:1.5"
+    assert other_key.status_code == 429, "another text is another key"
+    # with #count the token is the key: the text may differ from call to call
+    assert counted == [503, 200, 200]
+    assert stats["counted"] == {"k1": 3}
+
+
+async def test_retry_after_reaches_any_llms_rate_limit_error(server: _ScriptedServer) -> None:
+    with pytest.raises(AgentRunError) as caught:
+        await _run_agent(server.url, "limited #fail-first=1:429:7",
+                         any_llm_args={"unified_exceptions": True, "max_retries": 0})
+    original = caught.value.original_exception
+    assert isinstance(original, llm_errors.RateLimitError)
+    assert original.retry_after == "7"
+    # a 503's Retry-After is only on the SDK's response
+    with pytest.raises(AgentRunError) as caught:
+        await _run_agent(server.url, "overloaded #fail-first=1:503:3",
+                         any_llm_args={"unified_exceptions": True, "max_retries": 0})
+    original = caught.value.original_exception
+    assert isinstance(original, llm_errors.ProviderError)
+    assert original.original_exception.response.headers["retry-after"] == "3"
+
+
+async def test_model_scoped_directives_apply_to_that_model_only(fresh_server: _ScriptedServer) -> None:
+    text = "x #fail=500@slow #count=scoped"
+    async with httpx.AsyncClient(base_url=fresh_server.url) as client:
+        fast = await client.post("/chat/completions", json={**_chat(text), "model": "fast"})
+        slow = await client.post("/chat/completions", json={**_chat(text), "model": "slow"})
+        bad = await client.post("/chat/completions", json=_chat("x #delay=1@"))
+        stats = (await client.get(f"{fresh_server.root}/stats")).json()
+    assert (fast.status_code, slow.status_code, bad.status_code) == (200, 500, 400)
+    assert stats["counted_by_model"] == {"scoped": {"fast": 1, "slow": 1}}
+
+
+async def test_bad_fail_first_directives_are_400(http: httpx.AsyncClient) -> None:
+    for content in ("#fail-first=2", "#fail-first=x:429", "#fail-first=1:200", "#fail-first=1:429:soon"):
+        response = await http.post("/chat/completions", json=_chat(content))
+        assert response.status_code == 400, content

@@ -3,6 +3,8 @@ stop order, kill after the stop timeout, nothing left behind."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flowrelay.supervisor import Program, Supervisor
+from flowrelay.supervisor import FORCED_EXIT, Program, Supervisor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,3 +102,27 @@ def test_a_program_that_ignores_sigterm_is_killed_and_leaves_nothing(tmp_path: P
     assert program.exit_code() == -9
     gone, alive = psutil.wait_procs([grandchild], timeout=10)
     assert alive == [], "its process group went with it"
+
+
+def test_a_forced_stop_names_every_program_also_those_of_later_ranks() -> None:
+    # The second Ctrl-C came while the first rank was still stopping: the executors' rank,
+    # killed with everything else before it was reached, still gets its line.
+    said = Lines()
+    sup = Supervisor(say=said)
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    sup.start(Program("front", lambda: ready_python(stubborn), stop_rank=0, stop_timeout_s=30))
+    sup.start(Program("backend", lambda: ready_python(stubborn), stop_rank=1, stop_timeout_s=30))
+
+    def second_ctrl_c() -> None:
+        said.wait(lambda lines: any("stopping flowrelay" in line for line in lines))
+        os.kill(os.getpid(), signal.SIGINT)  # handled by the supervisor, in this (main) thread
+
+    sup.install_signals()
+    try:
+        threading.Thread(target=second_ctrl_c).start()
+        assert sup.stop() == FORCED_EXIT
+    finally:
+        sup.restore_signals()
+    ended = {line.split()[0]: line.split()[1] for line in said.lines if " after " in line}
+    assert ended == {"front": "killed", "backend": "killed"}, said.lines
+    assert all(program.exit_code() == -9 for program in sup.programs)

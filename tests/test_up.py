@@ -159,3 +159,16 @@ def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
     gone, alive = psutil.wait_procs(processes, timeout=STOP_BOUND_S)
     assert alive == [], f"left behind: {alive}"
     _no_tracebacks(stack.process.output())
+
+
+def test_up_refuses_a_cluster_of_its_own_when_told_to_use_another_nats(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    # --nats-cluster embeds nodes; with FLOWRELAY_NATS_URL set they would silently not exist.
+    argv = [str(Path(sys.executable).parent / "flowrelay"), "up", "--nats-cluster", "3", "--data-dir", str(tmp_path)]
+    up = ServiceProcess("up", argv, env=clean_env | {"FLOWRELAY_NATS_URL": "nats://127.0.0.1:1"},
+                        log_path=tmp_path / "up.log").start()
+    try:
+        up.wait_for("unset FLOWRELAY_NATS_URL", timeout=30)
+        assert up.process.wait(30) == 2
+    finally:
+        up.terminate(timeout=10)
+    assert not (tmp_path / "secrets").exists()  # refused before anything was made

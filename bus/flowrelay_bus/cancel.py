@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 class CancelOutcome(StrEnum):
     NOT_FOUND = "not_found"
-    CANCELLED = "cancelled"  # was queued: now cancelled, will never start
+    CANCELLED = "cancelled"  # was queued or waiting for an answer: now cancelled, never runs again
     REQUESTED = "requested"  # was running: its executor is asked to stop it
     ALREADY_REQUESTED = "already_requested"
     FINISHED = "finished"  # already terminal
@@ -51,11 +51,17 @@ async def record_cancel(
         if record.terminal:
             outcome = CancelOutcome.FINISHED
             return None
-        if record.status == RunStatus.QUEUED:
+        if record.status in (RunStatus.QUEUED, RunStatus.WAITING):  # no executor holds it
             outcome = CancelOutcome.CANCELLED
+            if record.status == RunStatus.WAITING or (record.waiting is not None and record.retry_at is None):
+                when = "while it waited for an answer"
+            elif record.retry_at is not None:
+                when = "while it waited for its next attempt"
+            else:
+                when = "before it started"
             return record.model_copy(update={
-                "status": RunStatus.CANCELLED, "finished_at": utcnow(), "cancel_requested": True,
-                "error": RunError(code=ErrorCode.CANCELLED, message=f"{reason} before it started"),
+                "status": RunStatus.CANCELLED, "finished_at": utcnow(), "cancel_requested": True, "retry_at": None,
+                "error": RunError(code=ErrorCode.CANCELLED, message=f"{reason} {when}"),
             })
         if record.cancel_requested:
             outcome = CancelOutcome.ALREADY_REQUESTED

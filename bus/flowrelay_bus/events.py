@@ -11,17 +11,24 @@ arrives late or reconnects misses nothing. History is read in one of two ways:
   matters with one follower per SSE client;
 * ``consumer`` (tenant users of NATS): a short-lived consumer whose filter is named in its
   create subject, the only way NATS permissions can confine JetStream reads to a tenant.
+
+What is published while the follower's connection reconnects never reaches its
+subscription, and a run may end in that moment: a follower that heard nothing for
+``RECHECK_S`` asks the stream for the run's last event and reads what it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
+import nats.errors
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -41,6 +48,12 @@ GAP_WAIT_S = 5.0
 
 #: Longest wait for the next replayed message before the replay is abandoned.
 REPLAY_MESSAGE_TIMEOUT_S = 10.0
+
+#: A follower that heard nothing for this long asks the stream whether it missed events.
+RECHECK_S = 2.0
+
+#: Most stored events read by one direct get request (the server answers in one go).
+DIRECT_BATCH = 256
 
 History = Literal["direct", "consumer"]
 
@@ -202,24 +215,35 @@ async def follow(
         held: dict[int, TraceEvent] = {}  # arrived ahead of a missing seq
         hole_since: float | None = None
         loop = asyncio.get_running_loop()
+        idle_since = loop.time()
         while True:
-            wait = idle_timeout_s
+            wait = RECHECK_S
+            if idle_timeout_s is not None:
+                wait = min(wait, max(0.0, idle_since + idle_timeout_s - loop.time()))
             if held:
-                wait = max(0.0, (hole_since or 0) + GAP_WAIT_S - loop.time())
-                wait = min(wait, idle_timeout_s) if idle_timeout_s is not None else wait
+                wait = min(wait, max(0.0, (hole_since or 0) + GAP_WAIT_S - loop.time()))
             try:
                 data = await asyncio.wait_for(live.get(), wait)
             except TimeoutError:
-                if not held:
-                    yield None
-                    continue
                 data = None
             if data is not None:
+                idle_since = loop.time()
                 event = TraceEvent.model_validate_json(data)
                 if event.seq >= next_seq:
                     held[event.seq] = event
+            elif not held:
+                # Quiet: perhaps events (the terminal one too) went by while reconnecting.
+                if await _last_seq(nc, tenant, run_id, leader=history == "direct") >= next_seq:
+                    async for missed in stored(nc, tenant, run_id, next_seq - 1, leader=True):
+                        held.setdefault(missed.seq, missed)
+                if not held:
+                    if idle_timeout_s is not None and loop.time() - idle_since >= idle_timeout_s:
+                        idle_since = loop.time()
+                        yield None
+                    continue
+                idle_since = loop.time()
             if held and next_seq not in held:  # a hole: the stream may have it (missed live)
-                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=min(held)):
+                async for missed in stored(nc, tenant, run_id, next_seq - 1, before_seq=min(held), leader=True):
                     held.setdefault(missed.seq, missed)
             if held and next_seq not in held:
                 hole_since = hole_since if hole_since is not None else loop.time()
@@ -238,36 +262,101 @@ async def follow(
             await sub.unsubscribe()
 
 
+async def _last_seq(nc: Client, tenant: str, run_id: str, *, leader: bool) -> int:
+    """The ``seq`` of the run's last stored event (0 when none or when NATS cannot say now).
+
+    ``leader``: ask the stream's leader, which has everything acknowledged so far; a direct
+    get (all a tenant user may do) can be answered by a replica that is catching up, which
+    only delays the answer to a later recheck.
+    """
+    try:
+        raw = await nc.jetstream().get_last_msg(
+            subjects.EVENTS_STREAM, subjects.run_events(tenant, run_id), direct=not leader
+        )
+    except NotFoundError:
+        return 0
+    except (nats.errors.Error, TimeoutError):
+        return 0  # disconnected or no leader yet: the next recheck asks again
+    return TraceEvent.model_validate_json(raw.data).seq
+
+
 async def _stored_direct(
-    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None
+    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None, leader: bool = False
 ) -> AsyncIterator[TraceEvent]:
-    """Events of the run stored in the stream with ``after_seq < seq < before_seq``."""
-    js = nc.jetstream()
+    """Events of the run stored in the stream with ``after_seq < seq < before_seq``.
+
+    Batched direct gets by default (any replica answers; up to :data:`DIRECT_BATCH` events
+    per request, then an end-of-batch marker saying how many are left: one round trip for a
+    whole run's history instead of one per event plus one to learn there are no more).
+    ``leader`` asks the stream's leader, which has every event acknowledged so far: a gap
+    must be read there, since a replica that is catching up may lack exactly the missed
+    events.
+    """
     subject = subjects.run_events(tenant, run_id)
     stream_seq = 1
     found: list[TraceEvent] = []
     while True:
-        try:
-            raw = await js.get_msg(subjects.EVENTS_STREAM, seq=stream_seq, subject=subject, next=True, direct=True)
-        except NotFoundError:
+        if leader:
+            stored, pending, last_seq = await _leader_get(nc, subject, stream_seq)
+        else:
+            stored, pending, last_seq = await _direct_batch(nc, subjects.EVENTS_STREAM, subject, stream_seq)
+        for data in stored:
+            event = TraceEvent.model_validate_json(data)
+            if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
+                found.append(event)
+        if not pending:
             break
-        event = TraceEvent.model_validate_json(raw.data)
-        if event.seq > after_seq and (before_seq is None or event.seq < before_seq):
-            found.append(event)
-        stream_seq = raw.seq + 1
+        stream_seq = last_seq + 1
     for event in sorted(found, key=lambda e: e.seq):  # stream order may differ (republished)
         yield event
 
 
+async def _leader_get(nc: Client, subject: str, seq: int) -> tuple[list[bytes], int, int]:
+    """The next message on ``subject`` from ``seq`` on, read from the stream's leader (the
+    JetStream API: no batches there): (payloads, 1 if there may be more, its sequence)."""
+    try:
+        raw = await nc.jetstream().get_msg(subjects.EVENTS_STREAM, seq=seq, subject=subject, next=True)
+    except NotFoundError:
+        return [], 0, 0
+    return [raw.data], 1, raw.seq
+
+
+async def _direct_batch(nc: Client, stream: str, subject: str, seq: int) -> tuple[list[bytes], int, int]:
+    """Messages on ``subject`` from stream sequence ``seq`` on, in one batched direct get:
+    (payloads, how many more there are, stream sequence of the last one returned)."""
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request = json.dumps({"seq": seq, "next_by_subj": subject, "batch": DIRECT_BATCH}).encode()
+        await nc.publish(f"{getattr(js, '_prefix', '$JS.API')}.DIRECT.GET.{stream}", request, reply=inbox)
+        payloads: list[bytes] = []
+        while True:
+            msg = await sub.next_msg(timeout=REPLAY_MESSAGE_TIMEOUT_S)
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "404":  # nothing (more) stored on the subject
+                return payloads, 0, 0
+            if status == "204":  # end of this batch
+                return payloads, int(headers.get("Nats-Num-Pending", 0)), int(headers.get("Nats-Last-Sequence", 0))
+            if status:
+                raise NatsError(f"direct get on {stream} answered {status} {headers.get('Description', '')}".strip())
+            payloads.append(msg.data)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 async def _stored_by_consumer(
-    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None
+    nc: Client, tenant: str, run_id: str, after_seq: int, *, before_seq: int | None = None, leader: bool = False
 ) -> AsyncIterator[TraceEvent]:
     """The same, through a consumer created as ``CONSUMER.CREATE.<stream>.<name>.<subject>``.
 
     The server refuses a create whose body filter differs from the subject's, so a user
     permitted ``$JS.API.CONSUMER.CREATE.FLOWRELAY_EVENTS.*.flowrelay.events.<tenant>.>``
     can replay its own runs and nothing else. It holds exactly the messages stored when it
-    was created; the server removes it once it goes idle.
+    was created; the server removes it once it goes idle. ``leader`` is moot: a consumer is
+    served by the stream's leader anyway.
 
     How many: ``num_pending`` plus ``delivered`` of the create answer. The server may start
     delivering before it answers, and what it delivered is no longer pending: counting
@@ -304,6 +393,39 @@ async def _stored_by_consumer(
                 found.append(event)
         for event in sorted(found, key=lambda e: e.seq):  # stream order may differ (republished)
             yield event
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def replay(nc: Client, stream: str, subject: str) -> list[tuple[int, bytes]]:
+    """Every message of ``subject`` stored in ``stream`` now, as ``(stream seq, data)`` in
+    stream order, through a consumer whose create subject names the filter (what a tenant's
+    NATS user may create: see :func:`_stored_by_consumer`; used for a thread's turns too).
+
+    How many: ``num_pending`` plus ``delivered`` of the create answer (the server may start
+    delivering before it answers).
+    """
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    arrived: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        arrived.put_nowait(msg)
+
+    sub = await nc.subscribe(inbox, cb=on_message)
+    try:
+        info = await js.add_consumer(stream, ConsumerConfig(
+            name=f"replay_{NUID().next().decode()}", filter_subject=subject, deliver_subject=inbox,
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=REPLAY_INACTIVE_S,
+            mem_storage=True, num_replicas=1,
+        ))
+        count = (info.num_pending or 0) + (info.delivered.consumer_seq if info.delivered else 0)
+        found = []
+        for _ in range(count):
+            msg = await asyncio.wait_for(arrived.get(), REPLAY_MESSAGE_TIMEOUT_S)
+            found.append((msg.metadata.sequence.stream, msg.data))
+        return found
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -29,9 +29,11 @@ class OutputStore:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
 
-    async def put(self, tenant: str, run_id: str, data: bytes) -> OutputRef:
+    async def put(self, tenant: str, run_id: str, data: bytes, *, part: str | None = None) -> OutputRef:
+        """Store ``data`` as the run's output, or as another ``part`` of the run (e.g. the
+        output of one step checkpoint), named ``<tenant>.<run_id>[.<part>]``."""
         store = await self._js.object_store(subjects.OUTPUTS_BUCKET)
-        name = subjects.run_key(tenant, run_id)
+        name = subjects.run_key(tenant, run_id) + (f".{part}" if part else "")
         await store.put(name, data)
         return OutputRef(bucket=subjects.OUTPUTS_BUCKET, name=name, bytes=len(data),
                          sha256=hashlib.sha256(data).hexdigest())
@@ -57,3 +59,14 @@ class OutputStore:
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise OutputMissing(f"{ref.name} (its content does not match the record's digest)")
         return data
+
+    async def delete(self, ref: OutputRef) -> None:
+        """Remove a stored object (gone already is fine)."""
+        store = await self._js.object_store(subjects.OUTPUTS_BUCKET)
+        try:
+            await store.delete(ref.name)
+        except NotFoundError:
+            pass
+        except Exception as exc:  # nats-py raises its own ObjectNotFoundError here
+            if type(exc).__name__ not in ("ObjectNotFoundError", "ObjectDeletedError"):
+                raise

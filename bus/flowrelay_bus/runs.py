@@ -69,6 +69,13 @@ class RunStore:
         self._remember(key, record, entry.revision)
         return record
 
+    def known(self, tenant: str, run_id: str) -> RunRecord | None:
+        """The record as this process last read or wrote it, if it did: no bus traffic, and
+        possibly stale (another service may have changed it since). For callers that only
+        need to know the run exists and whose it is."""
+        seen = self._seen.get(subjects.run_key(tenant, run_id))
+        return seen[0] if seen is not None else None
+
     async def find(self, run_id: str) -> RunRecord | None:
         """The record of ``run_id`` whatever its tenant (operators and admin keys only).
 

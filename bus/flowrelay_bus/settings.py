@@ -78,6 +78,66 @@ class BusSettings(BaseSettings):
     max_queued_runs_per_tenant: int = Field(
         default=2_000, ge=1, description="Most runs one tenant may have queued or running at once (429 above)."
     )
+    # -- durable runs: retries and budgets (the API resolves them; the executor again for
+    #    requests published straight to NATS) ----------------------------------------------
+    retry_attempts: int = Field(
+        default=3, ge=1, description="Attempts of runs that set no options.retry.attempts (1: never retry)."
+    )
+    max_retry_attempts: int = Field(default=10, ge=1, description="Largest options.retry.attempts accepted (422 above).")
+    retry_initial_backoff_s: float = Field(
+        default=1.0, ge=0, description="Wait before a run's second attempt, unless options.retry sets one."
+    )
+    retry_max_backoff_s: float = Field(
+        default=30.0, ge=0, description="Longest wait between attempts, unless options.retry sets one."
+    )
+    max_retry_backoff_s: float = Field(
+        default=600.0, ge=0,
+        description="Largest options.retry.initial_backoff_s and max_backoff_s accepted (422 above).",
+    )
+    retry_jitter: float = Field(
+        default=0.2, ge=0, le=1, description="Fraction of each retry wait taken off at random, unless options.retry sets one."
+    )
+    default_max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Cost budget of runs that set no options.max_cost_usd (unset: none)."
+    )
+    max_max_cost_usd: float = Field(default=1000.0, gt=0, description="Largest options.max_cost_usd accepted (422 above).")
+    default_max_tokens: int | None = Field(
+        default=None, ge=1, description="Token budget of runs that set no options.max_tokens (unset: none)."
+    )
+    max_max_tokens: int = Field(
+        default=100_000_000, ge=1, description="Largest options.max_tokens accepted (422 above)."
+    )
+    # -- threads (conversations) -------------------------------------------------------
+    thread_ttl_s: float = Field(
+        default=7 * 24 * 3600, gt=0,
+        description="How long threads are kept: a thread record after its last change, each turn after it was written.",
+    )
+    thread_history_max_bytes: int = Field(
+        default=256 * 1024, ge=4096, le=768 * 1024,
+        description="Most earlier turns (JSON bytes) a run on a thread is given: the oldest whole turns are left out "
+        "above it; a single larger turn is stored shortened.",
+    )
+    max_thread_message_bytes: int = Field(
+        default=64 * 1024, ge=1,
+        description="Largest 'input' of a run on a thread, in UTF-8 bytes (422 above); at most "
+        "FLOWRELAY_THREAD_HISTORY_MAX_BYTES.",
+    )
+    max_thread_runs: int = Field(
+        default=1000, ge=1, description="Most runs one thread may have (409 above: start a new thread)."
+    )
+
+    # -- human in the loop (ask_human) -------------------------------------------------------
+    default_wait_timeout_s: float = Field(
+        default=3600.0, gt=0, description="How long a question of ask_human waits for its answer when the run sets "
+        "no options.wait_timeout_s.",
+    )
+    max_wait_timeout_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Longest options.wait_timeout_s a run may ask for (422 above).",
+    )
+    max_answer_bytes: int = Field(
+        default=16 * 1024, ge=1, description="Largest answer to an ask_human question, in UTF-8 bytes (422 above).",
+    )
+
     mcp_url_allowlist: str = Field(
         default="",
         description="Comma-separated hosts, host:port or CIDR networks that MCP URLs may reach although they "
@@ -94,6 +154,9 @@ class BusSettings(BaseSettings):
     def _read_password_file(self) -> BusSettings:
         if self.nats_password is None and self.nats_password_file is not None:
             self.nats_password = SecretStr(read_secret_file(self.nats_password_file, "FLOWRELAY_NATS_PASSWORD_FILE"))
+        if self.max_thread_message_bytes > self.thread_history_max_bytes:
+            raise ValueError("FLOWRELAY_MAX_THREAD_MESSAGE_BYTES must not be above FLOWRELAY_THREAD_HISTORY_MAX_BYTES: "
+                             "a message larger than the history budget could never be remembered")
         if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
             raise ValueError("FLOWRELAY_NATS_TLS_CERT and FLOWRELAY_NATS_TLS_KEY go together: set both or neither")
         return self

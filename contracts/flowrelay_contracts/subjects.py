@@ -14,11 +14,13 @@ subject                                         published by            consumed
 ==============================================  ======================  ==========================
 ``flowrelay.runs.requested.<tenant>``           api, client             executor (durable, queue)
 ``flowrelay.runs.cancel.<tenant>.<run_id>``     api, client             executor (core broadcast)
+``flowrelay.runs.input.<tenant>.<run_id>``      client                  executor (queue, replies)
 ``flowrelay.events.<tenant>.<run_id>``          executor, suggester     api (SSE), client, you
 ``flowrelay.index.<tenant>.<run_id>``           api, executor           api (GET /runs)
 ``flowrelay.runs.failed``                       executor                suggester (durable)
 ``flowrelay.runs.advise``                       api (suggest mode)      suggester (durable)
 ``flowrelay.deadletter``                        executor, suggester     operators
+``flowrelay.threads.<tenant>.<thread_id>``      executor                executor, api, client
 ==============================================  ======================  ==========================
 """
 
@@ -40,6 +42,12 @@ RUN_REQUESTED_ALL = f"{RUN_REQUESTED_PREFIX}.*"
 RUN_CANCEL_PREFIX = f"{ROOT}.runs.cancel"
 RUN_CANCEL_ALL = f"{RUN_CANCEL_PREFIX}.*.*"
 
+#: An answer for a run waiting on ``ask_human`` (payload: ``HumanInput``); core NATS
+#: request-reply, one executor of ``INPUT_QUEUE`` applies it and replies;
+#: ``flowrelay.runs.input.<tenant>.<run_id>``.
+RUN_INPUT_PREFIX = f"{ROOT}.runs.input"
+RUN_INPUT_ALL = f"{RUN_INPUT_PREFIX}.*.*"
+
 #: Failure reports for the suggester (payload: ``RunFailed``).
 RUN_FAILED = f"{ROOT}.runs.failed"
 
@@ -58,6 +66,11 @@ INDEX_ALL = f"{INDEX_PREFIX}.*.*"
 
 #: Messages no executor can process (payload: ``DeadLetter``).
 DEADLETTER = f"{ROOT}.deadletter"
+
+#: The turns of one conversation (payload: ``ThreadTurn``), in order;
+#: ``flowrelay.threads.<tenant>.<thread_id>``.
+THREADS_PREFIX = f"{ROOT}.threads"
+THREADS_ALL = f"{THREADS_PREFIX}.*.*"
 
 
 def run_requested(tenant: str) -> str:
@@ -85,8 +98,23 @@ def run_cancel(tenant: str, run_id: str) -> str:
     return f"{RUN_CANCEL_PREFIX}.{tenant}.{run_id}"
 
 
+def run_input(tenant: str, run_id: str) -> str:
+    """Subject on which a NATS client answers ``run_id``'s question."""
+    return f"{RUN_INPUT_PREFIX}.{tenant}.{run_id}"
+
+
 def run_index(tenant: str, run_id: str) -> str:
     return f"{INDEX_PREFIX}.{tenant}.{run_id}"
+
+
+def thread_turns(tenant: str, thread_id: str) -> str:
+    """Subject carrying the turns of ``thread_id``."""
+    return f"{THREADS_PREFIX}.{tenant}.{thread_id}"
+
+
+def tenant_threads(tenant: str) -> str:
+    """Every thread subject of ``tenant`` (what its NATS users may read)."""
+    return f"{THREADS_PREFIX}.{tenant}.>"
 
 
 def tenant_index(tenant: str | None) -> str:
@@ -112,6 +140,10 @@ INDEX_STREAM_SUBJECTS = (INDEX_ALL,)
 SUGGESTER_STREAM = "FLOWRELAY_SUGGESTER"
 SUGGESTER_STREAM_SUBJECTS = (RUN_FAILED, RUN_ADVISE)
 
+#: Conversation turns, each kept ``thread_ttl_s`` from when it was written.
+THREADS_STREAM = "FLOWRELAY_THREADS"
+THREADS_STREAM_SUBJECTS = (THREADS_ALL,)
+
 #: Poison messages, kept for inspection.
 DEADLETTER_STREAM = "FLOWRELAY_DEADLETTER"
 DEADLETTER_STREAM_SUBJECTS = (DEADLETTER,)
@@ -128,6 +160,9 @@ SUGGESTER_ADVISE_CONSUMER = "suggester-advise"
 #: Queue group of executors applying cancel requests to records (one of them per request).
 CANCEL_QUEUE = "flowrelay-cancel"
 
+#: Queue group of executors applying answers sent over NATS (one of them per answer).
+INPUT_QUEUE = "flowrelay-input"
+
 # -- key-value buckets ------------------------------------------------------------------
 
 #: Run records (``RunRecord``), keyed ``<tenant>.<run_id>``; entries expire after ``runs_ttl_s``.
@@ -143,13 +178,40 @@ EXECUTORS_BUCKET = "flowrelay_executors"
 #: The API's keys (hashes only), keyed by key id. Only the API's NATS user may touch it.
 API_KEYS_BUCKET = "flowrelay_api_keys"
 
+#: Thread records (``ThreadRecord``), keyed ``<tenant>.<thread_id>``; entries expire
+#: ``thread_ttl_s`` after their last change.
+THREADS_BUCKET = "flowrelay_threads"
+
 #: Object store of run outputs too large for the record, named ``<tenant>.<run_id>``.
 OUTPUTS_BUCKET = "flowrelay_outputs"
+
+#: Step checkpoints of runs (``Checkpoint``), keyed ``<tenant>.<run_id>.<name>``: what a
+#: redelivered or retried run resumes from. Only the executors' NATS user may touch it;
+#: entries expire with the run records (``runs_ttl_s``) and are purged when a run ends.
+CHECKPOINTS_BUCKET = "flowrelay_checkpoints"
 
 
 def run_key(tenant: str, run_id: str) -> str:
     """Key of a run's record in ``RUNS_BUCKET``."""
     return f"{tenant}.{run_id}"
+
+
+def checkpoint_key(tenant: str, run_id: str, name: str) -> str:
+    """Key of one step checkpoint of a run in ``CHECKPOINTS_BUCKET``."""
+    return f"{tenant}.{run_id}.{name}"
+
+
+def run_checkpoints(tenant: str, run_id: str) -> str:
+    """Key filter matching every checkpoint of a run."""
+    return f"{tenant}.{run_id}.*"
+def thread_key(tenant: str, thread_id: str) -> str:
+    """Key of a thread's record in ``THREADS_BUCKET``."""
+    return f"{tenant}.{thread_id}"
+
+
+def thread_record_subject(tenant: str, thread_id: str) -> str:
+    """The KV subject behind a thread's record (what NATS permissions match)."""
+    return f"$KV.{THREADS_BUCKET}.{thread_key(tenant, thread_id)}"
 
 
 def run_record_subject(tenant: str, run_id: str) -> str:

@@ -26,13 +26,14 @@ import httpx
 import nats
 from nats.aio.client import Client
 from nats.js.api import ConsumerInfo
+from nats.js.errors import NotFoundError
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
 from flowrelay.natsconfig import Role
 from flowrelay.natsserver import NatsServer
 from flowrelay.stack import SERVICE_COMMANDS, ServiceProcess, resolve
-from flowrelay_bus.events import follow, last_event_seq
+from flowrelay_bus.events import follow
 from flowrelay_bus.runs import Mutation, RunStore
 from flowrelay_contracts import RunRecord, TraceEvent, subjects
 from flowrelay_contracts.tenants import DEFAULT_TENANT
@@ -126,6 +127,9 @@ class Stack:
             "FLOWRELAY_LOG_LEVEL": "INFO",
             # the suite's own requests come fast from one admin key; the limit has its own test
             "FLOWRELAY_RATE_LIMIT": "10000/second",
+            # runs fail at their first failure unless a test asks for retries (options.retry or
+            # this variable): the suite's failure tests then take one attempt, as they assert
+            "FLOWRELAY_RETRY_ATTEMPTS": "1",
             "FLOWRELAY_METRICS_PORT": "0",  # a free port each (logged): never the defaults
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
@@ -304,19 +308,19 @@ class Bus:
     async def stored_events(self, run_id: str) -> list[TraceEvent]:
         """Every event stored for the run right now (also any after a terminal one).
 
-        Events are numbered without gaps, so the last one's ``seq`` is how many to read.
+        Read from the stream's leader message by message (no consumer: on a cluster an
+        ordered consumer can stall while a replica catches up).
         """
-        count = await last_event_seq(self.js, self.tenant, run_id)
-        if not count:
-            return []
-        sub = await self.js.subscribe(
-            subjects.run_events(self.tenant, run_id), ordered_consumer=True, stream=subjects.EVENTS_STREAM
-        )
-        try:
-            events = [TraceEvent.model_validate_json((await sub.next_msg(timeout=10)).data) for _ in range(count)]
-            return sorted(events, key=lambda e: e.seq)  # re-sent events may sit out of stream order
-        finally:
-            await sub.unsubscribe()
+        events: list[TraceEvent] = []
+        stream_seq = 1
+        while True:
+            try:
+                raw = await self.js.get_msg(subjects.EVENTS_STREAM, seq=stream_seq,
+                                            subject=subjects.run_events(self.tenant, run_id), next=True)
+            except NotFoundError:
+                return sorted(events, key=lambda e: e.seq)  # re-sent events may sit out of stream order
+            events.append(TraceEvent.model_validate_json(raw.data))
+            stream_seq = raw.seq + 1
 
     async def terminal_events(self, run_id: str) -> list[TraceEvent]:
         """The run's terminal events, once the first has been published.

@@ -14,7 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
-from flowrelay_api import routes_console, routes_execute, routes_keys, routes_ops, routes_runs
+from flowrelay_api import (
+    routes_console,
+    routes_execute,
+    routes_keys,
+    routes_ops,
+    routes_runs,
+    routes_threads,
+)
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import install_error_handlers
 from flowrelay_api.limits import BodyLimitMiddleware
@@ -22,7 +29,7 @@ from flowrelay_api.metrics import Metrics, MetricsMiddleware, SubmitOutcome
 from flowrelay_api.settings import ApiSettings
 
 #: Paths whose requests are run submissions (for the submissions counter).
-_SUBMIT_PATHS = frozenset({"/runs", "/execute"})
+_SUBMIT_PATHS = frozenset({"/runs", "/execute"})  # (and /threads/{id}/runs, counted by submit())
 
 #: Where the Swagger UI and ReDoc assets (shipped by fastapi-offline) are served: under
 #: ``/docs`` so that one public prefix covers the docs pages and their files.
@@ -78,6 +85,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     install_error_handlers(app, on_malformed=count_malformed)
     app.include_router(routes_runs.router)
+    app.include_router(routes_threads.router)
     app.include_router(routes_execute.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_keys.router)

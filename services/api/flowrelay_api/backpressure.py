@@ -75,11 +75,12 @@ class QueueGauge:
             return
 
     async def _check(self, tenant: str) -> None:
+        tenant_count = await self._tenant_count(tenant)  # first: one read gives both counts
         if await self._total_count() >= self.max_runs:
             raise TooManyRequests(
                 f"{self.max_runs} runs are queued or running, the limit (FLOWRELAY_MAX_QUEUED_RUNS); retry later",
                 code="queue_full", retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
-        if await self._tenant_count(tenant) >= self.max_per_tenant:
+        if tenant_count >= self.max_per_tenant:
             raise TooManyRequests(
                 f"tenant {tenant} has {self.max_per_tenant} runs queued or running, the limit "
                 "(FLOWRELAY_MAX_QUEUED_RUNS_PER_TENANT); retry once some have finished",
@@ -110,4 +111,5 @@ class QueueGauge:
             if len(self._tenants) > 10_000:
                 self._tenants.clear()
             cached = self._tenants[tenant] = (now, count)
+            self._total = (now, info.state.messages)  # the filtered read has the total too
         return cached[1]

@@ -7,6 +7,7 @@ submit path within a millisecond or two of the bus's own round trips.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,11 @@ from pathlib import Path
 from fastapi import Request
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from flowrelay_api.answers import serve_answers
 from flowrelay_api.auth import Authenticator, KeyStore, Scope
 from flowrelay_api.auth.jwt import JwtVerifier
 from flowrelay_api.backpressure import QueueGauge, RateLimiter
@@ -30,6 +33,7 @@ from flowrelay_bus.index import RunIndex
 from flowrelay_bus.lifecycle import stop_broker
 from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
+from flowrelay_bus.threads import ThreadStore
 from flowrelay_contracts import subjects
 from flowrelay_contracts.ids import RunIdGenerator
 from flowrelay_contracts.tenants import DEFAULT_TENANT
@@ -58,6 +62,8 @@ class ApiContext:
     outputs: OutputStore
     rate: RateLimiter
     queue: QueueGauge
+    threads: ThreadStore
+    answers: Subscription | None = None
     health: BusHealth = field(default_factory=BusHealth)
     ids: RunIdGenerator = field(default_factory=RunIdGenerator)
 
@@ -81,13 +87,17 @@ class ApiContext:
             await broker.stop()
             raise
         log.info("connected to NATS; %d executor(s) live; auth: %s", len(executors.live), settings.auth)
+        runs = await RunStore.open(js)
+        answers = await serve_answers(nc, runs, max_answer_bytes=settings.max_answer_bytes)
         return cls(
+            answers=answers,
             settings=settings,
             metrics=metrics,
             broker=broker,
             nc=nc,
             js=js,
-            runs=await RunStore.open(js),
+            runs=runs,
+            threads=await ThreadStore.open(nc, runs, js),
             index=RunIndex(js),
             idempotency=idempotency,
             executors=executors,
@@ -99,6 +109,9 @@ class ApiContext:
         )
 
     async def close(self) -> None:
+        if self.answers is not None:
+            with contextlib.suppress(Exception):
+                await self.answers.unsubscribe()
         await self.executors.stop()
         await stop_broker(self.broker)
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
 from flowrelay_api import runs, sse
 from flowrelay_api.auth import Principal, Scope, require
 from flowrelay_api.context import ApiContext, get_context
+from flowrelay_api.eventstream import EventStreamResponse
 from flowrelay_api.schemas import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    AnswerAccepted,
+    AnswerSubmission,
     CancelAccepted,
     ErrorResponse,
     RunAccepted,
@@ -166,7 +168,7 @@ async def run_output(ctx: Context, caller: Reader, run_id: RunId) -> Response:
 
 @router.get(
     "/runs/{run_id}/events",
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
     summary="Follow a run's events (Server-Sent Events)",
     description="Replays the run's trace from the start, then streams it live: `id` is the event's "
     "`seq`, `event` its type, `data` the TraceEvent JSON. Reconnect with `Last-Event-ID` (or "
@@ -187,9 +189,36 @@ async def run_events(
     last_event_id: Annotated[
         int, Header(alias="Last-Event-ID", ge=0, description="Set by EventSource on reconnect.")
     ] = 0,
-) -> EventSourceResponse:
-    record = await runs.get_run(ctx, caller, run_id)
-    return sse.event_stream(ctx, record, max(after, last_event_id))
+) -> EventStreamResponse:
+    after_seq = max(after, last_event_id)
+    # A first connection replays everything stored, which tells how far the run got; a
+    # resuming one needs the record's current state to end at once after the run's end.
+    record = await runs.get_run(ctx, caller, run_id, recent_ok=after_seq == 0)
+    return sse.event_stream(ctx, record, after_seq)
+
+
+@router.post(
+    "/runs/{run_id}/input",
+    status_code=202,
+    response_model=AnswerAccepted,
+    summary="Answer a run's question (ask_human)",
+    description="A run whose agent called `ask_human` is `waiting` (the question is in its record's `waiting` and "
+    "in the `run.waiting` event). The answer is stored, the run turns `queued` and whichever executor takes it "
+    "resumes it with the answer as the tool's result. 409 when the run is not waiting (or on another question, "
+    "or past its deadline); 422 naming `answer` when it is blank, too long (FLOWRELAY_MAX_ANSWER_BYTES) or not "
+    "one of the question's choices.",
+    responses={
+        409: {"model": ErrorResponse, "description": "`not_waiting`, `stale_wait` or `wait_expired`."},
+        **BODY_ERRORS,
+        **_INVALID,
+        **_NOT_FOUND,
+        **_UNAVAILABLE,
+    },
+)
+async def answer_run(ctx: Context, caller: Submitter, run_id: RunId, body: AnswerSubmission) -> Response:
+    record = await runs.answer_run(ctx, caller, run_id, body.answer, body.wait_id)
+    assert record.waiting is not None
+    return json_response(AnswerAccepted(run_id=record.run_id, status=record.status, wait_id=record.waiting.wait_id), 202)
 
 
 @router.post(
@@ -197,7 +226,7 @@ async def run_events(
     status_code=202,
     response_model=CancelAccepted,
     summary="Cancel a run",
-    description="A queued run is cancelled at once (`status: cancelled`). A running one is stopped by "
+    description="A queued run (or one waiting for an answer) is cancelled at once (`status: cancelled`). A running one is stopped by "
     "its executor within about a second (`status: running` now; the record and the event stream "
     "show the end). A run that has already ended answers 409.",
     responses={

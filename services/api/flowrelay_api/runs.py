@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from flowrelay_api.auth import Principal
 from flowrelay_api.context import ApiContext
 from flowrelay_api.errors import Conflict, Forbidden, Gone, InvalidRequest, RunNotFound
+from flowrelay_bus import hitl
 from flowrelay_bus.cancel import CancelOutcome, broadcast_cancel, record_cancel
 from flowrelay_bus.events import follow, last_event_seq
 from flowrelay_bus.outputs import OutputMissing
-from flowrelay_contracts import RunRecord, RunStatus, TraceEvent
+from flowrelay_contracts import HumanInput, RunRecord, RunStatus, TraceEvent
 from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.tenants import is_valid_tenant
 
@@ -48,11 +49,19 @@ TERMINAL_EVENT_WAIT_S = 2.0
 _TRACE_TICK_S = 0.05
 
 
-async def get_run(ctx: ApiContext, caller: Principal, run_id: str) -> RunRecord:
-    """The record of ``run_id`` if the caller may see it; :class:`RunNotFound` (404) if not."""
+async def get_run(ctx: ApiContext, caller: Principal, run_id: str, *, recent_ok: bool = False) -> RunRecord:
+    """The record of ``run_id`` if the caller may see it; :class:`RunNotFound` (404) if not.
+
+    ``recent_ok``: a record this process created or read may do, though it may be stale
+    (the SSE stream only needs to know the run and follows its events from there; a client
+    following the run it just submitted then costs no read).
+    """
     record = None
     if is_valid_run_id(run_id):
-        record = await (ctx.runs.find(run_id) if caller.is_admin else ctx.runs.get(caller.tenant, run_id))
+        if recent_ok and not caller.is_admin:
+            record = ctx.runs.known(caller.tenant, run_id)
+        if record is None:
+            record = await (ctx.runs.find(run_id) if caller.is_admin else ctx.runs.get(caller.tenant, run_id))
     if record is None or not caller.sees_tenant(record.tenant):
         raise RunNotFound(run_id)
     return record
@@ -153,6 +162,29 @@ async def cancel_run(
         # (again) ask whichever executor holds it; they all listen on core NATS
         await broadcast_cancel(ctx.nc, record.tenant, run_id, reason, recorded=True)
     return record
+
+
+# -- answering ----------------------------------------------------------------------------
+
+
+async def answer_run(ctx: ApiContext, caller: Principal, run_id: str, answer: str, wait_id: str | None) -> RunRecord:
+    """Answer the ``ask_human`` question ``run_id`` waits on (see ``flowrelay_bus.hitl``).
+
+    404 as for every run operation; 409 (``code`` ``not_waiting``, ``stale_wait`` or
+    ``wait_expired``) when the run does not wait on this question; 422 naming ``answer``.
+    """
+    found = await get_run(ctx, caller, run_id)
+    try:
+        return await hitl.answer_run(ctx.runs, ctx.js, found.tenant, run_id, HumanInput(answer=answer, wait_id=wait_id),
+                                     max_answer_bytes=ctx.settings.max_answer_bytes)
+    except hitl.InputRefused as refused:
+        if refused.code == "not_found":
+            raise RunNotFound(run_id) from None
+        if refused.code == "invalid_answer":
+            raise InvalidRequest.one(("body", refused.field or "answer"), refused.message) from None
+        conflict = Conflict(refused.message)
+        conflict.code = refused.code
+        raise conflict from None
 
 
 # -- the output ---------------------------------------------------------------------------

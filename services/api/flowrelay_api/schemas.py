@@ -9,14 +9,15 @@ against ``response_model`` again (the models are still declared on the routes fo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.responses import Response
 
 from flowrelay_contracts import (
     AgentUsage,
     ExecutorCapabilities,
+    HumanWait,
     Isolation,
     OutputRef,
     RunError,
@@ -76,11 +77,13 @@ class RunLinks(BaseModel):
     events: str
     cancel: str
     output: str
+    input: str
 
     @classmethod
     def for_run(cls, run_id: str, root_path: str = "") -> RunLinks:
         base = f"{root_path}/runs/{run_id}"
-        return cls(self=base, events=f"{base}/events", cancel=f"{base}/cancel", output=f"{base}/output")
+        return cls(self=base, events=f"{base}/events", cancel=f"{base}/cancel", output=f"{base}/output",
+                   input=f"{base}/input")
 
 
 class RunAccepted(BaseModel):
@@ -115,6 +118,11 @@ class RunView(BaseModel):
     mode: RunMode
     isolation: Isolation | None = None
     model_provider: str | None = None
+    thread_id: str | None = Field(default=None, description="The thread the run belongs to (POST /threads/{id}/runs).")
+    waiting: HumanWait | None = Field(
+        default=None, description="The question of ask_human the run waits on (status `waiting`), or the last one "
+        "and its answer.",
+    )
     agents: list[AgentUsage] = Field(default_factory=list)
     attempts: int = 0
     cancel_requested: bool = False
@@ -152,6 +160,92 @@ class CancelAccepted(BaseModel):
 
     run_id: str
     status: RunStatus
+
+
+# -- threads ---------------------------------------------------------------------------
+
+#: Most metadata entries of a thread, and their sizes.
+MAX_THREAD_METADATA = 16
+MAX_THREAD_METADATA_KEY = 64
+MAX_THREAD_METADATA_VALUE = 512
+
+
+class ThreadCreate(BaseModel):
+    """Body of ``POST /threads`` (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(default="", max_length=200, description="What the conversation is about (shown in lists).")
+    metadata: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_THREAD_METADATA_KEY)],
+        Annotated[str, StringConstraints(max_length=MAX_THREAD_METADATA_VALUE)],
+    ] = Field(default_factory=dict, max_length=MAX_THREAD_METADATA,
+              description="Your own labels (e.g. the end user's id), returned as given.")
+
+
+class ThreadLinks(BaseModel):
+    self: str
+    runs: str
+
+    @classmethod
+    def for_thread(cls, thread_id: str, root_path: str = "") -> ThreadLinks:
+        base = f"{root_path}/threads/{thread_id}"
+        return cls(self=base, runs=f"{base}/runs")
+
+
+class ThreadRunView(BaseModel):
+    """One run of a thread. ``messages``: where its turn sits in the thread's ``messages``
+    (``[start, end)``), or null (it failed or was cancelled, or its turn is not shown)."""
+
+    run_id: str
+    status: RunStatus | None = Field(description="null when the run's record has expired.")
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = None
+    created_at: datetime
+    messages: tuple[int, int] | None = None
+
+
+class ThreadView(BaseModel):
+    """A thread: its runs (oldest first), their usage, and the conversation so far.
+
+    ``messages`` are the stored turns' OpenAI chat messages, oldest first, exactly as the
+    answering agent saw and wrote them (tool calls next to their results). Only the newest
+    ``limit`` turns are included; ``turns_omitted`` counts the older ones left out.
+    """
+
+    thread_id: str
+    tenant: str
+    title: str
+    metadata: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    active_run: str | None = Field(description="The run in progress (queued, running or waiting), if any.")
+    runs: list[ThreadRunView]
+    usage: Usage
+    cost_usd: float | None = None
+    messages: list[dict[str, Any]]
+    turns_omitted: int = 0
+    links: ThreadLinks
+
+
+class AnswerSubmission(BaseModel):
+    """Body of ``POST /runs/{run_id}/input``: the answer to the run's ``ask_human`` question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: str = Field(min_length=1, description="The answer (one of the question's choices, when it offers some).")
+    wait_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The question answered (`waiting.wait_id` of the run): refused (409) if the run now waits on another.",
+    )
+
+
+class AnswerAccepted(BaseModel):
+    """Answer of ``POST /runs/{run_id}/input``: the answer is stored and the run is queued to resume."""
+
+    run_id: str
+    status: RunStatus
+    wait_id: str
 
 
 class ExecuteResult(BaseModel):

@@ -16,6 +16,7 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from flowrelay_api import eventstream
 from flowrelay_api.settings import ApiSettings
 
 log = logging.getLogger("flowrelay.api")
@@ -54,6 +55,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        # uvicorn waits for every response to end before it stops; event streams follow
+        # runs that may never end, so they end now (their clients reconnect elsewhere).
+        eventstream.close_all()
+        super().shutdown()
 
     def _arm(self) -> None:
         if self._header_timer is None:

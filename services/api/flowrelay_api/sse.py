@@ -12,8 +12,9 @@ events, and ends:
   terminal event that was never written, or expired events): checked on connect and then
   whenever the stream has been idle for :data:`IDLE_RECHECK_S`.
 
-Keep-alive comments are sse-starlette's ``ping``. When the client goes away, sse-starlette
-cancels the generator and closing it unsubscribes from NATS.
+Keep-alive comments and the response itself are :mod:`flowrelay_api.eventstream`'s (a lean
+writer: sse-starlette cost more CPU than the run's events). When the client goes away the
+generator is closed, which unsubscribes from NATS.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from enum import Enum
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
-
 from flowrelay_api.context import ApiContext
+from flowrelay_api.eventstream import EventStreamResponse, frame
 from flowrelay_api.runs import TERMINAL_EVENT_WAIT_S
 from flowrelay_bus.events import follow, last_event
 from flowrelay_contracts import EventType, RunRecord, TraceEvent
@@ -44,17 +44,17 @@ IDLE_RECHECK_S = 5.0
 MIN_SUGGESTION_WAIT_S = 0.2
 
 
-def event_stream(ctx: ApiContext, record: RunRecord, after_seq: int) -> EventSourceResponse:
+def event_stream(ctx: ApiContext, record: RunRecord, after_seq: int) -> EventStreamResponse:
     """The SSE response for ``record``'s run, starting after ``after_seq``."""
-    return EventSourceResponse(
+    return EventStreamResponse(
         _counted(ctx, _events(ctx, record, after_seq)),
-        ping=ctx.settings.sse_ping_s,
+        ping_s=ctx.settings.sse_ping_s,
     )
 
 
 async def _counted(
-    ctx: ApiContext, events: AsyncIterator[ServerSentEvent]
-) -> AsyncIterator[ServerSentEvent]:
+    ctx: ApiContext, events: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
     ctx.metrics.sse_streams.inc()
     try:
         async with contextlib.aclosing(events):  # type: ignore[type-var]
@@ -66,7 +66,7 @@ async def _counted(
 
 async def _events(
     ctx: ApiContext, record: RunRecord, after_seq: int
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     run_id, tenant = record.run_id, record.tenant
     sent = after_seq
     failure: TraceEvent | None = None
@@ -115,7 +115,7 @@ async def _events(
 
 async def _suggestion_after(
     ctx: ApiContext, tenant: str, failure: TraceEvent
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     """Events after a failure until a ``suggestion`` one, within the grace period."""
     grace = ctx.settings.sse_suggestion_grace_s
     waited = (utcnow() - failure.at).total_seconds()
@@ -170,9 +170,5 @@ def _recent(moment: datetime | None) -> bool:
     return moment is not None and (utcnow() - moment).total_seconds() < TERMINAL_EVENT_WAIT_S
 
 
-def _to_sse(event: TraceEvent) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=event.__pydantic_serializer__.to_json(event).decode(),
-        id=str(event.seq),
-        event=event.type.value,
-    )
+def _to_sse(event: TraceEvent) -> bytes:
+    return frame(data=event.__pydantic_serializer__.to_json(event), id=event.seq, event=event.type.value)

@@ -21,6 +21,7 @@ request with the same key finish the job of a first one that died half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,6 +47,7 @@ from flowrelay_api.metrics import SubmitOutcome
 from flowrelay_api.schemas import RunSubmission
 from flowrelay_api.settings import ApiSettings
 from flowrelay_api.shape import check_shape
+from flowrelay_bus import policy
 from flowrelay_bus.outbound import Allowlist, refusal
 from flowrelay_contracts import (
     ErrorCode,
@@ -60,6 +62,7 @@ from flowrelay_contracts import (
     plan,
     subjects,
 )
+from flowrelay_contracts.hitl import ask_human_problems
 from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tracing import trace_context
 
@@ -108,12 +111,15 @@ async def submit(
     idempotency_key: str | None = None,
     before_publish: BeforePublish | None = None,
     trace: Mapping[str, str] | None = None,
+    *,
+    thread_id: str | None = None,
 ) -> Submitted:
     """Check, store and queue a run; raise an ``ApiError``/``InvalidRequest`` to refuse it.
 
     ``before_publish`` runs once the run id is known and before anything can happen to the
-    run, so a caller can start listening to it without missing a thing. ``trace``: the
-    request's headers; their valid W3C trace context goes along with the run request.
+    run, so a caller can start listening to it (or claim a thread for it) without missing a
+    thing; when it raises, nothing is stored. ``trace``: the request's headers; their valid
+    W3C trace context goes along with the run request. ``thread_id``: the thread the run continues.
     """
     headers = trace_context(trace)
     if not ctx.connected:
@@ -121,7 +127,8 @@ async def submit(
         raise ServiceUnavailable(_UNAVAILABLE)
     options = await _check(ctx, body, caller.tenant)
     request = RunRequested(
-        run_id="", tenant=caller.tenant, workflow=body.workflow, input=body.input, options=options
+        run_id="", tenant=caller.tenant, workflow=body.workflow, input=body.input, options=options,
+        thread_id=thread_id,
     )
     if idempotency_key is None:
         request.run_id = ctx.ids.new()
@@ -141,6 +148,15 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
                 "less_than_equal",
             )
         )
+    if options.wait_timeout_s is not None and options.wait_timeout_s > settings.max_wait_timeout_s:
+        problems.append(
+            (
+                ("body", "options", "wait_timeout_s"),
+                f"{options.wait_timeout_s:g} s is above the limit of {settings.max_wait_timeout_s:g} s "
+                "(FLOWRELAY_MAX_WAIT_TIMEOUT_S)",
+                "less_than_equal",
+            )
+        )
     max_turns = options.max_turns if options.max_turns is not None else settings.default_max_turns
     if max_turns > settings.max_max_turns:
         problems.append(
@@ -150,9 +166,13 @@ def _resolve_options(options: RunOptions, settings: ApiSettings) -> RunOptions:
                 "less_than_equal",
             )
         )
+    problems += policy.option_problems(options, settings)
     if problems:
         raise InvalidRequest(problems)
-    return RunOptions(timeout_s=timeout_s, max_turns=max_turns)
+    return policy.resolve(options.model_copy(update={
+        "timeout_s": timeout_s, "max_turns": max_turns,
+        "wait_timeout_s": options.wait_timeout_s or settings.default_wait_timeout_s,
+    }), settings)
 
 
 async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> RunOptions:
@@ -160,9 +180,11 @@ async def _check(ctx: ApiContext, body: RunSubmission, caller_tenant: str) -> Ru
         if problems := check_shape(body, ctx.settings):  # first: bounds the work of the rest
             raise InvalidRequest(problems)
         try:
-            plan(body.workflow)
+            workflow_plan = plan(body.workflow)
         except WorkflowError as exc:
             raise InvalidRequest.from_workflow(exc.problems) from None
+        if problems := ask_human_problems(body.workflow, workflow_plan):
+            raise InvalidRequest.from_workflow(problems)
         options = _resolve_options(body.options, ctx.settings)
     except InvalidRequest:
         ctx.metrics.submitted(SubmitOutcome.INVALID)
@@ -210,7 +232,9 @@ async def _submit_once(
     # Any header value becomes a valid KV key; the tenant makes keys per tenant, so two
     # tenants choosing the same key get two runs and learn nothing of each other.
     slot = hashlib.sha256(f"{request.tenant}\n{key}".encode()).hexdigest()
-    fingerprint = hashlib.sha256(body.__pydantic_serializer__.to_json(body)).hexdigest()
+    # the thread is part of the request: the same body sent to another thread is another run
+    fingerprint = hashlib.sha256(body.__pydantic_serializer__.to_json(body)
+                                 + f"\n{request.thread_id or ''}".encode()).hexdigest()
     for _ in range(_KEY_ATTEMPTS):
         request.run_id = ctx.ids.new()
         entry = _KeyEntry(run_id=request.run_id, fingerprint=fingerprint)
@@ -230,7 +254,7 @@ async def _submit_once(
                 "Idempotency-Key was already used with a different request body "
                 f"(for run {stored.run_id}); use a new key for a new request"
             )
-        return await _replay(ctx, request, stored.run_id, before_publish, headers)
+        return await _replay(ctx, request, stored.run_id, slot, before_publish, headers)
     ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)
     raise ServiceUnavailable(
         "could not reserve the Idempotency-Key (NATS keeps failing); retry later"
@@ -241,23 +265,28 @@ async def _replay(
     ctx: ApiContext,
     request: RunRequested,
     run_id: str,
+    key_slot: str,
     before_publish: BeforePublish | None,
     headers: dict[str, str],
 ) -> Submitted:
-    """A repeat of an accepted request: answer with its run, finishing its submission if needed."""
+    """A repeat of an accepted request: answer with its run, finishing its submission if needed.
+
+    Finishing it can fail like a first submission; the key is then released the same way, or
+    every later retry would be answered with the run that was never queued.
+    """
     request.run_id = run_id
     if before_publish is not None:
         await before_publish(run_id)
     record = await ctx.runs.get(request.tenant, run_id)
     if record is None:  # the first request is in flight or died before storing: do it here
-        submitted = await _store_and_queue(ctx, request, None, None, headers)
+        submitted = await _store_and_queue(ctx, request, key_slot, None, headers)
         return Submitted(submitted.record, request.options, replayed=True)
     window = timedelta(seconds=ctx.settings.dedup_window_s - _REPUBLISH_SAFETY_S)
     if record.status == RunStatus.QUEUED and utcnow() - record.created_at < window:
         # The first request may have died between storing and publishing. Inside the
         # window this publish is dropped if the first one went through.
         request.created_at = record.created_at
-        await _publish(ctx, request, record, key_slot=None, headers=headers)
+        await _publish(ctx, request, record, key_slot=key_slot, headers=headers)
     ctx.metrics.submitted(SubmitOutcome.REPLAYED)
     return Submitted(record, request.options, replayed=True)
 
@@ -270,22 +299,34 @@ async def _store_and_queue(
     headers: dict[str, str],
 ) -> Submitted:
     if before_publish is not None:
-        await before_publish(request.run_id)
+        try:
+            await before_publish(request.run_id)
+        except BaseException:
+            if key_slot is not None:  # nothing was stored: a retry with the key starts afresh
+                with contextlib.suppress(*BUS_ERRORS):
+                    await ctx.idempotency.delete(key_slot)
+            raise
     record = RunRecord(
         run_id=request.run_id,
         tenant=request.tenant,
         input=request.input,
         workflow=request.workflow,
         created_at=request.created_at,
+        thread_id=request.thread_id,
     )
-    if not await ctx.runs.create(record):  # a concurrent repeat stored it first and queues it
+    entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
+    # Record and index entry go to different streams: written concurrently, their two
+    # fsyncs overlap instead of adding up. Only the request, published after both, can
+    # start the run; an entry whose record is missing is skipped by listings.
+    created, indexed = await asyncio.gather(ctx.runs.create(record), ctx.index.add(entry), return_exceptions=True)
+    if isinstance(created, BaseException):
+        raise created
+    if not created:  # a concurrent repeat stored it first and queues it (its entry is the same)
         existing = await ctx.runs.get(request.tenant, request.run_id)
         ctx.metrics.submitted(SubmitOutcome.REPLAYED)
         return Submitted(existing or record, request.options, replayed=True)
-    entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
-    try:
-        await ctx.index.add(entry)
-    except Exception as exc:  # noqa: BLE001 - same as a failed publish: the run must not stay queued
+    if isinstance(indexed, BaseException):  # same as a failed publish: the run must not stay queued
+        exc = indexed
         log.warning("run %s: indexing failed (%s); marking it failed", record.run_id, type(exc).__name__)
         await _mark_unqueued(ctx, record, key_slot)
         ctx.metrics.submitted(SubmitOutcome.UNAVAILABLE)

@@ -21,6 +21,7 @@ from flowrelay_contracts import (
     TraceEvent,
     subjects,
 )
+from flowrelay_contracts.threads import ThreadTurn
 from flowrelay_executor.service import FETCH_BATCH, Executor
 from flowrelay_executor.settings import ExecutorSettings
 
@@ -90,6 +91,11 @@ def create_app(
     broker.publisher(
         subjects.RUN_FAILED, schema=RunFailed, title="failure reports",
         description="One per failed run, for the suggester.",
+    )
+    broker.publisher(
+        subjects.THREADS_ALL, schema=ThreadTurn, title="thread turns",
+        description="flowrelay.threads.<tenant>.<thread_id>: what each succeeded run on a thread added to the "
+        "conversation (the user's message and the answering agent's messages), in order.",
     )
     broker.publisher(
         subjects.DEADLETTER, schema=DeadLetter, title="dead letters",

@@ -14,9 +14,12 @@ working when the agent library behind ``engine.py`` is swapped.
 
 from __future__ import annotations
 
+import email.utils
 import functools
+import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -25,6 +28,7 @@ from flowrelay_contracts import ErrorCode, RunError
 
 __all__ = [
     "REDACTED",
+    "BudgetExceeded",
     "FrameworkNotInstalledError",
     "InvalidWorkflowError",
     "Redactor",
@@ -35,6 +39,7 @@ __all__ = [
     "is_secret_name",
     "missing_key_variable",
     "redact",
+    "retry_after_s",
 ]
 
 #: What a secret is replaced with.
@@ -50,6 +55,10 @@ _KEY_SHAPE_RE = re.compile(
     r"\bsk-[A-Za-z0-9_\-]{6,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{6,}|\bfrk_[a-z2-7]{12}_[A-Za-z0-9_\-]{43}"
 )
 
+#: Every character a key shape above may contain (and the whitespace after ``Bearer``): text
+#: streamed in pieces is cut only at other characters, so no key is cut in two.
+KEY_SHAPE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=-")
+
 #: Values shorter than this are not redacted by value: replacing "1" or "true" everywhere
 #: would mangle output while protecting nothing.
 _MIN_SECRET_CHARS = 6
@@ -62,6 +71,9 @@ _PROVIDER_MESSAGE_CHARS = 500
 
 #: How deep :func:`classify` follows ``original_exception`` / ``__cause__`` links.
 _MAX_CHAIN = 12
+
+#: Longest ``Retry-After`` taken at its word (a day); a larger one is treated as this.
+_MAX_RETRY_AFTER_S = 86_400.0
 
 #: An environment variable name, as tools name the one they lack (``KeyError('X_API_KEY')``).
 _ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
@@ -125,17 +137,44 @@ class Redactor:
         )
         # Longest first, so a secret containing another is replaced whole.
         self._values_re = re.compile("|".join(map(re.escape, values))) if values else None
+        #: Length of the longest secret value (0 without any).
+        self.longest_secret = len(values[0]) if values else 0
 
     @classmethod
     def from_environment(cls, *, extra: Iterable[str | None] = ()) -> Redactor:
         """Redact the values of secret-named variables of ``os.environ`` and ``extra``."""
-        found = [value for name, value in os.environ.items() if is_secret_name(name)]
-        return _redactor_for(frozenset([*found, *(s for s in extra if s)]))
+        return _redactor_for(_environment_secrets() | frozenset(s for s in extra if s))
 
     def redact(self, text: str) -> str:
         if self._values_re is not None:
             text = self._values_re.sub(REDACTED, text)
         return _KEY_SHAPE_RE.sub(REDACTED, text)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where ``text`` holds a secret value or a key shape ((start, end) pairs)."""
+        found = [m.span() for m in _KEY_SHAPE_RE.finditer(text)]
+        if self._values_re is not None:
+            found += [m.span() for m in self._values_re.finditer(text)]
+        return found
+
+
+def _environment_secrets() -> frozenset[str]:
+    """Values of the secret-named variables of ``os.environ`` now.
+
+    Decoding and matching every variable costs about 0.1 ms, once per run; the raw
+    environment (CPython keeps it as bytes in ``os.environ._data``) is a cheap cache key, so
+    a changed environment is still seen at the next run.
+    """
+    raw = getattr(os.environ, "_data", None)
+    if not isinstance(raw, dict):
+        return frozenset(value for name, value in os.environ.items() if is_secret_name(name))
+    return _secrets_of(frozenset(raw.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _secrets_of(raw: frozenset[tuple[bytes, bytes]]) -> frozenset[str]:
+    decode = os.fsdecode
+    return frozenset(decode(value) for name, value in raw if is_secret_name(decode(name)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,6 +219,12 @@ class FrameworkNotInstalledError(RunFailure):
 
 class TurnLimitExceeded(RunFailure):
     code = ErrorCode.MAX_TURNS_EXCEEDED
+
+
+class BudgetExceeded(RunFailure):
+    """The run's model calls passed ``options.max_cost_usd`` or ``options.max_tokens``."""
+
+    code = ErrorCode.BUDGET_EXCEEDED
 
 
 class ToolFailure(RunFailure):
@@ -329,6 +374,7 @@ def classify(
         )
     if status == 429 or _any_named(chain, "RateLimitError"):
         return RunError(
+            retry_after_s=retry_after_s(chain),
             code=ErrorCode.RATE_LIMITED,
             message=f"provider '{provider}' is rate limiting requests{where} (HTTP 429): retry "
             "later, lower concurrency, or raise the account's limits",
@@ -366,6 +412,7 @@ def classify(
             provider_status=status,
             provider_message=provider_message,
             retryable=server_side,
+            retry_after_s=retry_after_s(chain) if server_side else None,
             **base,
         )
     if _any_named(chain, "ValidationError"):
@@ -380,6 +427,49 @@ def classify(
         message=f"unexpected error: {scrub(_clip(_describe(decisive)))}",
         **base,
     )
+
+
+def retry_after_s(chain: Iterable[BaseException], *, now: float | None = None) -> float | None:
+    """The provider's ``Retry-After`` in seconds, if any link of ``chain`` carries one.
+
+    any-llm puts the header's text on its ``RateLimitError`` (``retry_after``: seconds or an
+    HTTP date, or ``retry-after-ms`` converted); for other statuses (a 503) it is only on
+    the SDK's exception, as a response header.
+    """
+    for link in chain:
+        values = [getattr(link, "retry_after", None)]
+        headers = getattr(getattr(link, "response", None), "headers", None)
+        if headers is not None:
+            values += [headers.get("retry-after")]
+            if (millis := _seconds(headers.get("retry-after-ms"))) is not None:
+                values += [str(millis / 1000)]
+        for value in values:
+            if (seconds := _retry_after_value(value, now=now)) is not None:
+                return seconds
+    return None
+
+
+def _retry_after_value(value: object, *, now: float | None) -> float | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    seconds = _seconds(value)
+    if seconds is None:  # an HTTP date
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ class ExecutorMetrics:
         )
         self.handed_back = Counter(
             "flowrelay_executor_runs_handed_back",
-            "Run requests given back to the queue (worker lost, drain, infrastructure error).", registry=r,
+            "Run requests given back to the queue (a retry, worker lost, drain, infrastructure error).", registry=r,
         )
         self.worker_restarts = Counter(
             "flowrelay_executor_worker_restarts",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic_core import to_json
+
 #: Largest ``data`` of one trace event, in JSON bytes (NATS' default max payload is 1 MiB).
 MAX_EVENT_DATA_BYTES = 64 * 1024
 
@@ -19,7 +21,9 @@ _MIN_PREVIEW_CHARS = 256
 
 
 def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    # pydantic-core's encoder: compact UTF-8 JSON like json.dumps(ensure_ascii=False), several
+    # times faster; it runs for every event.
+    return len(to_json(value, fallback=str))
 
 
 def fit_event(data: dict[str, Any], limit: int = MAX_EVENT_DATA_BYTES) -> dict[str, Any]:
@@ -42,4 +46,4 @@ def fit_event(data: dict[str, Any], limit: int = MAX_EVENT_DATA_BYTES) -> dict[s
 
 def output_bytes(output: Any) -> bytes:
     """The output as the record would hold it."""
-    return json.dumps(output, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return to_json(output, fallback=str)

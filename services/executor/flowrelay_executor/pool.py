@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -24,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from pydantic_core import from_json, to_json
 
 from flowrelay_executor.jobs import Job, Outcome, timed_out
 from flowrelay_executor.worker import PRELOAD, WorkerOptions, run_worker
@@ -83,7 +84,7 @@ class _Worker:
         return self.process.pid
 
     def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self.writer.write(to_json(message) + b"\n")
 
     def kill(self) -> None:
         if not self.exited:
@@ -250,7 +251,7 @@ class ProcessPool:
     async def _read(self, worker: _Worker) -> None:
         try:
             while line := await worker.reader_stream.readline():
-                self._dispatch(worker, json.loads(line))
+                self._dispatch(worker, from_json(line))
         except Exception:  # a broken socket or bad line ends this worker like a crash
             log.exception("worker %d: protocol error", worker.number)
             worker.kill()

@@ -7,16 +7,20 @@ Read it top to bottom like arq's worker:
 2. ``consume``: fetch as many requests as there are free slots (back-pressure: nothing is
    fetched that cannot start); ``accept`` decodes each (poison goes to the dead-letter
    stream with a failure event) and starts ``_execute`` as a task.
-3. ``_execute``: mark the record running, stream the worker's events to the run's subject,
-   heartbeat the message while it runs, then ``_finish``: store the terminal record, publish
-   the terminal event (and the failure report for the suggester), and only then ack.
+3. ``_execute``: mark the record running, stream the worker's events (and its step
+   checkpoints) to the bus, heartbeat the message while it runs, then either hand a
+   retryable failure back to JetStream to be attempted again later (``retries.py`` decides,
+   ``durable.py`` hands it back without holding a slot), or ``_finish``: store the terminal record, publish the terminal event
+   (and the failure report for the suggester), and only then ack.
 4. ``drain``: on SIGTERM stop fetching, give in-flight runs a grace period, hand the rest
    back (nak) so another executor takes them, stop the workers.
 
 Delivery guarantees: a request is acked only once its outcome is stored. A request seen
 again after its run ended (redelivery, duplicate) is acked without running it again; if the
 previous holder died between storing and publishing, the terminal event is republished
-from the record, so every run ends with exactly one terminal event.
+from the record, so every run ends with exactly one terminal event. A later attempt of a
+run (redelivered or retried) resumes after the steps its checkpoints cover
+(``flowrelay_bus.checkpoints``, ``engine/resume.py``), within the deadline of the first.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client
@@ -42,19 +47,23 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from flowrelay_bus import topology
+from flowrelay_bus import policy, topology
 from flowrelay_bus.cancel import record_cancel
+from flowrelay_bus.checkpoints import CheckpointStore
 from flowrelay_bus.events import RunEventLog, last_event, terminal_msg_id
 from flowrelay_bus.index import RunIndex
 from flowrelay_bus.outputs import OutputStore
 from flowrelay_bus.runs import RunStore
+from flowrelay_bus.threads import ThreadStore
 from flowrelay_contracts import (
+    Checkpoint,
     DeadLetter,
     ErrorCode,
     EventType,
     ExecutorCapabilities,
     Isolation,
     OutputRef,
+    Pattern,
     RunError,
     RunFailed,
     RunIndexEntry,
@@ -66,13 +75,27 @@ from flowrelay_contracts import (
     plan,
     subjects,
 )
+from flowrelay_contracts.hitl import ask_human_problems
 from flowrelay_contracts.ids import is_valid_run_id
 from flowrelay_contracts.limits import workflow_problems
 from flowrelay_contracts.messages import utcnow
 from flowrelay_contracts.tenants import is_valid_tenant
 from flowrelay_contracts.tracing import trace_context
 from flowrelay_contracts.workflow import WorkflowError, WorkflowProblem
-from flowrelay_executor.jobs import Job, ModelDefaults, Outcome
+from flowrelay_executor import retries
+from flowrelay_executor.conversations import Conversations
+from flowrelay_executor.durable import Attempt, Durability
+from flowrelay_executor.hitl import Waits
+from flowrelay_executor.jobs import (
+    CHECKPOINT,
+    CannotStart,
+    Job,
+    JobHistory,
+    ModelDefaults,
+    Outcome,
+    ResumePoint,
+    StreamSpec,
+)
 from flowrelay_executor.metrics import ExecutorMetrics
 from flowrelay_executor.payloads import fit_event, output_bytes
 from flowrelay_executor.pool import ProcessPool, WorkerLost, WorkerStartError
@@ -125,8 +148,12 @@ class _ActiveRun:
     attempt: int = 1
     stale: bool = False
     events_lost: bool = False
+    #: Checkpoints of the run this attempt started with and those it stored (to clear them).
+    checkpoints: list[Checkpoint] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    outbox: asyncio.Queue[tuple[EventType, dict[str, Any], datetime | None] | None] = field(default_factory=asyncio.Queue)
+    #: Step events and (``CHECKPOINT``) step checkpoints, in the order the worker reported them.
+    outbox: asyncio.Queue[tuple[EventType | str, dict[str, Any], datetime | None] | None] = field(
+        default_factory=asyncio.Queue)
     pump: asyncio.Task[None] | None = None
 
 
@@ -143,6 +170,9 @@ class Executor:
         self._index: RunIndex | None = None
         self._executors_kv: KeyValue | None = None
         self._outputs: OutputStore | None = None
+        self._durability: Durability = None  # type: ignore[assignment]  # set by attach
+        self._conversations: Conversations | None = None
+        self._waits: Waits | None = None
         self._active: dict[str, _ActiveRun] = {}
         self._slots: asyncio.Semaphore | None = None
         self._draining = asyncio.Event()
@@ -206,6 +236,11 @@ class Executor:
         self._index = RunIndex(js)
         self._executors_kv = await js.key_value(subjects.EXECUTORS_BUCKET)
         self._outputs = OutputStore(js)
+        checkpoints = await CheckpointStore.open(nc, js, self.settings)
+        self._durability = Durability(executor_id=self.executor_id, runs=self._store, checkpoints=checkpoints)
+        self._conversations = Conversations(await ThreadStore.open(nc, self._store), self.settings)
+        self._waits = Waits(js=js, store=self._store, checkpoints=checkpoints, settings=self.settings,
+                            executor_id=self.executor_id)
         await js.add_consumer(subjects.RUNS_STREAM, consumer_config(self.settings))
         self._consumer = asyncio.create_task(self.consume(), name="flowrelay-executor-consume")
         self._consumer.add_done_callback(_report_stopped_consumer)
@@ -294,6 +329,7 @@ class Executor:
 
     async def _execute(self, msg: Msg, request: RunRequested) -> None:
         assert self._store is not None and self._js is not None and self.pool is not None
+        assert self._conversations is not None and self._waits is not None
         run_id = request.run_id
         if run_id in self._active:
             # Redelivered while this executor runs it (heartbeats failed during a broker
@@ -310,11 +346,22 @@ class Executor:
                 return
             record = await self._store.get(tenant, run_id)
             assert record is not None
+        if record.waiting is not None and not record.terminal:  # it asked a person (hitl.py)
+            delivery = await self._waits.on_delivery(msg, request, record)
+            if delivery == "expired":
+                await self._finish(msg, request, await RunEventLog.resume(self._js, tenant, run_id),
+                                   self._waits.expired(record), only_if=lambda r: r.status == RunStatus.WAITING)
+            if delivery != "run":
+                return
         if not record.terminal and await self._held_elsewhere(record):
             log.info("run %s is running on executor %s; handing the redelivery back", run_id, record.executor_id)
             await msg.nak(delay=HELD_ELSEWHERE_DELAY_S)
             return
-        if not record.terminal and _deliveries(msg) > self.settings.max_deliver:
+        if not record.terminal and record.retry_at is not None and (early := (record.retry_at - utcnow()).total_seconds()) > 0:
+            await msg.nak(delay=early)  # a retry delivered before its wait ended (a failed nak)
+            return
+        # Retries are deliveries too, and not the "delivered without an outcome" kind.
+        if not record.terminal and _deliveries(msg) - len(record.retries) > self.settings.max_deliver:
             await self._give_up(msg, request, record)
             return
         holder = record.executor_id
@@ -324,7 +371,7 @@ class Executor:
                 return None
             return r.model_copy(update={
                 "status": RunStatus.RUNNING, "started_at": r.started_at or utcnow(), "attempts": r.attempts + 1,
-                "executor_id": self.executor_id, "isolation": isolation, "model_provider": provider,
+                "executor_id": self.executor_id, "isolation": isolation, "model_provider": provider, "retry_at": None,
             })
 
         # One compare-and-set both checks the record and claims the run for this attempt.
@@ -352,50 +399,110 @@ class Executor:
         run.pump = asyncio.create_task(self._pump(run))
         run.outbox.put_nowait((EventType.RUN_STARTED, {
             "attempt": attempt, "executor_id": self.executor_id, "isolation": isolation.value,
-            "model_provider": provider, "tenant": tenant,
+            "model_provider": provider, "tenant": tenant, **({"resumed": True} if request.resume else {}),
         }, None))
 
         try:
             # The API checked this already; a request published straight to NATS was not.
             if too_big := _over_limits(request, self.settings):
                 raise WorkflowError(too_big)
-            pattern = plan(request.workflow).pattern
+            workflow_plan = plan(request.workflow)
+            if cannot_ask := ask_human_problems(request.workflow, workflow_plan):
+                raise WorkflowError(cannot_ask)
+            history, resume = await self._opening(request, record)
         except WorkflowError as exc:
             outcome = Outcome(status="failed", error=RunError(code=ErrorCode.INVALID_WORKFLOW, message=str(exc)))
+        except CannotStart as exc:
+            outcome = Outcome(status="failed", error=exc.error)
         else:
-            limits = self._limits(request.options)
-            job = Job(
-                run_id=run_id,
-                workflow=request.workflow,
-                input=request.input,
-                timeout_s=limits.timeout_s,
-                max_turns=limits.max_turns,
-                defaults=defaults,
-                attempt=attempt,
-                trace_context=trace_context(msg.headers),
-            )
-            log.debug("run %s: %s pattern, attempt %d", run_id, pattern, attempt)
-            try:
-                outcome = await self.pool.run(
-                    job,
-                    lambda type_, data, at: run.outbox.put_nowait(
-                        (EventType(type_), data, datetime.fromtimestamp(at, UTC))
-                    ),
-                )
-            except WorkerLost as lost:
-                if not lost.crashed or self.settings.worker_crash_policy == "retry":
-                    if _deliveries(msg) < self.settings.max_deliver:
-                        log.warning("run %s: %s; queueing it again", run_id, lost.reason)
-                        self.metrics.handed_back.inc()
-                        await self._close_outbox(run)
-                        await msg.nak(delay=NAK_BACKOFF_S[0])
-                        return
-                outcome = Outcome(status="failed", error=RunError(code=ErrorCode.WORKER_CRASHED, message=f"the run stopped because {lost.reason}"))
+            outcome = await self._run_attempt(run, record, workflow_plan.pattern, defaults, history, resume)
+            if outcome is None:  # handed back to JetStream for a retry later
+                return
         await self._close_outbox(run)
         if run.stale:
             log.warning("run %s: another executor took it over; this attempt ends without writing", run_id)
             return  # its holder acks the message; acking it here could lose the run
+        if outcome.status == "waiting":  # paused by ask_human: saved and parked, the slot is free
+            parked = await self._waits.park(msg, request, events, attempt, outcome)
+            if parked.outcome != "cancel_requested":
+                return
+            outcome = outcome.model_copy(update={"status": "cancelled", "pause": None, "error": RunError(
+                code=ErrorCode.CANCELLED, message="cancelled by client as it asked a person")})
         await self._finish_durably(run, outcome)
+
+    async def _opening(self, request: RunRequested, record: RunRecord) -> tuple[JobHistory | None, ResumePoint | None]:
+        """What the run starts from besides its input: a thread's earlier turns
+        (``conversations.py``), or the saved state of a run answered after ``ask_human``
+        (``hitl.py``). Raises ``CannotStart``."""
+        assert self._conversations is not None and self._waits is not None
+        if request.resume is not None:
+            return None, await self._waits.resume_point(record)
+        if request.thread_id is not None:
+            return await self._conversations.history(request), None
+        return None, None
+
+    async def _run_attempt(
+        self, run: _ActiveRun, record: RunRecord, pattern: Pattern, defaults: ModelDefaults,
+        history: JobHistory | None, resume: ResumePoint | None,
+    ) -> Outcome | None:
+        """Run this attempt within what is left of the run's deadline, resuming after the steps
+        earlier attempts finished (on a thread: with its earlier turns; after an answer: from
+        where it paused); its outcome, or None once a retry has been scheduled."""
+        request, attempt = run.request, run.attempt
+        limits = self._limits(request.options)
+        # The deadline counts from the first attempt's start: it covers every attempt, but
+        # not the time the run waited for a person (a resumed run gets what it had left).
+        deadline = (record.started_at or utcnow()) + timedelta(seconds=limits.timeout_s or 0)
+        if resume is not None:
+            deadline = utcnow() + timedelta(seconds=(limits.timeout_s or 0) - resume.state.executed_s)
+        if (remaining := (deadline - utcnow()).total_seconds()) <= 0:
+            return Outcome(status="failed", error=RunError(code=ErrorCode.TIMEOUT, message=(
+                f"the run's {limits.timeout_s:g} s deadline passed before attempt {attempt} could start "
+                "(options.timeout_s covers every attempt, not the waits for an answer)")))
+        if attempt > 1 and pattern != Pattern.SIMPLE:  # a simple run has no step to resume after
+            run.checkpoints = await self._durability.resumable(request.tenant, request.run_id)
+        spent, spent_cost = retries.unsaved_spend(record.retries)
+        job = Job(
+            run_id=request.run_id, tenant=request.tenant, workflow=request.workflow, input=request.input,
+            timeout_s=remaining, run_timeout_s=limits.timeout_s, max_turns=limits.max_turns, defaults=defaults,
+            attempt=attempt, checkpoints={c.name: c for c in run.checkpoints}, trace_context=trace_context(run.msg.headers),
+            max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens, spent=spent, spent_cost_usd=spent_cost,
+            stream=StreamSpec(interval_s=self.settings.stream_interval_ms / 1000) if request.options.stream_tokens else None,
+            history=history, resume=resume,
+        )
+        log.debug("run %s: %s pattern, attempt %d", request.run_id, pattern, attempt)
+        outcome, innocent = await self._attempt(run, job)
+        retry, why_not = retries.plan(
+            outcome.error, limits.retry, failed_attempt=len(record.retries) + 1, deadline=deadline, now=utcnow(),
+            force=innocent and _deliveries(run.msg) < self.settings.max_deliver,
+        )
+        if retry is None:
+            if why_not and outcome.error is not None:
+                outcome.error.message += f" ({why_not})"
+            return outcome
+        await self._close_outbox(run)
+        if not run.stale and await self._durability.retry_later(Attempt(run.msg, request, run.events, attempt),
+                                                                outcome, retry):
+            self.metrics.handed_back.inc()
+        return None
+
+    async def _attempt(self, run: _ActiveRun, job: Job) -> tuple[Outcome, bool]:
+        """Run ``job`` on the pool; the outcome, and whether the run lost its worker through
+        no fault of its own (killed because another run on it overran its deadline)."""
+        assert self.pool is not None
+
+        def report(type_: str, data: dict[str, Any], at: float) -> None:
+            item = CHECKPOINT if type_ == CHECKPOINT else EventType(type_)
+            run.outbox.put_nowait((item, data, datetime.fromtimestamp(at, UTC)))
+
+        try:
+            return await self.pool.run(job, report), False
+        except WorkerLost as lost:
+            retryable = not lost.crashed or self.settings.worker_crash_policy == "retry"
+            log.warning("run %s: %s", job.run_id, lost.reason)
+            return Outcome(status="failed", error=RunError(
+                code=ErrorCode.WORKER_CRASHED, message=f"the run stopped because {lost.reason}", retryable=retryable,
+            )), not lost.crashed
 
     async def _finish_durably(self, run: _ActiveRun, outcome: Outcome) -> None:
         """Store a computed outcome, retrying while the bus cannot take it (a full store, an
@@ -408,6 +515,7 @@ class Executor:
                 if run.events_lost or attempt:  # first send what the stream may be missing
                     await run.events.republish_unconfirmed()
                 await self._finish(run.msg, run.request, run.events, outcome, attempt=run.attempt)
+                await self._durability.forget(run.request, run.checkpoints)
                 return
             except Exception as exc:  # noqa: BLE001 - a stored outcome is the goal; keep trying
                 if self._draining.is_set() or run.stale:
@@ -418,24 +526,31 @@ class Executor:
                 await asyncio.sleep(delay)
 
     async def _finish(
-        self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome, *, attempt: int | None = None
+        self, msg: Msg, request: RunRequested, events: RunEventLog, outcome: Outcome, *, attempt: int | None = None,
+        only_if: Callable[[RunRecord], bool] | None = None,
     ) -> None:
         """Store the outcome, publish the terminal event (+ failure report), then ack.
 
         ``attempt``: the claim this outcome belongs to; the record is only ended while this
         executor still holds that claim (None: a run that was never claimed, e.g. cancelled
-        while queued).
+        while queued). ``only_if``: a further condition on the stored record (a wait that
+        expired ends only if the run is still waiting).
         """
-        assert self._store is not None and self._outputs is not None
+        assert self._store is not None and self._outputs is not None and self._conversations is not None
+        assert self._waits is not None
         now = utcnow()
         outcome, output_ref = await self._place_output(request, outcome)
         status = RunStatus(outcome.status)
+        if request.thread_id and attempt is not None:  # the turn first: the next run must see it
+            await self._conversations.record(request, attempt, outcome)
 
         def to_terminal(r: RunRecord) -> RunRecord | None:
             if r.terminal:
                 return None
             if attempt is not None and (r.executor_id != self.executor_id or r.attempts != attempt):
                 return None  # the claim moved on: another executor owns this run now
+            if only_if is not None and not only_if(r):
+                return None
             return r.model_copy(update={
                 "status": status, "output": outcome.output, "output_ref": output_ref, "error": outcome.error,
                 "usage": outcome.usage,
@@ -452,6 +567,8 @@ class Executor:
                 status.value, outcome.error.code.value if outcome.error else None,
                 time.monotonic() - active.started if active else None,
             )
+            if stored.waiting is not None:
+                await self._waits.forget(stored)
         elif stored is not None and stored.terminal:
             # Ended by someone else (a cancel), or by an earlier try of ours whose terminal
             # event did not go out: announce it unless it already was (once, by its id).
@@ -508,11 +625,13 @@ class Executor:
 
     async def _republish_terminal(self, record: RunRecord) -> None:
         """A run ended but maybe its holder died before announcing it: announce it once."""
-        assert self._js is not None
+        assert self._js is not None and self._waits is not None
         last = await last_event(self._js, record.tenant, record.run_id)  # one read: what exists, and its seq
         if last is None or not last.type.terminal and last.type != EventType.SUGGESTION:
             events = RunEventLog(self._js, record.tenant, record.run_id, last_seq=last.seq if last else 0)
             await self._publish_terminal(record, events, None)
+        if record.waiting is not None:  # cancelled while it waited: its saved state goes too
+            await self._waits.forget(record)
 
     # -- events and heartbeats ----------------------------------------------------------
 
@@ -522,6 +641,10 @@ class Executor:
             if run.stale:
                 continue
             type_, data, at = item
+            if type_ == CHECKPOINT:  # stored before any later event is published
+                if (stored := await self._durability.keep(run.request, data)) is not None:
+                    run.checkpoints.append(stored)
+                continue
             await run.events.emit_nowait(type_, fit_event(data), at=at)
             if type_ == EventType.LLM_FINISHED:
                 self.metrics.model_call(data, tenant=run.request.tenant)
@@ -630,7 +753,7 @@ class Executor:
                                       fail_record=False)
             return False
         record = RunRecord(run_id=request.run_id, tenant=request.tenant, input=request.input,
-                           workflow=request.workflow, created_at=request.created_at)
+                           workflow=request.workflow, created_at=request.created_at, thread_id=request.thread_id)
         if await self._store.create(record):
             await self._index.add(RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at))
         return True
@@ -723,10 +846,10 @@ class Executor:
     def _limits(self, options: RunOptions) -> RunOptions:
         """The limits a run actually gets: its own, or the server defaults, capped."""
         s = self.settings
-        return RunOptions(
-            timeout_s=min(options.timeout_s or s.default_timeout_s, s.max_timeout_s),
-            max_turns=options.max_turns or s.default_max_turns,
-        )
+        return policy.resolve(options.model_copy(update={
+            "timeout_s": min(options.timeout_s or s.default_timeout_s, s.max_timeout_s),
+            "max_turns": options.max_turns or s.default_max_turns,
+        }), s)
 
     def _model_defaults(self) -> ModelDefaults:
         s = self.settings
@@ -763,6 +886,10 @@ def _over_limits(request: RunRequested, settings: ExecutorSettings) -> list[Work
         problems.append(WorkflowProblem(
             pointer="/input", message=f"{size} bytes is above the limit of {settings.max_input_bytes} "
             "(FLOWRELAY_MAX_INPUT_BYTES)"))
+    elif request.thread_id and size > settings.max_thread_message_bytes:
+        problems.append(WorkflowProblem(
+            pointer="/input", message=f"{size} bytes is above the limit of {settings.max_thread_message_bytes} "
+            "for a message on a thread (FLOWRELAY_MAX_THREAD_MESSAGE_BYTES)"))
     return problems
 
 

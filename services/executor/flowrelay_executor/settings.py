@@ -46,11 +46,17 @@ class ExecutorSettings(BusSettings):
     default_timeout_s: float = Field(default=120.0, gt=0, description="Deadline of runs that set no options.timeout_s.")
     max_timeout_s: float = Field(default=3600.0, gt=0, description="Cap on any run's deadline.")
     default_max_turns: int = Field(default=20, ge=1, description="LLM calls per agent for runs that set no options.max_turns.")
+    stream_interval_ms: float = Field(
+        default=100.0, gt=0, le=5000,
+        description="Token streaming: a text fragment waits at most this long for more before its llm.delta is sent.",
+    )
     kill_grace_s: float = Field(
         default=1.5, gt=0, description="After a deadline, how long a run has to stop before its worker is killed."
     )
     worker_crash_policy: Literal["fail", "retry"] = Field(
-        default="fail", description="Runs on a worker that died: fail them (worker_crashed) or queue them again."
+        default="retry",
+        description="Runs on a worker that died: retry them under their retry policy (options.retry), or fail "
+        "them at once (worker_crashed).",
     )
 
     # -- delivery ------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from flowrelay_executor.errors import InvalidWorkflowError, is_secret_name
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ask_human",
     "MCP_STDIO_ALLOWLIST_ENV",
     "TOOL_MODULES_ENV",
     "McpNotAllowedError",
@@ -126,6 +127,22 @@ _BUILTINS: Final[dict[str, _Builtin]] = {
 }
 
 
+def ask_human(question: str, choices: list[str] | None = None) -> str:
+    """Ask a person a question and wait for the answer; it may take minutes or hours.
+
+    Use it when you need a decision, an approval or a fact only the user has. Ask one
+    complete, self-contained question: the person sees nothing else.
+
+    Args:
+        question: The question for the person, complete and self-contained.
+        choices: The answers the person may choose from, if the question has fixed options; null otherwise.
+    """
+    # Never reached in a run: flowrelay's engine pauses the run when the model calls this
+    # tool (from a hook, before the call: engine.human), and resumes it with the answer as
+    # the result. An agent that cannot pause is refused at submission.
+    return "ask_human is not available to this agent; answer without asking"
+
+
 class ToolRegistry:
     """Tool names -> callables, plus the MCP stdio policy. Build one per worker process."""
 
@@ -147,6 +164,7 @@ class ToolRegistry:
             name: spec for name, spec in _BUILTINS.items() if builtins and _installed(spec.requires)
         }
         self._stdio_allowlist = frozenset(c.strip() for c in mcp_stdio_allowlist if c.strip())
+        self.add(ask_human, source="flowrelay")  # always offered: see engine.human
         for name, function in (tools or {}).items():
             self.add(function, name=name, source="constructor")
 

@@ -114,6 +114,7 @@ class Facts:
     elapsed: str = "its deadline"
     turns: str = "all its turns"
     max_turns_now: str = ""
+    budget: str = "its budget (`options.max_cost_usd` / `options.max_tokens`)"
     provider_error_fix: str = (
         "A 4xx answer means the request itself was refused: check the node's `model_args`, its "
         "`output_schema` (not every model supports structured output) and the input length. "
@@ -176,8 +177,10 @@ RULES: tuple[Rule, ...] = (
         code=ErrorCode.RATE_LIMITED,
         title="Rate limit of {provider} reached",
         detail="{provider} refused more requests for {model} for now.",
-        fix="Retry the run after a pause, backing off exponentially on repeated 429s; run fewer "
-        "agents at once (fewer executors, or lower FLOWRELAY_WORKERS / "
+        fix="flowrelay retries rate-limited runs by itself, honouring Retry-After: give the run more "
+        "attempts or longer waits (`options.retry.attempts`, `options.retry.max_backoff_s`; server "
+        "defaults FLOWRELAY_RETRY_ATTEMPTS / FLOWRELAY_RETRY_MAX_BACKOFF_S) and a `timeout_s` long "
+        "enough for them; run fewer agents at once (fewer executors, or lower FLOWRELAY_WORKERS / "
         "FLOWRELAY_SLOTS_PER_WORKER); and if it persists, raise the rate limit or quota with "
         "{provider} (check billing) or move some agents to another model.",
     ),
@@ -237,8 +240,9 @@ RULES: tuple[Rule, ...] = (
         "usually the OOM killer): give the executors more memory or lower "
         "FLOWRELAY_RECYCLE_RSS_MB so workers are replaced before they grow too big, make tools "
         "handle less data at once, or move a crashing tool into an MCP server so it runs out of "
-        "process. Retrying the run uses a fresh worker; FLOWRELAY_WORKER_CRASH_POLICY=retry "
-        "makes the executors do that by themselves.",
+        "process. The executors retry a crashed run on a fresh worker under its retry policy "
+        "(`options.retry`, resuming after its finished steps); a run that crashes every worker "
+        "fails once its attempts are used up.",
     ),
     Rule(
         code=ErrorCode.FRAMEWORK_NOT_INSTALLED,
@@ -276,6 +280,17 @@ RULES: tuple[Rule, ...] = (
         detail="The final output is larger than the executors may store for one run.",
         fix="Ask the last agent for a shorter answer (or a summary, with the bulk written somewhere "
         "by a tool and referenced by name), or raise FLOWRELAY_MAX_OUTPUT_BYTES on the executors.",
+    ),
+    Rule(
+        code=ErrorCode.BUDGET_EXCEEDED,
+        title="The run went over its budget",
+        detail="The run's model calls passed {budget}, so it was stopped there; the record keeps "
+        "the partial usage and cost, per agent.",
+        fix="If the spend is expected, raise {budget} (the server caps them at "
+        "FLOWRELAY_MAX_MAX_COST_USD / FLOWRELAY_MAX_MAX_TOKENS). Otherwise make the run cheaper: "
+        "look at the record's `agents` for the one that spent most, give it a cheaper model, "
+        "shorter instructions or input, fewer turns (`options.max_turns`) or fewer tools; for a "
+        "model without a known price, budget tokens (`options.max_tokens`) instead of cost.",
     ),
     Rule(
         code=ErrorCode.INTERNAL_ERROR,
@@ -363,6 +378,11 @@ def facts_for(failure: RunFailed, *, hints: Hints) -> Facts:
         )
     if failure.elapsed_s is not None:
         facts["elapsed"] = f"{failure.elapsed_s:.1f} s"
+    budgets = [f"`options.max_cost_usd` = {failure.options.max_cost_usd:g} USD"] if failure.options.max_cost_usd else []
+    if failure.options.max_tokens:
+        budgets.append(f"`options.max_tokens` = {failure.options.max_tokens}")
+    if budgets:
+        facts["budget"] = " and ".join(budgets)
     if failure.options.max_turns is not None:
         facts["turns"] = f"all {failure.options.max_turns} turns"
         facts["max_turns_now"] = f" (now {failure.options.max_turns})"

@@ -122,7 +122,8 @@ class AgentFactory:
             # Our own list (a fresh one per agent: any-agent inserts its span callbacks into
             # it): the default prints rich panels to stdout.
             callbacks=[EventCallback(recipe, adapter(recipe.framework))],
-            model_args=json.loads(recipe.model_args) or None,
+            model_args=adapter(recipe.framework).model_args(json.loads(recipe.model_args), dict(recipe.model.llm_args))
+            or None,
             output_type=output_type(recipe),
             any_llm_args=dict(recipe.model.llm_args),
         )

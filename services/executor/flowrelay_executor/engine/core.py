@@ -11,8 +11,10 @@ from opentelemetry import context as otel_context
 from flowrelay_executor import costs, tracing
 from flowrelay_executor.engine.agents import AgentFactory, AgentPool
 from flowrelay_executor.engine.frameworks import ADAPTERS, available_frameworks
+from flowrelay_executor.engine.human import WaitForHuman
 from flowrelay_executor.engine.patterns import Orchestrator
 from flowrelay_executor.engine.run import CURRENT_RUN, Emit, Failed, RunState
+from flowrelay_executor.engine.streaming import DeltaStream
 from flowrelay_executor.errors import Redactor, classify
 from flowrelay_executor.jobs import Job, Outcome
 from flowrelay_executor.tools import ToolRegistry
@@ -98,6 +100,8 @@ class Engine:
             redactor=Redactor.from_environment(extra=[api_key]),
             max_chars=self._max_chars,
         )
+        if job.stream is not None:
+            run.stream = DeltaStream(spec=job.stream, emit=emit, redactor=run.redactor, attempt=job.attempt)
         run_token = CURRENT_RUN.set(run)
         # The run's span is a child of the caller's span (the trace context its request
         # carried) or the root of a new trace, never a child of whatever span this task is
@@ -111,6 +115,8 @@ class Engine:
             outcome = await self._outcome(run)
             return outcome
         finally:
+            if run.stream is not None:
+                run.stream.close()  # a cancelled or failed call's text so far
             await self._pool.release_all(run.leases, run.trace_id)
             otel_context.detach(otel_token)
             CURRENT_RUN.reset(run_token)
@@ -121,6 +127,8 @@ class Engine:
         """Run it; every failure becomes a failed outcome (cancellation propagates)."""
         try:
             output = await self._orchestrator.execute(run)
+        except WaitForHuman:
+            return run.outcome(status="waiting")  # the executor saves run.pause and frees the slot
         except Failed:
             return run.outcome(status="failed")
         except Exception as exc:  # noqa: BLE001 - a bug or unexpected library error: report it

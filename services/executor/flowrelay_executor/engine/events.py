@@ -7,7 +7,8 @@ run being served (``CURRENT_RUN``):
   adapter; null plus a ``cost_note`` when it has none). The turn limit is enforced here.
 * tools: the ``tool.started`` / ``tool.finished`` events come from flowrelay's own tool
   wrapper (``engine.tooling``), which sees the call's real arguments, return value and
-  exception in every framework. The tool hooks only stop an agent whose run has failed.
+  exception in every framework. The tool hooks only stop an agent whose run has failed,
+  and pause the run at a call of ``ask_human`` (``engine.human``).
 
 A hook is reported only while its agent is the one running innermost (``CURRENT_AGENT``).
 LangChain, for one, hands a run's callback handlers down to everything awaited inside it,
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from any_agent.callbacks import Callback
 
+from flowrelay_contracts.hitl import ASK_HUMAN
 from flowrelay_executor.engine.frameworks import FrameworkAdapter
+from flowrelay_executor.engine.human import pause_here
 from flowrelay_executor.engine.run import CURRENT_AGENT, CURRENT_RUN, RunState
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ class EventCallback(Callback):
     def before_llm_call(self, context: Any, *args: Any, **kwargs: Any) -> Any:
         if (run := self._run()) is not None:
             run.llm_started(self._recipe)
+            if isinstance(kwargs.get("messages"), list):  # tinyagent's live conversation
+                run.live_messages[self._recipe.name] = kwargs["messages"]
         return context
 
     def after_llm_call(self, context: Any, *args: Any, **kwargs: Any) -> Any:
@@ -56,6 +61,9 @@ class EventCallback(Callback):
     def before_tool_execution(self, context: Any, *args: Any, **kwargs: Any) -> Any:
         if (run := self._run()) is not None:
             run.stop_if_failed()
+            request = args[0] if args else None
+            if isinstance(request, dict) and request.get("name") == ASK_HUMAN:
+                pause_here(run, self._recipe, request)  # raises: the run pauses before the tool runs
         return context
 
     def after_tool_execution(self, context: Any, *args: Any, **kwargs: Any) -> Any:

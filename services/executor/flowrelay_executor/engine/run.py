@@ -20,15 +20,26 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from any_agent import AgentCancel
 
-from flowrelay_contracts import AgentUsage, ErrorCode, EventType, Pattern, RunError, Usage
+from flowrelay_contracts import (
+    AgentUsage,
+    Checkpoint,
+    ErrorCode,
+    EventType,
+    Pattern,
+    RunError,
+    Usage,
+)
 from flowrelay_executor import costs
+from flowrelay_executor.engine.budget import Budget
+from flowrelay_executor.engine.resume import StepLog
 from flowrelay_executor.engine.text import elapsed_ms, truncate
-from flowrelay_executor.errors import Redactor, TurnLimitExceeded, classify
-from flowrelay_executor.jobs import Job, Outcome
+from flowrelay_executor.errors import BudgetExceeded, Redactor, TurnLimitExceeded, classify
+from flowrelay_executor.jobs import Job, Outcome, PauseState
 
 if TYPE_CHECKING:
     from flowrelay_executor.engine.agents import Lease
     from flowrelay_executor.engine.recipes import Recipe
+    from flowrelay_executor.engine.streaming import DeltaStream
 
 log = logging.getLogger("flowrelay_executor.engine")
 
@@ -102,6 +113,22 @@ class RunState:
         #: Set when the run's task was cancelled (deadline, cancel request): an agent still
         #: running in a thread (smolagents) stops at its next hook.
         self.cancelled = False
+        #: Checkpoints to reuse from earlier attempts, and the ones this attempt writes.
+        self.steps = StepLog(job, emit)  # type: ignore[arg-type]  # it sends CHECKPOINT items
+        self.budget = Budget(max_cost_usd=job.max_cost_usd, max_tokens=job.max_tokens)
+        #: Set when the run streams tokens (``options.stream_tokens``).
+        self.stream: DeltaStream | None = None
+        #: What a run on a thread adds to it: (messages, form), once its answer is known.
+        self.turn: tuple[list[dict[str, Any]], str] | None = None
+        #: Each agent's live message list, as its last ``before_llm_call`` saw it (tinyagent):
+        #: what a pause saves (``engine.human``).
+        self.live_messages: dict[str, list[Any]] = {}
+        #: Agents whose conversation is the run's own (they may ask a person and pause).
+        self.top_level: frozenset[str] = frozenset()
+        #: Set when the run paused for a person's answer.
+        self.pause: PauseState | None = None
+        self._clock = time.monotonic()
+        self._executed_before = job.resume.state.executed_s if job.resume else 0.0
         self._emit = emit
         self._max_chars = max_chars
         self._steps = 0
@@ -156,10 +183,45 @@ class RunState:
     def step_of(self, agent: str) -> int | None:
         return self._current_step.get(agent)
 
+    def skip_steps(self, count: int) -> None:
+        """Steps finished by an earlier attempt keep their numbers: the next one continues."""
+        self._steps += count
+
+    def reuse(self, checkpoint: Checkpoint) -> None:
+        """Count a reused step's spend as its agent's (it was paid once, by an earlier attempt)."""
+        tally = self.tally(checkpoint.agent)
+        tally.usage = tally.usage + checkpoint.usage
+        tally.costs.append(checkpoint.cost_usd)
+        if checkpoint.cost_note:
+            tally.notes.add(checkpoint.cost_note)
+
     def tally(self, agent: str) -> Tally:
         if agent not in self._tallies:
             self._tallies[agent] = Tally()
         return self._tallies[agent]
+
+    @property
+    def step_count(self) -> int:
+        """Steps begun so far (earlier segments included)."""
+        return self._steps
+
+    def executed_s(self) -> float:
+        """Seconds this run has executed, earlier segments (before a pause) included."""
+        return self._executed_before + time.monotonic() - self._clock
+
+    def tallies_state(self) -> dict[str, dict[str, Any]]:
+        """The tallies as JSON data (saved when the run pauses)."""
+        return {name: {"input_tokens": t.usage.input_tokens, "output_tokens": t.usage.output_tokens,
+                       "costs": t.costs, "notes": sorted(t.notes), "turns": t.turns}
+                for name, t in self._tallies.items()}
+
+    def restore(self, state: PauseState) -> None:
+        """Continue the tallies and step numbers of the segments before a pause."""
+        self._steps = state.steps
+        for name, saved in state.tallies.items():
+            self._tallies[name] = Tally(
+                usage=Usage(input_tokens=saved["input_tokens"], output_tokens=saved["output_tokens"]),
+                costs=list(saved["costs"]), notes=set(saved["notes"]), turns=saved["turns"])
 
     # failures ------------------------------------------------------------------------------
 
@@ -250,6 +312,12 @@ class RunState:
         tally.costs.append(cost)
         if note:
             tally.notes.add(note)
+        if self.budget.active and self.failure is None:
+            usage, total_cost = self.spent()
+            if why := self.budget.exceeded(usage, total_cost, cost_note=note, tokens_known=tokens is not None):
+                # Recorded now, raised at the agent's next hook or when it returns: raising
+                # from an after-call hook is not honoured the same way by every framework.
+                self.fail(BudgetExceeded(why, agent=recipe.name, step=self.step_of(recipe.name)))
         self.emit(
             EventType.LLM_FINISHED,
             {
@@ -284,7 +352,14 @@ class RunState:
 
     # outcome -------------------------------------------------------------------------------
 
-    def outcome(self, *, status: Literal["succeeded", "failed"], output: Any = None) -> Outcome:
+    def spent(self) -> tuple[Usage, float | None]:
+        """What the run has spent so far: this attempt's calls, the reused steps, and what
+        earlier attempts spent on calls no checkpoint keeps."""
+        usage = sum((tally.usage for tally in self._tallies.values()), self.job.spent)
+        all_costs = [cost for tally in self._tallies.values() for cost in tally.costs]
+        return usage, costs.total([*all_costs, self.job.spent_cost_usd])
+
+    def outcome(self, *, status: Literal["succeeded", "failed", "waiting"], output: Any = None) -> Outcome:
         agents = [
             AgentUsage(
                 agent=name,
@@ -294,14 +369,32 @@ class RunState:
             )
             for name, tally in self._tallies.items()
         ]
-        usage = sum((a.usage for a in agents), Usage())
+        usage, total_cost = self.spent()
         notes = sorted({a.cost_note for a in agents if a.cost_note})
+        steps = self.steps
+        this_attempt = sum((a.usage for a in agents), Usage()) - steps.reused
+        turn = self.turn if status == "succeeded" else None
         return Outcome(
             status=status,
             output=output if status == "succeeded" else None,
             error=self.failure if status == "failed" else None,
             usage=usage,
             agents=agents,
-            cost_usd=costs.total([a.cost_usd for a in agents]),
+            cost_usd=total_cost,
             cost_note="; ".join(notes) or None,
+            unsaved=this_attempt - steps.saved,
+            unsaved_cost_usd=_difference(
+                costs.total([a.cost_usd for a in agents]), costs.total(steps.reused_costs), costs.total(steps.saved_costs)
+            ),
+            # the turn may quote a secret (a tool echoed a key), like the output
+            turn=self.redact(turn[0]) if turn else None,
+            turn_form=turn[1] if turn else "messages",
+            pause=self.pause if status == "waiting" else None,
         )
+
+
+def _difference(whole: float | None, *parts: float | None) -> float | None:
+    """``whole`` minus ``parts``; None if any is unknown (never a made-up figure)."""
+    if whole is None or any(part is None for part in parts):
+        return None
+    return max(0.0, whole - sum(part for part in parts if part is not None))

@@ -6,6 +6,9 @@ import { h, replace } from "./dom.js";
 import { cost, duration, value, when } from "./format.js";
 import { STATE_LABELS } from "./graph.js";
 
+/** Events shown as one-line markers between the steps. */
+const MARKERS = ["run.started", "run.retrying", "run.resumed", "suggestion", "run.completed", "run.failed", "run.cancelled"];
+
 const KIND_LABELS = { agent: "Agent", llm: "LLM", tool: "Tool" };
 
 export class TimelineView {
@@ -50,7 +53,7 @@ export class TimelineView {
   update(trace, now = Date.now()) {
     const total = Math.max(trace.elapsed(now), 1);
     for (const event of trace.events) {
-      if (["run.started", "suggestion", "run.completed", "run.failed", "run.cancelled"].includes(event.type) && !this.markers.has(event.seq)) {
+      if (MARKERS.includes(event.type) && !this.markers.has(event.seq)) {
         this.#marker(event, trace);
       }
     }
@@ -108,6 +111,10 @@ export class TimelineView {
     let text;
     if (event.type === "run.started") {
       text = `Run started (attempt ${data.attempt ?? 1}) on executor ${data.executor_id ?? "?"}, ${data.isolation ?? "?"} isolation, model provider ${data.model_provider ?? "?"}`;
+    } else if (event.type === "run.retrying") {
+      text = `Retrying (${data.reason ?? "?"}): attempt ${data.attempt ?? "?"} of ${data.attempts ?? "?"} in ${duration((data.wait_s ?? 0) * 1000)}`;
+    } else if (event.type === "run.resumed") {
+      text = `Resumed after step ${data.step ?? "?"}: ${(data.agents ?? []).join(", ")} reused from checkpoints`;
     } else if (event.type === "suggestion") {
       text = `Suggestions arrived (${(data.suggestions ?? []).length})`;
     } else {

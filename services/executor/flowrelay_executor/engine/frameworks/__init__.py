@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 
 from flowrelay_contracts.workflow import KNOWN_FRAMEWORKS
 
-__all__ = ["ADAPTERS", "FrameworkAdapter", "Tokens", "adapter", "available_frameworks", "tokens_of"]
+__all__ = [
+    "ADAPTERS", "FrameworkAdapter", "Tokens", "adapter", "available_frameworks", "tokens_of", "with_client_args",
+]
 
 #: (input tokens, output tokens) of one model call, or None when the framework reports none.
 Tokens = tuple[int, int] | None
@@ -40,6 +42,11 @@ class FrameworkAdapter:
     #: keeps the current run's state on the agent object: each concurrent run then gets an
     #: instance of its own (still reused by later runs).
     concurrent_runs: ClassVar[bool] = True
+    #: Whether ``run_async`` takes an OpenAI-style message list (a thread's earlier turns as
+    #: real messages); the others get them as text.
+    takes_messages: ClassVar[bool] = False
+    #: Whether flowrelay can stream this framework's model text (``llm.delta``).
+    streams: ClassVar[bool] = False
 
     def installed(self) -> bool:
         try:
@@ -69,11 +76,25 @@ class FrameworkAdapter:
         """``tool`` (already wrapped by flowrelay) in the form this framework can call."""
         return tool
 
+    def model_args(self, model_args: dict[str, Any], llm_args: dict[str, Any]) -> dict[str, Any]:
+        """The node's ``model_args`` as this framework must get them for ``llm_args`` (any-llm
+        client settings: unified exceptions, no SDK retries) to apply as well. The default is
+        for frameworks whose model client any-agent creates from ``AgentConfig.any_llm_args``."""
+        return model_args
+
     def install(self, agent: Any) -> None:
         """Adjust a newly created agent (the any-agent instance) before its first run."""
 
     def after_run(self, agent: Any) -> None:
         """Repair what a finished run left in ``agent`` (the any-agent instance), if anything."""
+
+
+def with_client_args(model_args: dict[str, Any], llm_args: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` plus ``llm_args`` as ``client_args``, for frameworks that call any-llm's
+    module-level ``acompletion`` with the model arguments (it builds a client per call from
+    ``client_args`` and ignores ``AgentConfig.any_llm_args``). flowrelay's settings win: the
+    SDK's own retries would hide attempts from the run's retry policy."""
+    return {**model_args, "client_args": {**model_args.get("client_args", {}), **llm_args}}
 
 
 def tokens_of(usage: Any, input_field: str, output_field: str) -> Tokens:

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from flowrelay_executor.engine.frameworks import FrameworkAdapter, Tokens, tokens_of
+from flowrelay_executor.engine.frameworks import (
+    FrameworkAdapter,
+    Tokens,
+    tokens_of,
+    with_client_args,
+)
 
 #: Methods of agno's ``Model`` that any-agent's wrapper replaces on the instance.
 _WRAPPED_METHODS: Final = ("arun_function_call", "arun_function_calls")
@@ -26,6 +31,10 @@ class AgnoAdapter(FrameworkAdapter):
     packages = ("agno",)
     distribution = "agno"
     concurrent_runs = False
+
+    def model_args(self, model_args: dict[str, Any], llm_args: dict[str, Any]) -> dict[str, Any]:
+        # Its model calls any-llm's module-level acompletion with the model arguments.
+        return with_client_args(model_args, llm_args)
 
     def tokens(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tokens:
         message = kwargs.get("assistant_message")

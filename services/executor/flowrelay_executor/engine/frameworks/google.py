@@ -13,13 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowrelay_executor.engine.frameworks import FrameworkAdapter, Tokens, tokens_of
+from flowrelay_executor.engine.frameworks import (
+    FrameworkAdapter,
+    Tokens,
+    tokens_of,
+    with_client_args,
+)
 
 
 class GoogleAdkAdapter(FrameworkAdapter):
     name = "google"
     packages = ("google.adk",)
     distribution = "google-adk"
+
+    def model_args(self, model_args: dict[str, Any], llm_args: dict[str, Any]) -> dict[str, Any]:
+        # Its model calls any-llm's module-level acompletion with the model arguments.
+        return with_client_args(model_args, llm_args)
 
     def tokens(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tokens:
         response = kwargs.get("llm_response")

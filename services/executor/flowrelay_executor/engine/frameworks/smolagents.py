@@ -18,6 +18,9 @@
   one instance mix their conversations, so each concurrent run gets its own instance.
 * A raising tool is retried by smolagents (its error goes back to the model): flowrelay
   stops the run at the next model call instead.
+* Its model client is created without any-agent's ``any_llm_args`` and its ``ApiModel``
+  retries rate limits itself: :meth:`SmolagentsAdapter.install` turns both off, so retries
+  are the run's (``options.retry``), visible in the trace.
 """
 
 from __future__ import annotations
@@ -61,6 +64,17 @@ class SmolagentsAdapter(FrameworkAdapter):
         return call
 
     def install(self, agent: Any) -> None:
+        from any_llm import AnyLLM
+
+        # any-agent's AnyLLMModel creates its client without AgentConfig.any_llm_args (the
+        # openai SDK then retries 429s and 5xx twice by itself): create it again with them.
+        # And smolagents' ApiModel retries rate-limited calls itself, with waits (its
+        # ``retry`` argument would also be sent to the provider as a request field): one
+        # attempt per call, the run's retry policy does the rest, visibly.
+        model = agent._agent.model
+        model.client = AnyLLM.create(provider=model._provider, api_key=model._api_key, api_base=model._api_base,
+                                     **(agent.config.any_llm_args or {}))
+        model.retryer.max_attempts = 1
         run_in_loop = agent._run_async
 
         async def run_in_thread(prompt: Any, **kwargs: Any) -> Any:
