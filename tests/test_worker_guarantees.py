@@ -155,6 +155,9 @@ async def test_a_spinning_tool_at_the_deadline_gets_its_worker_killed_and_the_ru
     (terminal,) = await wbus.terminal_events(run_id)
     assert terminal.type == EventType.RUN_FAILED
     assert terminal.data["error"]["code"] == "timeout" and KILLED in terminal.data["error"]["message"]
+    # the trace says which tool held the worker, although the worker never got to report again
+    started = [e.data["tool"] for e in await wbus.stored_events(run_id) if e.type == EventType.TOOL_STARTED]
+    assert started == ["spin"]
     await asyncio.to_thread(executor.wait_for, "killing worker", timeout=30, after=mark)  # the log may trail the record
     replacement = await _worker_of_next_run(client, wbus)
     assert replacement != worker and not _alive(worker)
@@ -232,20 +235,34 @@ async def test_crash_policy_retry_runs_a_crashed_run_again_on_a_fresh_worker(
 ) -> None:
     executor = executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry")
     marker = tmp_path / "crashed-once"
-    run_id = await _submit(client, f'#call=crash_worker_once {{"marker": "{marker}"}}')
+    run_id = await _submit(client, f'#call=crash_worker_once {{"marker": "{marker}"}}',
+                           retry={"attempts": 2, "initial_backoff_s": 0})
     record = await wbus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.output == "survived" and record.attempts == 2
+    assert [r.error.code for r in record.retries] == ["worker_crashed"]
     await asyncio.to_thread(executor.wait_for, "died", timeout=30)  # the log may trail the record
     assert len(await wbus.terminal_events(run_id)) == 1
 
 
-async def test_crash_policy_retry_gives_up_after_max_deliver(client, wbus, executors) -> None:
-    executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry", FLOWRELAY_MAX_DELIVER="2")
-    run_id = await _submit(client, "#call=crash_worker {}")
+async def test_crash_policy_retry_gives_up_after_the_runs_attempts(client, wbus, executors) -> None:
+    executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry")
+    run_id = await _submit(client, "#call=crash_worker {}", retry={"attempts": 2, "initial_backoff_s": 0})
     record = await wbus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.FAILED and record.error.code == "worker_crashed"
-    assert record.attempts == 2
+    assert record.attempts == 2 and len(record.retries) == 1
+
+
+async def test_crash_policy_fail_fails_a_crashed_run_at_once(client, wbus, executors, tmp_path: Path) -> None:
+    """A run that asks for retries still gets none for a crash: the deployment said so."""
+    executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="fail")
+    marker = tmp_path / "crashed-once"
+    run_id = await _submit(client, f'#call=crash_worker_once {{"marker": "{marker}"}}',
+                           retry={"attempts": 2, "initial_backoff_s": 0})
+    record = await wbus.wait_record(run_id, timeout=90)
+    assert record.status == RunStatus.FAILED and record.error.code == "worker_crashed"
+    assert record.attempts == 1 and record.retries == []
+    assert await _worker_of_next_run(client, wbus) > 0, "the worker was replaced"
 
 
 async def test_thread_isolation_runs_agents_on_a_thread_and_still_fails_a_blocked_run_at_its_deadline(
@@ -304,3 +321,15 @@ async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(
     response = await client.post("/runs", json=run_body(one_agent(tools=allowed), "allowed"))
     assert response.status_code == 202, response.text  # the API accepts what a live executor allows
     await wbus.wait_record(response.json()["run_id"], timeout=60)
+
+
+async def test_stream_interval_batches_the_fragments_of_a_paced_answer(client, wbus, executors) -> None:
+    """20 tokens 50 ms apart take a second: with the default 100 ms interval they come as
+    about ten llm.delta events, within a 5 s interval (the most allowed) as one, sent when the
+    call ends."""
+    executors.start_executor(FLOWRELAY_STREAM_INTERVAL_MS="5000")
+    run_id = await _submit(client, "#tokens=20 #pace=50", stream_tokens=True)
+    record = await wbus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    deltas = [e for e in await wbus.stored_events(run_id) if e.type == EventType.LLM_DELTA]
+    assert len(deltas) == 1 and deltas[0].data["text"] == record.output

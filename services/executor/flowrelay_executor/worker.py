@@ -34,6 +34,9 @@ from flowrelay_executor.jobs import Job
 
 log = logging.getLogger("flowrelay.worker")
 
+#: The event after which a run's own code (a tool) may hold the worker's loop.
+TOOL_STARTED = "tool.started"
+
 #: Largest protocol line accepted from the executor (a job carries its workflow).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
@@ -75,10 +78,14 @@ async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
         if message["op"] == "done":
             completed += 1
         # Lines sent in one loop tick (a run's steps come in bursts) go out in one write:
-        # one syscall instead of one per event; their order is kept.
+        # one syscall instead of one per event; their order is kept. Except before a tool:
+        # one that blocks the loop (the deadline then kills the worker) would keep its own
+        # tool.started, and what came before it, from ever leaving.
         if not outgoing:
             loop.call_soon(flush)
         outgoing.append(to_json(message, fallback=str) + b"\n")
+        if message.get("type") == TOOL_STARTED:
+            flush()
 
     tools = ToolRegistry.from_environment()
     engine = Engine(tools=tools, frameworks=options.frameworks)
