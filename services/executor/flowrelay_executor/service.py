@@ -400,7 +400,7 @@ class Executor:
         run.outbox.put_nowait((EventType.RUN_STARTED, {
             "attempt": attempt, "executor_id": self.executor_id, "isolation": isolation.value,
             "model_provider": provider, "tenant": tenant, **({"resumed": True} if request.resume else {}),
-        }, None))
+        }, utcnow()))  # stamped now, not when the pump gets to it: the worker's steps may come first
 
         try:
             # The API checked this already; a request published straight to NATS was not.
