@@ -44,6 +44,18 @@ Submitter = Annotated[Principal, Depends(require(Scope.SUBMIT))]
 Reader = Annotated[Principal, Depends(require(Scope.READ))]
 Canceller = Annotated[Principal, Depends(require(Scope.CANCEL))]
 
+#: One event of the stream (in Open API 3.1 the schema of an event-stream describes each
+#: event, as parsed from its ``id:``, ``event:`` and ``data:`` lines).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "description": "The event's seq."},
+        "event": {"type": "string", "description": "The event's type."},
+        "data": {"type": "string", "description": "The TraceEvent, as JSON."},
+    },
+}
+
 _NOT_FOUND = {
     404: {"model": ErrorResponse, "description": "No such run (or it belongs to another tenant)."}
 }
@@ -175,7 +187,7 @@ async def run_output(ctx: Context, caller: Reader, run_id: RunId) -> Response:
     "`?after=`) to resume. The stream ends after `run.completed` or `run.cancelled`; after "
     "`run.failed` it ends with the suggester's `suggestion` event, or after a short grace period.",
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}, "description": "The event stream."},
         **_NOT_FOUND,
         **_INVALID,
         **_UNAVAILABLE,
