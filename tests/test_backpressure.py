@@ -204,4 +204,6 @@ async def test_listing_runs_and_the_executor_directory_leave_no_consumers(api: h
     for _ in range(300):
         assert (await api.get("/runs", params={"limit": 5})).status_code == 200
     await api.get("/healthz")
-    assert await consumers() == before
+    # at most as many: an ephemeral consumer an earlier test left (a closed follower's) may
+    # expire meanwhile; a leak would add one per listing
+    assert await consumers() <= before

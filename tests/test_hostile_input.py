@@ -7,6 +7,7 @@ field and the setting), or run once and end with a reason.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -79,6 +80,11 @@ async def test_reserved_model_args_are_refused(api: httpx.AsyncClient, key: str)
 
 
 async def test_stdio_mcp_commands_no_executor_allows_are_refused(api: httpx.AsyncClient) -> None:
+    # The API judges by the live executors (none live: it cannot tell, the executor refuses
+    # later): first see that the shared one is advertised, on a busy machine it may be late.
+    async with asyncio.timeout(60):
+        while not (await api.get("/executors")).json()["executors"]:
+            await asyncio.sleep(0.5)
     tools = [{"type": "mcp", "command": "/bin/sh", "args": ["-c", "id"]}]
     loc, msg = _problem(await api.post("/runs", json=run_body(one_agent(tools=tools), "shell")))
     assert loc[-1] == "command" and "FLOWRELAY_MCP_STDIO_ALLOWLIST" in msg
