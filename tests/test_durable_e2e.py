@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, agent_node, chain, isolated_stack, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, agent_node, isolated_stack, one_agent, run_body
 
 from flowrelay_bus.checkpoints import CheckpointStore
 from flowrelay_bus.settings import BusSettings
@@ -184,15 +184,17 @@ async def test_retries_never_pass_the_deadline(client, bus, executors) -> None:
 
 async def test_a_run_waiting_for_its_retry_holds_no_slot(client, bus, executors) -> None:
     executors.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="1")
-    waiting = await submit(client, run_body(one_agent(), f"wait #fail-first=1:429:6 #count={token()}", retry={
+    waiting = await submit(client, run_body(one_agent(), f"wait #fail-first=1:429:12 #count={token()}", retry={
         "attempts": 2, "initial_backoff_s": 0, "jitter": 0}))
     await wait_event(bus, waiting, lambda e: e.type == EventType.RUN_RETRYING)
 
     other = await submit(client, run_body(one_agent(), "meanwhile"))
     done = await bus.wait_record(other, timeout=30)
-    assert done.status == RunStatus.SUCCEEDED, "the only slot was free during the backoff"
+    assert done.status == RunStatus.SUCCEEDED
     meanwhile = await bus.store.get(waiting)
     assert meanwhile.status == RunStatus.QUEUED and meanwhile.attempts == 1 and meanwhile.retry_at is not None
+    # (a slot held for the backoff would free up at retry_at, and only then run the other)
+    assert done.finished_at < meanwhile.retry_at, "the only slot was free during the backoff"
     assert meanwhile.executor_id is None, "no executor holds a run that waits"
 
     record = await bus.wait_record(waiting, timeout=60)
@@ -341,15 +343,22 @@ async def test_a_run_over_its_budget_stops_at_the_call_that_passed_it(
 
 
 async def test_budgets_count_every_attempt(client, bus, executors) -> None:
+    """Steps an earlier attempt finished are reused, not paid again, but still count: a budget
+    above agents one and two, below all three, stops the second attempt at agent three (were
+    only that attempt's spend counted, it would pass)."""
     executors.start_executor()
-    # agents one and two succeed, three fails once; the budget is passed on the second attempt
-    tok = token()
-    workflow = chain("one", "two", "three")
-    run_id = await submit(client, run_body(workflow, f"budget #count={tok}", max_tokens=10_000,
-                                           retry={"attempts": 2, "initial_backoff_s": 0}))
+    reference = await bus.wait_record(await submit(client, run_body(
+        three_agents(), f"budget #count={token()} #delay=0.00000000@three")), timeout=60)  # as long as the text below
+    assert reference.status == RunStatus.SUCCEEDED, reference.error
+    spent = {a.agent: a.usage.total_tokens for a in reference.agents}
+    budget = spent["one"] + spent["two"] + spent["three"] // 2
+    run_id = await submit(client, run_body(three_agents(), f"budget #count={token()} #fail-first=1:503@three",
+                                           max_tokens=budget, retry={"attempts": 2, "initial_backoff_s": 0}))
     record = await bus.wait_record(run_id, timeout=60)
-    assert record.status == RunStatus.SUCCEEDED
-    assert record.usage.input_tokens > 0
+    assert record.status == RunStatus.FAILED and record.error.code == "budget_exceeded", record.error
+    assert record.error.agent == "three" and record.attempts == 2
+    assert [r.error.agent for r in record.retries] == ["three"]
+    assert record.usage.total_tokens > budget
 
 
 # -- the API refuses what the deployment does not allow ------------------------------------------

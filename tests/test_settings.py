@@ -30,7 +30,7 @@ import nats
 import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from flowrelay_testkit import Bus, Stack, chain, free_port, one_agent, run_body
+from flowrelay_testkit import Bus, Stack, chain, free_port, model_calls, one_agent, run_body
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from flowrelay import natsserver
@@ -61,7 +61,7 @@ async def test_streams_and_buckets_follow_the_retention_dedup_and_queue_settings
         nc = await nats.connect(server.url)
         js = nc.jetstream()
         settings = BusSettings(nats_url=server.url, events_max_age_s=1234, runs_ttl_s=5678, dedup_window_s=42,
-                               max_queued_runs=77, max_queued_runs_per_tenant=7)
+                               max_queued_runs=77, max_queued_runs_per_tenant=7, thread_ttl_s=4321)
         await topology.declare(js, settings)
 
         async def config(stream: str) -> Any:
@@ -76,6 +76,8 @@ async def test_streams_and_buckets_follow_the_retention_dedup_and_queue_settings
         for stream in (subjects.INDEX_STREAM, f"KV_{subjects.RUNS_BUCKET}", f"KV_{subjects.IDEMPOTENCY_BUCKET}",
                        f"OBJ_{subjects.OUTPUTS_BUCKET}"):
             assert (await config(stream)).max_age == 5678, stream  # FLOWRELAY_RUNS_TTL_S
+        for stream in (subjects.THREADS_STREAM, f"KV_{subjects.THREADS_BUCKET}"):
+            assert (await config(stream)).max_age == 4321, stream  # FLOWRELAY_THREAD_TTL_S
         await nc.close()
     finally:
         server.stop()
@@ -111,6 +113,13 @@ LIMITS = {
     "FLOWRELAY_MAX_BODY_BYTES": "20000", "FLOWRELAY_MAX_TIMEOUT_S": "10", "FLOWRELAY_MAX_MAX_TURNS": "5",
     "FLOWRELAY_DEFAULT_TIMEOUT_S": "1", "FLOWRELAY_DEFAULT_MAX_TURNS": "2",
     "FLOWRELAY_MCP_URL_ALLOWLIST": "127.0.0.1", "FLOWRELAY_API_ACCESS_LOG": "true", "FLOWRELAY_KEY_CACHE_S": "600",
+    # durable runs: the maximums of options.retry and the budgets, and the default policy
+    "FLOWRELAY_MAX_RETRY_ATTEMPTS": "5", "FLOWRELAY_MAX_RETRY_BACKOFF_S": "5", "FLOWRELAY_MAX_MAX_COST_USD": "2",
+    "FLOWRELAY_MAX_MAX_TOKENS": "1000", "FLOWRELAY_RETRY_ATTEMPTS": "4", "FLOWRELAY_RETRY_INITIAL_BACKOFF_S": "0.1",
+    "FLOWRELAY_RETRY_MAX_BACKOFF_S": "0.1", "FLOWRELAY_RETRY_JITTER": "0",
+    # conversations: questions of ask_human, threads
+    "FLOWRELAY_MAX_WAIT_TIMEOUT_S": "60", "FLOWRELAY_DEFAULT_WAIT_TIMEOUT_S": "5", "FLOWRELAY_MAX_ANSWER_BYTES": "10",
+    "FLOWRELAY_MAX_THREAD_RUNS": "1", "FLOWRELAY_MAX_THREAD_MESSAGE_BYTES": "50",
 }
 
 
@@ -168,6 +177,16 @@ WITHIN_AND_ABOVE = [
      ["body", "options", "timeout_s"]),
     ("FLOWRELAY_MAX_MAX_TURNS", run_body(one_agent(), "o", max_turns=5), run_body(one_agent(), "o", max_turns=6),
      ["body", "options", "max_turns"]),
+    ("FLOWRELAY_MAX_RETRY_ATTEMPTS", run_body(one_agent(), "r", retry={"attempts": 5}),
+     run_body(one_agent(), "r", retry={"attempts": 6}), ["body", "options", "retry", "attempts"]),
+    ("FLOWRELAY_MAX_RETRY_BACKOFF_S", run_body(one_agent(), "b", retry={"max_backoff_s": 5}),
+     run_body(one_agent(), "b", retry={"max_backoff_s": 6}), ["body", "options", "retry", "max_backoff_s"]),
+    ("FLOWRELAY_MAX_MAX_COST_USD", run_body(one_agent(), "c", max_cost_usd=2), run_body(one_agent(), "c", max_cost_usd=3),
+     ["body", "options", "max_cost_usd"]),
+    ("FLOWRELAY_MAX_MAX_TOKENS", run_body(one_agent(), "k", max_tokens=1000), run_body(one_agent(), "k", max_tokens=1001),
+     ["body", "options", "max_tokens"]),
+    ("FLOWRELAY_MAX_WAIT_TIMEOUT_S", run_body(one_agent(), "w", wait_timeout_s=60),
+     run_body(one_agent(), "w", wait_timeout_s=61), ["body", "options", "wait_timeout_s"]),
 ]
 
 
@@ -199,6 +218,66 @@ async def test_runs_without_options_get_the_apis_default_deadline_and_turns(lapi
     record = await bus.wait_record(looping, timeout=60)
     assert record.error.code == "max_turns_exceeded" and "made 2 LLM calls" in record.error.message
     assert len([e for e in await bus.stored_events(looping) if e.type == EventType.LLM_STARTED]) == 2
+
+
+async def test_runs_without_a_retry_policy_get_the_apis_default_one(
+    lapi: httpx.AsyncClient, bus: Bus, scripted_model: str
+) -> None:
+    """4 attempts, waits of 0.1 s (the 0.2 s a doubling would give is capped), no jitter: the
+    defaults (3 attempts, 1 s doubling to 30 s, 20 % jitter) would fail it or wait otherwise."""
+    token = uuid.uuid4().hex[:16]
+    response = await lapi.post("/runs", json=run_body(one_agent(), f"#fail-first=3:503 #count={token} f", timeout_s=10))
+    assert response.status_code == 202, response.text
+    record = await bus.wait_record(response.json()["run_id"], timeout=90)
+    assert record.status == RunStatus.SUCCEEDED, record.error
+    assert record.attempts == 4 and [r.wait_s for r in record.retries] == [0.1, 0.1, 0.1]
+    assert await model_calls(scripted_model, token) == 4
+
+
+async def test_runs_without_budgets_get_the_apis_default_ones(stack: Stack, bus: Bus) -> None:
+    port = free_port()
+    process = _api(stack, "api-budgets", FLOWRELAY_API_PORT=str(port), FLOWRELAY_DEFAULT_MAX_TOKENS="7",
+                   FLOWRELAY_DEFAULT_MAX_COST_USD="0.000001")
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=stack.auth_headers, timeout=60) as http:
+            tokens = (await http.post("/runs", json=run_body(one_agent(), "no budgets given"))).json()["run_id"]
+            cost = (await http.post("/runs", json=run_body(one_agent(), "tokens given", max_tokens=10**6))).json()["run_id"]
+            record = await bus.wait_record(tokens, timeout=60)
+            assert record.error.code == "budget_exceeded" and "above its budget of 7 (options.max_tokens)" in record.error.message
+            record = await bus.wait_record(cost, timeout=60)  # the scripted model is priced as gpt-4o-mini
+            assert record.error.code == "budget_exceeded" and "above its budget of 1e-06 USD" in record.error.message
+    finally:
+        process.terminate()
+
+
+async def test_questions_wait_the_default_time_and_answers_are_bounded(lapi: httpx.AsyncClient, bus: Bus) -> None:
+    asker = one_agent(tools=["ask_human"])
+    response = await lapi.post("/runs", json=run_body(asker, '#call=ask_human {"question": "Who?"}', timeout_s=10))
+    assert response.status_code == 202, response.text
+    run_id = response.json()["run_id"]
+    async for event in bus.stream_events(run_id):
+        if event.type == EventType.RUN_WAITING:
+            break
+        assert not event.type.terminal, event.data
+    too_long = await lapi.post(f"/runs/{run_id}/input", json={"answer": "x" * 11})
+    assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["body", "answer"]
+    assert "FLOWRELAY_MAX_ANSWER_BYTES" in too_long.json()["detail"][0]["msg"]
+    record = await bus.wait_record(run_id, timeout=60)  # unanswered: 5 s, not the default hour
+    assert record.status == RunStatus.FAILED and record.error.code == "timeout"
+    assert "within 5 s" in record.error.message
+
+
+async def test_thread_messages_and_runs_are_bounded_by_their_settings(lapi: httpx.AsyncClient, bus: Bus) -> None:
+    thread_id = (await lapi.post("/threads", json={})).json()["thread_id"]
+    too_long = await lapi.post(f"/threads/{thread_id}/runs", json=run_body(one_agent(), "x" * 51))
+    assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["body", "input"]
+    assert "FLOWRELAY_MAX_THREAD_MESSAGE_BYTES" in too_long.json()["detail"][0]["msg"]
+    first = await lapi.post(f"/threads/{thread_id}/runs", json=run_body(one_agent(), "x" * 50))
+    assert first.status_code == 202, first.text
+    await bus.wait_record(first.json()["run_id"], timeout=60)
+    full = await lapi.post(f"/threads/{thread_id}/runs", json=run_body(one_agent(), "again"))
+    assert full.status_code == 409 and full.json()["code"] == "thread_full"
 
 
 async def test_allowlisted_mcp_hosts_pass_the_api_and_are_checked_again_by_the_executor(
@@ -267,10 +346,11 @@ async def test_api_workers_serve_from_that_many_processes(stack: Stack) -> None:
     port = free_port()
     process = _api(stack, "api-workers", FLOWRELAY_API_PORT=str(port), FLOWRELAY_API_WORKERS="2")
     try:
+        first = int((await asyncio.to_thread(process.wait_for, r"Started server process \[(\d+)\]")).group(1))
+        second = int((await asyncio.to_thread(
+            process.wait_for, rf"Started server process \[(?!{first}\])(\d+)\]")).group(1))
+        assert {first, second} <= {p.pid for p in psutil.Process(process.pid).children()}
         await asyncio.to_thread(process.wait_for, r"Application startup complete")
-        await asyncio.to_thread(process.wait_for, r"Application startup complete", after=process.line_count - 1)
-        servers = {int(m) for m in re.findall(r"Started server process \[(\d+)\]", process.output())}
-        assert len(servers) == 2 and servers <= {p.pid for p in psutil.Process(process.pid).children()}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=stack.auth_headers, timeout=60) as http:
             assert (await http.post("/runs", json=run_body(one_agent(), "two workers"))).status_code == 202
     finally:
