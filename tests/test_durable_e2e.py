@@ -163,8 +163,11 @@ async def test_retries_never_pass_the_deadline(client, bus, executors) -> None:
 
     record = await bus.wait_record(always, timeout=60)
     events = await bus.events(always)
-    assert record.status == RunStatus.FAILED and record.error.code == "provider_error"
-    assert "would pass the run's deadline" in record.error.message
+    # On a loaded machine the last attempt may start so late that the deadline cuts it
+    # (timeout) before its 503 comes: either way no retry was scheduled past the deadline.
+    assert record.status == RunStatus.FAILED and record.error.code in ("provider_error", "timeout"), record.error
+    if record.error.code == "provider_error":
+        assert "would pass the run's deadline" in record.error.message
     assert 2 <= len(record.retries) < 6
     deadline = record.started_at + timedelta(seconds=3)
     assert all(r.retry_at < deadline for r in record.retries)
@@ -397,6 +400,7 @@ async def test_a_waiting_retry_survives_the_death_of_every_executor(client, bus,
     run_id = await submit(client, run_body(one_agent(), f"outlive #fail-first=1:503:4 #count={token()}",
                                            retry={"attempts": 2, "initial_backoff_s": 0, "jitter": 0}))
     await wait_event(bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
+    await asyncio.to_thread(first.wait_for, r"attempt 2 of 2 in", timeout=30)  # logged once handed back
     first.kill()  # the wait is JetStream's (a delayed nak), not a process's
     executors.start_executor()
     record = await bus.wait_record(run_id, timeout=60)

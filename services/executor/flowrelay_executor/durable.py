@@ -125,8 +125,6 @@ class Durability:
             if stored is not None and stored.terminal:  # ended meanwhile (a cancel): nothing more to do
                 await attempt.msg.ack()
             return False
-        log.info("run %s: %s; attempt %d of %d in %.1f s", request.run_id, outcome.error.code.value,
-                 retry.failed_attempt + 1, retry.attempts, retry.wait_s)
         await attempt.events.emit(EventType.RUN_RETRYING, fit_event({
             "reason": outcome.error.code.value, "message": outcome.error.message,
             "provider_status": outcome.error.provider_status, "retry_after_s": retry.retry_after_s,
@@ -135,6 +133,9 @@ class Durability:
             "usage": outcome.usage.model_dump(), "cost_usd": outcome.cost_usd,
         }))
         await attempt.msg.nak(delay=retry.wait_s)
+        # Logged once JetStream holds the wait: from here on this process may die.
+        log.info("run %s: %s; attempt %d of %d in %.1f s", request.run_id, outcome.error.code.value,
+                 retry.failed_attempt + 1, retry.attempts, retry.wait_s)
         return True
 
 
