@@ -324,11 +324,11 @@ async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(
 
 
 async def test_stream_interval_batches_the_fragments_of_a_paced_answer(client, wbus, executors) -> None:
-    """20 tokens 50 ms apart take a second: with the default 100 ms interval they come as
-    about ten llm.delta events, within a 5 s interval (the most allowed) as one, sent when the
-    call ends."""
+    """100 tokens 20 ms apart take two seconds: with the default 100 ms interval they come as
+    a dozen llm.delta events or more, within a 5 s interval (the most allowed) as one, sent
+    when the call ends."""
     executors.start_executor(FLOWRELAY_STREAM_INTERVAL_MS="5000")
-    run_id = await _submit(client, "#tokens=20 #pace=50", stream_tokens=True)
+    run_id = await _submit(client, "#tokens=100 #pace=20", stream_tokens=True)
     record = await wbus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.SUCCEEDED, record.error
     deltas = [e for e in await wbus.stored_events(run_id) if e.type == EventType.LLM_DELTA]
