@@ -34,6 +34,9 @@ DEFAULT_WORKFLOW: dict[str, Any] = {
     "edges": [],
 }
 
+#: Seconds to wait for the API's answer to one request (event streams have no read timeout).
+REQUEST_TIMEOUT_S = 60.0
+
 #: Turns of an existing thread shown when the chat starts.
 SHOWN_TURNS = 5
 
@@ -160,14 +163,17 @@ def chat_command(
     data_dir: Path = _DATA,
 ) -> None:
     """Chat on a thread: each line is a message, answers stream as they are written."""
-    from flowrelay.admin import client
+    from flowrelay.admin import api_key
 
     workflow = DEFAULT_WORKFLOW
     if workflow_file is not None:
         document = json.loads(workflow_file.read_text())
         workflow = document.get("workflow", document)
     try:
-        with client(api_url, data_dir, timeout=60) as http:
+        headers = {"Authorization": f"Bearer {api_key(data_dir)}"}
+        # A plain httpx client, not the CLI's ApiClient: the chat reads statuses and 422
+        # details itself (a refused answer is shown and asked again, not an exit).
+        with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
             if thread == "new":
                 thread = _checked(http.post("/threads", json={"title": title}))["thread_id"]
                 typer.echo(f"thread {thread}", err=True)

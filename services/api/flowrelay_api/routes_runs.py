@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response
@@ -56,6 +56,30 @@ _INVALID = {
 _UNAVAILABLE = {
     503: {"model": ErrorResponse, "description": "NATS is unavailable; nothing was queued."}
 }
+
+#: One event of ``GET /runs/{id}/events`` as an SSE parser yields it (OpenAPI 3.1: the
+#: schema of a ``text/event-stream`` response describes each event, as schemathesis reads it).
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "description": "The event's `seq` (absent on `suggestion`)."},
+        "event": {"type": "string", "description": "The event's type (`run.started`, ..., `suggestion`)."},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "The TraceEvent (or, for `suggestion`, the Suggestion) as JSON."},
+        "retry": {"type": "integer"},
+    },
+}
+
+
+def _json_errors(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """Error answers of a route whose success is not JSON: FastAPI would document a model's
+    answer under the route's media type (``text/event-stream``), but errors are JSON."""
+    return {
+        status: {"description": spec["description"], "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{spec['model'].__name__}"}}}}
+        for status, spec in responses.items()
+    }
 
 
 @router.post(
@@ -175,10 +199,8 @@ async def run_output(ctx: Context, caller: Reader, run_id: RunId) -> Response:
     "`?after=`) to resume. The stream ends after `run.completed` or `run.cancelled`; after "
     "`run.failed` it ends with the suggester's `suggestion` event, or after a short grace period.",
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
-        **_NOT_FOUND,
-        **_INVALID,
-        **_UNAVAILABLE,
+        200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}}, "description": "The event stream."},
+        **_json_errors({**AUTH_ERRORS, **_NOT_FOUND, **_INVALID, **_UNAVAILABLE}),
     },
 )
 async def run_events(

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,31 +55,57 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
+class Outbox:
+    """The worker's lines to the executor, safe to send from any thread.
+
+    Lines sent in one loop tick (a run's steps come in bursts) go out in one write: one
+    syscall instead of one per event, in order. Some frameworks run their agent in a thread
+    of their own (smolagents, see ``engine.frameworks.smolagents``) and report its steps from
+    there; the transport and the buffer belong to the loop, so such a line is encoded in its
+    thread and handed to the loop (``call_soon_threadsafe`` keeps each thread's order). A
+    plain append from the other thread raced the flush: lines were lost (a run's
+    ``llm.started`` went missing) or left unsent until the loop woke for something else.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, *, loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = writer
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._pending: list[bytes] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = to_json(message, fallback=str) + b"\n"
+        if threading.get_ident() == self._loop_thread:
+            self._queue(line)
+        else:
+            self._loop.call_soon_threadsafe(self._queue, line)
+
+    def flush(self) -> None:
+        if self._pending and not self._writer.is_closing():
+            self._writer.write(b"".join(self._pending))
+        self._pending.clear()
+
+    def _queue(self, line: bytes) -> None:
+        if self._writer.is_closing():  # the executor is gone: nobody to report to
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(line)
+
+
 async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
     from flowrelay_executor.engine import Engine, ToolRegistry
     from flowrelay_executor.runner import JobRunner
 
     reader, writer = await asyncio.open_unix_connection(sock=channel, limit=MAX_LINE_BYTES)
-    loop = asyncio.get_running_loop()
+    outbox = Outbox(writer, loop=asyncio.get_running_loop())
     completed = 0
-    outgoing: list[bytes] = []
-
-    def flush() -> None:
-        if outgoing and not writer.is_closing():
-            writer.write(b"".join(outgoing))
-        outgoing.clear()
 
     def send(message: dict[str, Any]) -> None:
         nonlocal completed
-        if writer.is_closing():  # the executor is gone: nobody to report to
-            return
         if message["op"] == "done":
             completed += 1
-        # Lines sent in one loop tick (a run's steps come in bursts) go out in one write:
-        # one syscall instead of one per event; their order is kept.
-        if not outgoing:
-            loop.call_soon(flush)
-        outgoing.append(to_json(message, fallback=str) + b"\n")
+        outbox.send(message)
 
     tools = ToolRegistry.from_environment()
     engine = Engine(tools=tools, frameworks=options.frameworks)
@@ -111,7 +138,7 @@ async def _serve(channel: socket.socket, options: WorkerOptions) -> None:
         runner.cancel_all("the executor is gone")
         await runner.wait_idle()
         return
-    flush()
+    outbox.flush()
     await writer.drain()
     writer.close()
 
