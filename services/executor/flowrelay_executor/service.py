@@ -376,7 +376,9 @@ class Executor:
 
         # One compare-and-set both checks the record and claims the run for this attempt.
         record, claimed = await self._store.change(tenant, run_id, to_running)
-        assert record is not None
+        if record is None:  # presumed from a stamp, yet nothing is stored: its redelivery reads, and adopts it
+            await msg.nak()
+            return
         if record.terminal:
             await self._republish_terminal(record)
             await msg.ack()
