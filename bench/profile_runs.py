@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or ".venv/bin/py-spy")
+    parser.add_argument("--no-spy", action="store_true",
+                        help="measure CPU and bus counts per run only (py-spy's sampling pauses its targets)")
     args = parser.parse_args()
     log_dir = RESULTS / "logs"
     out = log_dir / "profiles"
@@ -58,7 +60,7 @@ def main() -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
                     for name, pid in stack.services().items()
-                    if name in ("api", "executor")
+                    if name in ("api", "executor") and not args.no_spy
                 ]  # fmt: skip
                 time.sleep(1.0)  # py-spy attaches
                 bus0, cpu0 = natsops.BusCounters.read(stack.monitor_url), tree_cpu_by_label(stack.pids())

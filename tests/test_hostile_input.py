@@ -16,7 +16,8 @@ import httpx
 import pytest
 from flowrelay_testkit import Bus, Stack, chain, one_agent, run_body
 
-from flowrelay_contracts import ErrorCode, EventType, RunStatus, subjects
+from flowrelay_bus import runs as runs_module
+from flowrelay_contracts import ErrorCode, EventType, RunRecord, RunRequested, RunStatus, subjects
 
 
 def _problem(response: httpx.Response) -> tuple[list, str]:
@@ -144,6 +145,21 @@ async def test_oversized_requests_published_straight_to_nats_fail_once_with_the_
     record = await bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.attempts == 1
     assert record.error.code == ErrorCode.INVALID_WORKFLOW and "FLOWRELAY_MAX_NODES" in record.error.message
+
+
+async def test_a_request_with_a_made_up_record_stamp_still_runs_once(bus: Bus, stack: Stack) -> None:
+    """A NATS client may send the header the API uses to spare the executor a read of the
+    record (``Flowrelay-Record-Stamp``): for a run that has no record, the claim finds
+    nothing, and the run is adopted and run once, without an infrastructure error."""
+    run_id = f"nats-{uuid.uuid4().hex[:10]}"
+    request = RunRequested(run_id=run_id, tenant=bus.tenant, input="stamped", workflow=one_agent())
+    stamp = f"7 {runs_module._digest(RunRecord.queued_for(request))}"  # the digest matches: only the revision lies
+    await bus.js.publish(subjects.run_requested(bus.tenant), request.model_dump_json().encode(),
+                         headers={subjects.MSG_ID_HEADER: run_id, subjects.RECORD_STAMP_HEADER: stamp})
+    record = await bus.wait_record(run_id, timeout=60)
+    assert record.status == RunStatus.SUCCEEDED and record.attempts == 1 and record.output == "echo: stamped"
+    logs = "".join(executor.output() for executor in stack.executors)
+    assert "infrastructure error" not in logs
 
 
 async def test_unknown_model_args_fail_once_as_a_request_error_naming_the_key(api: httpx.AsyncClient, bus: Bus) -> None:

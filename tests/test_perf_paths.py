@@ -1,7 +1,7 @@
 """The hot-path rewrites of issue 17 keep their promises: the lean SSE writer (frames, pings,
 a gone client or a shutdown ends the stream and closes its generator), a run's history read
-in batches (all of it, in order, only its own), and the worker's cached environment secrets
-(a variable set later is still redacted)."""
+in batches (all of it, in order, only its own), the worker's cached environment secrets
+(a variable set later is still redacted), and a local nats-server's few Go threads."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flowrelay import natsserver
 from flowrelay_api import eventstream
 from flowrelay_api.eventstream import EventStreamResponse, frame
 from flowrelay_bus import events as bus_events
@@ -198,3 +200,19 @@ async def test_a_follower_that_missed_the_last_event_live_and_in_history_still_g
 
     events = await asyncio.wait_for(replay(), 20)  # far below the 30 s idle period
     assert [e.seq for e in events] == [1, 2, 3] and events[-1].type == EventType.RUN_COMPLETED
+
+
+# -- the local nats-server's Go scheduler ------------------------------------------------------
+
+
+def test_a_local_nats_server_gets_a_quarter_of_the_cores_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    server = natsserver.start(tmp_path / "nats")
+    try:
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        server.stop()
+    assert f"GOMAXPROCS={max(1, len(os.sched_getaffinity(0)) // 4)}".encode() in environ
+    assert natsserver.server_environment({"GOMAXPROCS": "8"})["GOMAXPROCS"] == "8"  # the operator's choice stays

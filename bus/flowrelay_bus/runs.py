@@ -13,6 +13,7 @@ not found.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -67,6 +68,30 @@ class RunStore:
             return None
         record = RunRecord.model_validate_json(entry.value)
         self._remember(key, record, entry.revision)
+        return record
+
+    def stamp(self, tenant: str, run_id: str) -> str | None:
+        """``<revision> <digest>`` of the record as this process last wrote it (None if it
+        did not): sent along with the run's request so the executor can :meth:`presume` it."""
+        seen = self._seen.get(subjects.run_key(tenant, run_id))
+        if seen is None:
+            return None
+        record, revision = seen
+        return f"{revision} {_digest(record)}"
+
+    def presume(self, tenant: str, run_id: str, record: RunRecord, stamp: str) -> RunRecord | None:
+        """Take ``record`` as the stored one at the revision ``stamp`` names, if it is the
+        record the stamp was made of (same digest); None otherwise.
+
+        The next :meth:`change` then writes without reading first. Only the compare-and-set
+        decides: if the record was changed since, it fails, and the change is applied to
+        the record as read then. So a presumed record costs no read, and a wrong one only
+        the read it tried to save.
+        """
+        revision, _, digest = stamp.partition(" ")
+        if not revision.isdigit() or digest != _digest(record):
+            return None
+        self._remember(subjects.run_key(tenant, run_id), record, int(revision))
         return record
 
     def known(self, tenant: str, run_id: str) -> RunRecord | None:
@@ -160,3 +185,8 @@ class RunStore:
                 yield RunRecord.model_validate_json(entry.value)
         finally:
             await watcher.stop()
+
+
+def _digest(record: RunRecord) -> str:
+    """A short fingerprint of the record's stored form (not a secret: a consistency check)."""
+    return hashlib.blake2b(record.__pydantic_serializer__.to_json(record), digest_size=12).hexdigest()

@@ -494,6 +494,16 @@ class RunRecord(_Message):
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
+    @classmethod
+    def queued_for(cls, request: RunRequested) -> RunRecord:
+        """The record of a run accepted as ``request``, before anything happened to it: what
+        the API stores (and an executor adopting a request published straight to NATS).
+
+        One constructor for both, so an executor can rebuild the record the API stored from
+        the request alone (``RunStore.presume``: the claim then skips reading it)."""
+        return cls(run_id=request.run_id, tenant=request.tenant, input=request.input, workflow=request.workflow,
+                   created_at=request.created_at, thread_id=request.thread_id)
+
     @property
     def terminal(self) -> bool:
         return self.status.terminal

@@ -227,6 +227,11 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 #: Set by the API on cancel broadcasts whose record change it has already made.
 CANCEL_RECORDED_HEADER = "Flowrelay-Cancel-Recorded"
 
+#: Set by the API on a run request it just stored the record of: ``<revision> <digest>``
+#: of that record (``RunStore.stamp``), so the executor's claim can compare-and-set against
+#: it without reading the record first.
+RECORD_STAMP_HEADER = "Flowrelay-Record-Stamp"
+
 
 def tenant_inbox_prefix(tenant: str) -> str:
     """Reply-subject prefix of a tenant's NATS users: they may not read ``_INBOX.>``, where

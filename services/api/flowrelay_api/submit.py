@@ -306,14 +306,7 @@ async def _store_and_queue(
                 with contextlib.suppress(*BUS_ERRORS):
                     await ctx.idempotency.delete(key_slot)
             raise
-    record = RunRecord(
-        run_id=request.run_id,
-        tenant=request.tenant,
-        input=request.input,
-        workflow=request.workflow,
-        created_at=request.created_at,
-        thread_id=request.thread_id,
-    )
+    record = RunRecord.queued_for(request)
     entry = RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at)
     # Record and index entry go to different streams: written concurrently, their two
     # fsyncs overlap instead of adding up. Only the request, published after both, can
@@ -333,7 +326,10 @@ async def _store_and_queue(
         raise ServiceUnavailable(
             f"run {record.run_id} could not be queued: NATS did not acknowledge it; retry the request"
         ) from None
-    await _publish(ctx, request, record, key_slot, headers)
+    # The record's revision and digest go along: the executor claims the run against them
+    # without reading the record (a record changed since fails the claim's compare-and-set).
+    stamp = ctx.runs.stamp(record.tenant, record.run_id)
+    await _publish(ctx, request, record, key_slot, headers | ({subjects.RECORD_STAMP_HEADER: stamp} if stamp else {}))
     ctx.queue.accepted(request.tenant)
     ctx.metrics.submitted(SubmitOutcome.ACCEPTED)
     return Submitted(record, request.options)

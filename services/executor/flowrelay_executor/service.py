@@ -340,7 +340,7 @@ class Executor:
         provider = "scripted" if defaults.scripted_url and _uses_scripted(request, defaults) else None
 
         tenant = request.tenant
-        record = await self._store.get(tenant, run_id)
+        record = self._presumed(msg, request) or await self._store.get(tenant, run_id)
         if record is None:  # published straight to NATS, not through the API
             if not await self._adopt(msg, request):
                 return
@@ -376,7 +376,9 @@ class Executor:
 
         # One compare-and-set both checks the record and claims the run for this attempt.
         record, claimed = await self._store.change(tenant, run_id, to_running)
-        assert record is not None
+        if record is None:  # presumed from a stamp, yet nothing is stored: its redelivery reads, and adopts it
+            await msg.nak()
+            return
         if record.terminal:
             await self._republish_terminal(record)
             await msg.ack()
@@ -429,6 +431,18 @@ class Executor:
             outcome = outcome.model_copy(update={"status": "cancelled", "pause": None, "error": RunError(
                 code=ErrorCode.CANCELLED, message="cancelled by client as it asked a person")})
         await self._finish_durably(run, outcome)
+
+    def _presumed(self, msg: Msg, request: RunRequested) -> RunRecord | None:
+        """The record as the API stored it, rebuilt from the request, when this is the
+        request's first delivery and it carries the record's stamp (revision and digest):
+        the claim below is a compare-and-set against that revision, so a record changed in
+        the meantime (cancelled, say) fails it and the claim is decided on the record as
+        read then. Saves the read of every run's record before its claim."""
+        assert self._store is not None
+        stamp = (msg.headers or {}).get(subjects.RECORD_STAMP_HEADER)
+        if stamp is None or request.resume is not None or _deliveries(msg) != 1:
+            return None
+        return self._store.presume(request.tenant, request.run_id, RunRecord.queued_for(request), stamp)
 
     async def _opening(self, request: RunRequested, record: RunRecord) -> tuple[JobHistory | None, ResumePoint | None]:
         """What the run starts from besides its input: a thread's earlier turns
@@ -752,8 +766,7 @@ class Executor:
             await self._reject_poison(msg, ValueError(f"run id {request.run_id!r} is already used; choose another"),
                                       fail_record=False)
             return False
-        record = RunRecord(run_id=request.run_id, tenant=request.tenant, input=request.input,
-                           workflow=request.workflow, created_at=request.created_at, thread_id=request.thread_id)
+        record = RunRecord.queued_for(request)
         if await self._store.create(record):
             await self._index.add(RunIndexEntry(run_id=record.run_id, tenant=record.tenant, created_at=record.created_at))
         return True
