@@ -374,18 +374,25 @@ def _http_status(value: str, directive: str) -> int:
     return int(value)
 
 
+def _non_negative(value: str, *, what: str, not_a_number: str) -> float:
+    """``value`` as a finite number >= 0, or a :class:`_ScriptError` saying which directive."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise _ScriptError(f"{not_a_number}, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise _ScriptError(f"{what} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def _parse_fail_first(value: str) -> _FailFirst:
     parts = value.split(":")
     if len(parts) not in (2, 3) or not parts[0].isdigit():
         raise _ScriptError(f"#fail-first= needs <n>:<status>[:<retry-after seconds>], got {value!r}")
     retry_after = None
     if len(parts) == 3:
-        try:
-            seconds = float(parts[2])
-        except ValueError:
-            raise _ScriptError(f"#fail-first= retry-after must be a number of seconds, got {parts[2]!r}") from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise _ScriptError(f"#fail-first= retry-after must be a finite number >= 0, got {parts[2]!r}")
+        _non_negative(parts[2], what="#fail-first= retry-after",
+                      not_a_number="#fail-first= retry-after must be a number of seconds")
         retry_after = parts[2]
     return _FailFirst(count=int(parts[0]), status=_http_status(parts[1], "#fail-first="), retry_after=retry_after)
 
@@ -416,20 +423,10 @@ def _parse_script(text: str, model: str | None = None) -> _Script:
                 raise _ScriptError(f"#tokens= needs a whole number of tokens >= 1, got {value!r}")
             script.tokens = min(int(value), _MAX_TOKENS)
         elif kind == "pace":
-            try:
-                pace = float(value)
-            except ValueError:
-                raise _ScriptError(f"#pace= needs milliseconds, got {value!r}") from None
-            if not math.isfinite(pace) or pace < 0:
-                raise _ScriptError(f"#pace= must be a finite number >= 0, got {value!r}")
+            pace = _non_negative(value, what="#pace=", not_a_number="#pace= needs milliseconds")
             script.pace_s = min(pace, _MAX_PACE_MS) / 1000
         elif kind == "delay":
-            try:
-                delay = float(value)
-            except ValueError:
-                raise _ScriptError(f"#delay= needs a number of seconds, got {value!r}") from None
-            if not math.isfinite(delay) or delay < 0:
-                raise _ScriptError(f"#delay= must be a finite number >= 0, got {value!r}")
+            delay = _non_negative(value, what="#delay=", not_a_number="#delay= needs a number of seconds")
             script.delay_s = min(delay, _MAX_DELAY_S)  # the last #delay wins
         else:
             script.fail_status = _http_status(value, "#fail=")  # the last #fail wins

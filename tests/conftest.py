@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 # on a free port, never on the defaults a developer's `make up` uses.
 os.environ.setdefault("FLOWRELAY_METRICS_PORT", "0")
 
-from flowrelay_testkit import Bus, Stack, leaked_secrets
+from flowrelay_testkit import Bus, Executors, Stack, isolated_stack, leaked_secrets
 
 from flowrelay import natsserver
 from flowrelay.credentials import Secrets
@@ -98,6 +98,49 @@ async def bus(nats_server: natsserver.NatsServer, secrets: Secrets) -> AsyncIter
     connection = await Bus.connect(nats_server.url, secrets)
     yield connection
     await connection.close()
+
+
+# A module's own stack, for modules that start, configure and kill executors (a shared
+# stack would see their executors take its runs). The module may set OWN_STACK_ENV: the
+# settings of the executors it starts.
+
+
+@pytest.fixture(scope="module")
+def own_stack(
+    request: pytest.FixtureRequest, scripted_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    env = getattr(request.module, "OWN_STACK_ENV", {})
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2].removeprefix("test_"))
+    with isolated_stack(root, scripted_model, **env) as (own, _):
+        yield own
+
+
+@pytest.fixture
+async def own_api(own_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the module's own stack with its admin key."""
+    async with httpx.AsyncClient(base_url=own_stack.api_url, timeout=60, headers=own_stack.auth_headers) as client:
+        yield client
+
+
+@pytest.fixture
+async def own_bus(own_stack: Stack) -> AsyncIterator[Bus]:
+    connection = await own_stack.bus()
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture(scope="module")
+def module_executors(own_stack: Stack) -> Iterator[Executors]:
+    pool = Executors(own_stack)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def executors(module_executors: Executors) -> Iterator[Executors]:
+    """A test's executors: ``shared()``, or its own (``start_executor``), stopped after it."""
+    yield module_executors
+    module_executors.stop_started()
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +25,12 @@ from flowrelay_executor.jobs import Job, JobHistory, ModelDefaults, Outcome, Str
 from flowrelay_executor.tools import ToolRegistry
 
 MODEL = "scripted:gpt-4o-mini"
-_URL_LINE = re.compile(r"SCRIPTED_MODEL_URL=(\S+)")
 
 
 @pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowrelay.scripted_model", "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        match = _URL_LINE.search(proc.stdout.readline())
-        assert match, "scripted model did not start"
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+def model_url(scripted_model: str) -> str:
+    """The session's scripted model server (``conftest.scripted_model``)."""
+    return scripted_model
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from flowrelay_testkit import Bus, Stack, agent_node, isolated_stack, one_agent, run_body
+from flowrelay_testkit import (
+    Bus,
+    Stack,
+    agent_node,
+    count_token,
+    isolated_stack,
+    one_agent,
+    run_body,
+)
 
 from flowrelay_bus.checkpoints import CheckpointStore
 from flowrelay_bus.settings import BusSettings
@@ -61,9 +68,6 @@ async def model_stats(scripted_model: str) -> Any:
     return stats
 
 
-def token() -> str:
-    return uuid.uuid4().hex[:12]
-
 
 async def submit(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
     response = await client.post("/runs", json=body)
@@ -104,7 +108,7 @@ async def test_a_run_rate_limited_twice_succeeds_on_its_third_attempt_with_the_w
     client, bus, executors, model_stats
 ) -> None:
     executors.start_executor()
-    tok = token()
+    tok = count_token()
     text = f"limited #fail-first=2:429:0.5 #count={tok}"
     run_id = await submit(client, run_body(one_agent(), text, retry={
         "attempts": 3, "initial_backoff_s": 0.2, "max_backoff_s": 5, "jitter": 0}))
@@ -131,7 +135,7 @@ async def test_a_run_rate_limited_twice_succeeds_on_its_third_attempt_with_the_w
 
 async def test_failures_that_cannot_pass_by_themselves_are_not_retried(client, bus, executors, model_stats) -> None:
     executors.start_executor()
-    tok = token()
+    tok = count_token()
     run_id = await submit(client, run_body(one_agent(), f"refused #fail=401 #count={tok}", retry={"attempts": 5}))
     record = await bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "invalid_api_key"
@@ -142,7 +146,7 @@ async def test_failures_that_cannot_pass_by_themselves_are_not_retried(client, b
 
 async def test_the_server_default_policy_applies_when_a_run_sets_none(durable_stack, client, bus, executors) -> None:
     executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(), f"overloaded #fail-first=1:503 #count={token()}"))
+    run_id = await submit(client, run_body(one_agent(), f"overloaded #fail-first=1:503 #count={count_token()}"))
     record = await bus.wait_record(run_id, timeout=60)
     # the test stack's FLOWRELAY_RETRY_ATTEMPTS is 1: no retry, and the error says so
     assert record.status == RunStatus.FAILED and record.error.code == "provider_error" and record.attempts == 1
@@ -151,14 +155,14 @@ async def test_the_server_default_policy_applies_when_a_run_sets_none(durable_st
 async def test_retries_never_pass_the_deadline(client, bus, executors) -> None:
     executors.start_executor()
     # always 503: retried every 0.5 s until the next wait would end past the 3 s deadline
-    always = await submit(client, run_body(one_agent(), f"down #fail=503 #count={token()}", timeout_s=3, retry={
+    always = await submit(client, run_body(one_agent(), f"down #fail=503 #count={count_token()}", timeout_s=3, retry={
         "attempts": 10, "initial_backoff_s": 0.5, "max_backoff_s": 0.5, "jitter": 0}))
     # a Retry-After longer than the deadline: not waited for at all
-    patient = await submit(client, run_body(one_agent(), f"later #fail-first=1:429:60 #count={token()}",
+    patient = await submit(client, run_body(one_agent(), f"later #fail-first=1:429:60 #count={count_token()}",
                                             timeout_s=5, retry={"attempts": 3}))
     # the last attempt only gets what is left of the deadline: 1.5 s of model delay, 503, retry
     # after 0.2 s with 1.3 s left, and the second 1.5 s delay is cut at the deadline
-    slow = await submit(client, run_body(one_agent(), f"slow #fail-first=1:503 #delay=1.5 #count={token()}",
+    slow = await submit(client, run_body(one_agent(), f"slow #fail-first=1:503 #delay=1.5 #count={count_token()}",
                                          timeout_s=3, retry={"attempts": 3, "initial_backoff_s": 0.2, "jitter": 0}))
 
     record = await bus.wait_record(always, timeout=60)
@@ -187,7 +191,7 @@ async def test_retries_never_pass_the_deadline(client, bus, executors) -> None:
 
 async def test_a_run_waiting_for_its_retry_holds_no_slot(client, bus, executors) -> None:
     executors.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="1")
-    waiting = await submit(client, run_body(one_agent(), f"wait #fail-first=1:429:12 #count={token()}", retry={
+    waiting = await submit(client, run_body(one_agent(), f"wait #fail-first=1:429:12 #count={count_token()}", retry={
         "attempts": 2, "initial_backoff_s": 0, "jitter": 0}))
     await wait_event(bus, waiting, lambda e: e.type == EventType.RUN_RETRYING)
 
@@ -207,7 +211,7 @@ async def test_a_run_waiting_for_its_retry_holds_no_slot(client, bus, executors)
 
 async def test_a_run_cancelled_while_it_waits_for_its_retry_ends_at_once(client, bus, executors) -> None:
     executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(), f"cancel me #fail-first=1:429:30 #count={token()}",
+    run_id = await submit(client, run_body(one_agent(), f"cancel me #fail-first=1:429:30 #count={count_token()}",
                                            retry={"attempts": 2}))
     await wait_event(bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
     response = await client.post(f"/runs/{run_id}/cancel")
@@ -233,7 +237,7 @@ async def test_a_run_whose_executor_is_killed_during_agent_three_resumes_elsewhe
 ) -> None:
     executors.start_executor()
     executors.start_executor()
-    tok = token()
+    tok = count_token()
     text = f"resume #count={tok} #delay=3@three"
     run_id = await submit(client, run_body(three_agents(), text))
     third = await wait_event(bus, run_id, lambda e: e.type == EventType.LLM_STARTED and e.data["agent"] == "three")
@@ -264,7 +268,7 @@ async def test_a_run_whose_executor_is_killed_during_agent_three_resumes_elsewhe
 
 async def test_a_retried_sequential_run_resumes_at_the_step_that_failed(client, bus, executors, model_stats) -> None:
     executors.start_executor()
-    tok = token()
+    tok = count_token()
     text = f"flaky third #count={tok} #fail-first=1:503@three"
     run_id = await submit(client, run_body(three_agents(), text, retry={"attempts": 2, "initial_backoff_s": 0}))
     record = await bus.wait_record(run_id, timeout=60)
@@ -282,7 +286,7 @@ async def test_a_retried_collaborative_run_reuses_the_sub_agent_calls_that_finis
     client, bus, executors, model_stats
 ) -> None:
     executors.start_executor()
-    first, second = token(), token()
+    first, second = count_token(), count_token()
     # Directives for a sub-agent sit in the coordinator's #call arguments: at the start of the
     # JSON string (no whitespace before them) the coordinator does not read them, and the
     # writer's failure is scoped to its own model.
@@ -351,11 +355,11 @@ async def test_budgets_count_every_attempt(client, bus, executors) -> None:
     only that attempt's spend counted, it would pass)."""
     executors.start_executor()
     reference = await bus.wait_record(await submit(client, run_body(
-        three_agents(), f"budget #count={token()} #delay=0.00000000@three")), timeout=60)  # as long as the text below
+        three_agents(), f"budget #count={count_token()} #delay=0.00000000@three")), timeout=60)  # as long as the text below
     assert reference.status == RunStatus.SUCCEEDED, reference.error
     spent = {a.agent: a.usage.total_tokens for a in reference.agents}
     budget = spent["one"] + spent["two"] + spent["three"] // 2
-    run_id = await submit(client, run_body(three_agents(), f"budget #count={token()} #fail-first=1:503@three",
+    run_id = await submit(client, run_body(three_agents(), f"budget #count={count_token()} #fail-first=1:503@three",
                                            max_tokens=budget, retry={"attempts": 2, "initial_backoff_s": 0}))
     record = await bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "budget_exceeded", record.error
@@ -397,7 +401,7 @@ async def test_out_of_range_retry_and_budget_options_are_refused_naming_field_an
 
 async def test_a_waiting_retry_survives_the_death_of_every_executor(client, bus, executors) -> None:
     first = executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(), f"outlive #fail-first=1:503:4 #count={token()}",
+    run_id = await submit(client, run_body(one_agent(), f"outlive #fail-first=1:503:4 #count={count_token()}",
                                            retry={"attempts": 2, "initial_backoff_s": 0, "jitter": 0}))
     await wait_event(bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
     await asyncio.to_thread(first.wait_for, r"attempt 2 of 2 in", timeout=30)  # logged once handed back

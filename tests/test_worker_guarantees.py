@@ -9,8 +9,6 @@ with the result. How often a run called the model comes from the scripted model
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,10 +16,8 @@ import psutil
 import pytest
 from flowrelay_testkit import (
     Bus,
-    Executors,
-    Stack,
+    count_token,
     executor_pid,
-    isolated_stack,
     model_calls,
     one_agent,
     run_body,
@@ -52,50 +48,19 @@ COOPERATIVE = "stopped after"
 KILLED = "its worker process was killed"
 
 
-@pytest.fixture(scope="module")
-def worker_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with isolated_stack(tmp_path_factory.mktemp("workers"), scripted_model, FLOWRELAY_FRAMEWORKS="tinyagent") as (stack, _):
-        yield stack
+#: The executors of this module's own stack (``own_stack``) offer tinyagent only.
+OWN_STACK_ENV = {"FLOWRELAY_FRAMEWORKS": "tinyagent"}
 
 
-@pytest.fixture
-async def client(worker_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=worker_stack.api_url, timeout=60, headers=worker_stack.auth_headers) as http:
-        yield http
 
-
-@pytest.fixture
-async def wbus(worker_stack: Stack) -> AsyncIterator[Bus]:
-    connection = await worker_stack.bus()
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture(scope="module")
-def module_executors(worker_stack: Stack) -> Iterator[Executors]:
-    pool = Executors(worker_stack)
-    yield pool
-    pool.stop_all()
-
-
-@pytest.fixture
-def executors(module_executors: Executors) -> Iterator[Executors]:
-    """A test's executors: ``shared()``, or its own (``start_executor``), stopped after it."""
-    yield module_executors
-    module_executors.stop_started()
-
-def _token() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-async def _submit(client: httpx.AsyncClient, text: str, **options: object) -> str:
-    response = await client.post("/runs", json=run_body(one_agent(tools=TOOLS), text, **options))
+async def _submit(own_api: httpx.AsyncClient, text: str, **options: object) -> str:
+    response = await own_api.post("/runs", json=run_body(one_agent(tools=TOOLS), text, **options))
     assert response.status_code == 202, response.text
     return response.json()["run_id"]
 
 
-async def _worker_of_next_run(client: httpx.AsyncClient, bus: Bus) -> int:
-    record = await bus.wait_record(await _submit(client, WHICH_WORKER), timeout=60)
+async def _worker_of_next_run(own_api: httpx.AsyncClient, bus: Bus) -> int:
+    record = await bus.wait_record(await _submit(own_api, WHICH_WORKER), timeout=60)
     assert record.status == RunStatus.SUCCEEDED, record.error
     return int(record.output)
 
@@ -130,160 +95,160 @@ async def _capabilities(bus: Bus, executor: ServiceProcess) -> ExecutorCapabilit
     raise AssertionError("the executor is not advertised")
 
 
-async def test_a_deadline_first_cancels_the_run_in_its_worker(client, wbus, executors) -> None:
+async def test_a_deadline_first_cancels_the_run_in_its_worker(own_api, own_bus, executors) -> None:
     executor = executors.shared()
     mark = executor.line_count  # its output from here on is this test's
-    worker = await _worker_of_next_run(client, wbus)
-    run_id = await _submit(client, "#delay=30 slow model", timeout_s=1)
-    record = await wbus.wait_record(run_id, timeout=30)
+    worker = await _worker_of_next_run(own_api, own_bus)
+    run_id = await _submit(own_api, "#delay=30 slow model", timeout_s=1)
+    record = await own_bus.wait_record(run_id, timeout=30)
     assert record.status == RunStatus.FAILED and record.error.code == "timeout"
     assert COOPERATIVE in record.error.message and KILLED not in record.error.message
-    assert await _worker_of_next_run(client, wbus) == worker, "the worker was not replaced"
+    assert await _worker_of_next_run(own_api, own_bus) == worker, "the worker was not replaced"
     assert "killing worker" not in "".join(executor.output().splitlines(keepends=True)[mark:])
 
 
 async def test_a_spinning_tool_at_the_deadline_gets_its_worker_killed_and_the_run_a_terminal_event(
-    client, wbus, executors
+    own_api, own_bus, executors
 ) -> None:
     executor = executors.shared()
     mark = executor.line_count  # its output from here on is this test's
-    worker = await _worker_of_next_run(client, wbus)
-    run_id = await _submit(client, '#call=spin {"seconds": 600}', timeout_s=2)
-    record = await wbus.wait_record(run_id, timeout=60)
+    worker = await _worker_of_next_run(own_api, own_bus)
+    run_id = await _submit(own_api, '#call=spin {"seconds": 600}', timeout_s=2)
+    record = await own_bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "timeout"
     assert KILLED in record.error.message
-    (terminal,) = await wbus.terminal_events(run_id)
+    (terminal,) = await own_bus.terminal_events(run_id)
     assert terminal.type == EventType.RUN_FAILED
     assert terminal.data["error"]["code"] == "timeout" and KILLED in terminal.data["error"]["message"]
     # the trace says which tool held the worker, although the worker never got to report again
-    started = [e.data["tool"] for e in await wbus.stored_events(run_id) if e.type == EventType.TOOL_STARTED]
+    started = [e.data["tool"] for e in await own_bus.stored_events(run_id) if e.type == EventType.TOOL_STARTED]
     assert started == ["spin"]
     await asyncio.to_thread(executor.wait_for, "killing worker", timeout=30, after=mark)  # the log may trail the record
-    replacement = await _worker_of_next_run(client, wbus)
+    replacement = await _worker_of_next_run(own_api, own_bus)
     assert replacement != worker and not _alive(worker)
 
 
 async def test_other_runs_of_a_worker_killed_at_a_deadline_are_queued_again(
-    client, wbus, executors, scripted_model
+    own_api, own_bus, executors, scripted_model
 ) -> None:
     executors.shared()  # one worker: both runs share it
-    token = _token()
-    bystander = await _submit(client, f"#delay=8 #count={token} bystander")
-    async for event in wbus.stream_events(bystander):
+    token = count_token()
+    bystander = await _submit(own_api, f"#delay=8 #count={token} bystander")
+    async for event in own_bus.stream_events(bystander):
         if event.type == EventType.LLM_STARTED:  # its model call is under way
             break
-    culprit = await _submit(client, '#call=block {"seconds": 600}', timeout_s=1)
+    culprit = await _submit(own_api, '#call=block {"seconds": 600}', timeout_s=1)
 
-    record = await wbus.wait_record(culprit, timeout=60)
+    record = await own_bus.wait_record(culprit, timeout=60)
     assert record.error.code == "timeout" and KILLED in record.error.message
-    record = await wbus.wait_record(bystander, timeout=90)
+    record = await own_bus.wait_record(bystander, timeout=90)
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.attempts == 2 and await model_calls(scripted_model, token) == 2
-    events = await wbus.stored_events(bystander)
+    events = await own_bus.stored_events(bystander)
     assert [e.data["attempt"] for e in events if e.type == EventType.RUN_STARTED] == [1, 2]
-    assert len(await wbus.terminal_events(bystander)) == 1
+    assert len(await own_bus.terminal_events(bystander)) == 1
 
 
 async def test_workers_setting_runs_that_many_worker_processes_and_spreads_runs_over_them(
-    client, wbus, executors
+    own_api, own_bus, executors
 ) -> None:
     executor = executors.start_executor(FLOWRELAY_WORKERS="2", FLOWRELAY_SLOTS_PER_WORKER="1")
     assert len(_workers(executor)) == 2
-    assert (await _capabilities(wbus, executor)).slots == 2
+    assert (await _capabilities(own_bus, executor)).slots == 2
     # Both at once: one slot per worker, so each goes to a worker of its own.
-    ids = [await _submit(client, f"#delay=2 {WHICH_WORKER}") for _ in range(2)]
-    records = [await wbus.wait_record(r, timeout=60) for r in ids]
+    ids = [await _submit(own_api, f"#delay=2 {WHICH_WORKER}") for _ in range(2)]
+    records = [await own_bus.wait_record(r, timeout=60) for r in ids]
     assert all(r.status == RunStatus.SUCCEEDED and r.attempts == 1 for r in records), [r.error for r in records]
     assert {int(r.output) for r in records} == _workers(executor)
 
 
-async def test_slots_per_worker_bounds_the_runs_a_worker_runs_at_once(client, wbus, executors) -> None:
+async def test_slots_per_worker_bounds_the_runs_a_worker_runs_at_once(own_api, own_bus, executors) -> None:
     executor = executors.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="2")
-    assert (await _capabilities(wbus, executor)).slots == 2
-    ids = [await _submit(client, f"#delay=2 slot {i}") for i in range(3)]
-    first, second, third = [await wbus.wait_record(r, timeout=60) for r in ids]
+    assert (await _capabilities(own_bus, executor)).slots == 2
+    ids = [await _submit(own_api, f"#delay=2 slot {i}") for i in range(3)]
+    first, second, third = [await own_bus.wait_record(r, timeout=60) for r in ids]
     assert all(r.status == RunStatus.SUCCEEDED for r in (first, second, third))
     assert second.started_at < first.finished_at, "two slots: the first two ran side by side"
     assert third.started_at >= min(first.finished_at, second.finished_at), "the third waited for a free slot"
 
 
-async def test_workers_above_the_rss_limit_are_recycled_after_their_runs_finish(client, wbus, executors) -> None:
+async def test_workers_above_the_rss_limit_are_recycled_after_their_runs_finish(own_api, own_bus, executors) -> None:
     # Every worker is above 64 MB (any-agent alone is more): the first stats poll retires it.
     executor = executors.start_executor(FLOWRELAY_RECYCLE_RSS_MB="64")
     (old,) = _workers(executor)
-    in_flight = await _submit(client, '#call=sleep_async {"seconds": 12} ' + WHICH_WORKER)
+    in_flight = await _submit(own_api, '#call=sleep_async {"seconds": 12} ' + WHICH_WORKER)
     await asyncio.to_thread(executor.wait_for, r"recycling worker 1 \(pid \d+\): RSS \d+ MB above 64 MB", timeout=60)
-    record = await wbus.wait_record(in_flight, timeout=60)
+    record = await own_bus.wait_record(in_flight, timeout=60)
     assert record.status == RunStatus.SUCCEEDED and record.attempts == 1, "the retiring worker finished its run"
     assert int(record.output) == old
-    new = await _worker_of_next_run(client, wbus)
+    new = await _worker_of_next_run(own_api, own_bus)
     assert new != old and not _alive(old)
 
 
-async def test_kill_grace_gives_a_blocked_run_that_long_to_stop_by_itself(client, wbus, executors) -> None:
+async def test_kill_grace_gives_a_blocked_run_that_long_to_stop_by_itself(own_api, own_bus, executors) -> None:
     executors.start_executor(FLOWRELAY_KILL_GRACE_S="60")
-    worker = await _worker_of_next_run(client, wbus)
-    run_id = await _submit(client, '#call=block {"seconds": 4}', timeout_s=1)
-    record = await wbus.wait_record(run_id, timeout=60)
+    worker = await _worker_of_next_run(own_api, own_bus)
+    run_id = await _submit(own_api, '#call=block {"seconds": 4}', timeout_s=1)
+    record = await own_bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "timeout"
     assert COOPERATIVE in record.error.message, "stopped once the tool returned, within the grace"
-    assert await _worker_of_next_run(client, wbus) == worker
+    assert await _worker_of_next_run(own_api, own_bus) == worker
 
 
 async def test_crash_policy_retry_runs_a_crashed_run_again_on_a_fresh_worker(
-    client, wbus, executors, tmp_path: Path
+    own_api, own_bus, executors, tmp_path: Path
 ) -> None:
     executor = executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry")
     marker = tmp_path / "crashed-once"
-    run_id = await _submit(client, f'#call=crash_worker_once {{"marker": "{marker}"}}',
+    run_id = await _submit(own_api, f'#call=crash_worker_once {{"marker": "{marker}"}}',
                            retry={"attempts": 2, "initial_backoff_s": 0})
-    record = await wbus.wait_record(run_id, timeout=90)
+    record = await own_bus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.output == "survived" and record.attempts == 2
     assert [r.error.code for r in record.retries] == ["worker_crashed"]
     await asyncio.to_thread(executor.wait_for, "died", timeout=30)  # the log may trail the record
-    assert len(await wbus.terminal_events(run_id)) == 1
+    assert len(await own_bus.terminal_events(run_id)) == 1
 
 
-async def test_crash_policy_retry_gives_up_after_the_runs_attempts(client, wbus, executors) -> None:
+async def test_crash_policy_retry_gives_up_after_the_runs_attempts(own_api, own_bus, executors) -> None:
     executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="retry")
-    run_id = await _submit(client, "#call=crash_worker {}", retry={"attempts": 2, "initial_backoff_s": 0})
-    record = await wbus.wait_record(run_id, timeout=90)
+    run_id = await _submit(own_api, "#call=crash_worker {}", retry={"attempts": 2, "initial_backoff_s": 0})
+    record = await own_bus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.FAILED and record.error.code == "worker_crashed"
     assert record.attempts == 2 and len(record.retries) == 1
 
 
-async def test_crash_policy_fail_fails_a_crashed_run_at_once(client, wbus, executors, tmp_path: Path) -> None:
+async def test_crash_policy_fail_fails_a_crashed_run_at_once(own_api, own_bus, executors, tmp_path: Path) -> None:
     """A run that asks for retries still gets none for a crash: the deployment said so."""
     executors.start_executor(FLOWRELAY_WORKER_CRASH_POLICY="fail")
     marker = tmp_path / "crashed-once"
-    run_id = await _submit(client, f'#call=crash_worker_once {{"marker": "{marker}"}}',
+    run_id = await _submit(own_api, f'#call=crash_worker_once {{"marker": "{marker}"}}',
                            retry={"attempts": 2, "initial_backoff_s": 0})
-    record = await wbus.wait_record(run_id, timeout=90)
+    record = await own_bus.wait_record(run_id, timeout=90)
     assert record.status == RunStatus.FAILED and record.error.code == "worker_crashed"
     assert record.attempts == 1 and record.retries == []
-    assert await _worker_of_next_run(client, wbus) > 0, "the worker was replaced"
+    assert await _worker_of_next_run(own_api, own_bus) > 0, "the worker was replaced"
 
 
 async def test_thread_isolation_runs_agents_on_a_thread_and_still_fails_a_blocked_run_at_its_deadline(
-    client, wbus, executors
+    own_api, own_bus, executors
 ) -> None:
     executors.start_executor(FLOWRELAY_ISOLATION="thread")
-    record = await wbus.wait_record(await _submit(client, WHICH_WORKER), timeout=60)
+    record = await own_bus.wait_record(await _submit(own_api, WHICH_WORKER), timeout=60)
     assert record.status == RunStatus.SUCCEEDED and record.isolation == "thread"
     assert int(record.output) == executor_pid(record), "the agent ran inside the executor process"
-    started = (await wbus.stored_events(record.run_id))[0]
+    started = (await own_bus.stored_events(record.run_id))[0]
     assert started.type == EventType.RUN_STARTED and started.data["isolation"] == "thread"
 
     # The thread cannot be killed: the run still ends at its deadline (the thread stays busy).
-    blocked = await wbus.wait_record(await _submit(client, '#call=block {"seconds": 600}', timeout_s=1), timeout=60)
+    blocked = await own_bus.wait_record(await _submit(own_api, '#call=block {"seconds": 600}', timeout_s=1), timeout=60)
     assert blocked.status == RunStatus.FAILED and blocked.error.code == "timeout"
     assert "its thread could not be killed" in blocked.error.message
-    assert [e.type for e in await wbus.terminal_events(blocked.run_id)] == [EventType.RUN_FAILED]
+    assert [e.type for e in await own_bus.terminal_events(blocked.run_id)] == [EventType.RUN_FAILED]
 
 
 async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(
-    client, wbus, executors, scripted_model
+    own_api, own_bus, executors, scripted_model
 ) -> None:
     """Requests published straight to NATS carry no resolved options: the executor's own
     defaults and caps apply. Its default model is reached at FLOWRELAY_DEFAULT_API_BASE with
@@ -296,12 +261,12 @@ async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(
     )
 
     async def straight(text: str, **options: object) -> RunRecord:
-        run_id = f"direct-{_token()}"
+        run_id = f"direct-{count_token()}"
         request = RunRequested(run_id=run_id, workflow=Workflow.model_validate(one_agent(tools=TOOLS)), input=text,
                                options=RunOptions(**options))
-        await wbus.js.publish(subjects.run_requested(wbus.tenant), request.model_dump_json().encode(),
+        await own_bus.js.publish(subjects.run_requested(own_bus.tenant), request.model_dump_json().encode(),
                               headers={subjects.MSG_ID_HEADER: run_id})
-        return await wbus.wait_record(run_id, timeout=60)
+        return await own_bus.wait_record(run_id, timeout=60)
 
     record = await straight("plain")
     assert record.status == RunStatus.SUCCEEDED and record.output == "echo: plain", record.error
@@ -316,20 +281,20 @@ async def test_executor_defaults_caps_output_limits_and_default_model_endpoint(
     record = await straight("l" * 4000)
     assert record.error.code == "output_too_large" and "FLOWRELAY_MAX_OUTPUT_BYTES" in record.error.message
 
-    assert (await _capabilities(wbus, executor)).mcp_stdio_commands == ["flowrelay-test-mcp"]
+    assert (await _capabilities(own_bus, executor)).mcp_stdio_commands == ["flowrelay-test-mcp"]
     allowed = [{"type": "mcp", "command": "flowrelay-test-mcp"}]
-    response = await client.post("/runs", json=run_body(one_agent(tools=allowed), "allowed"))
+    response = await own_api.post("/runs", json=run_body(one_agent(tools=allowed), "allowed"))
     assert response.status_code == 202, response.text  # the API accepts what a live executor allows
-    await wbus.wait_record(response.json()["run_id"], timeout=60)
+    await own_bus.wait_record(response.json()["run_id"], timeout=60)
 
 
-async def test_stream_interval_batches_the_fragments_of_a_paced_answer(client, wbus, executors) -> None:
+async def test_stream_interval_batches_the_fragments_of_a_paced_answer(own_api, own_bus, executors) -> None:
     """100 tokens 20 ms apart take two seconds: with the default 100 ms interval they come as
     a dozen llm.delta events or more, within a 5 s interval (the most allowed) as one, sent
     when the call ends."""
     executors.start_executor(FLOWRELAY_STREAM_INTERVAL_MS="5000")
-    run_id = await _submit(client, "#tokens=100 #pace=20", stream_tokens=True)
-    record = await wbus.wait_record(run_id, timeout=60)
+    run_id = await _submit(own_api, "#tokens=100 #pace=20", stream_tokens=True)
+    record = await own_bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.SUCCEEDED, record.error
-    deltas = [e for e in await wbus.stored_events(run_id) if e.type == EventType.LLM_DELTA]
+    deltas = [e for e in await own_bus.stored_events(run_id) if e.type == EventType.LLM_DELTA]
     assert len(deltas) == 1 and deltas[0].data["text"] == record.output

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -353,6 +354,11 @@ class Bus:
                 await asyncio.sleep(0.1)
 
         return await asyncio.wait_for(settled(), timeout)
+
+
+def count_token() -> str:
+    """A fresh token for the scripted model's ``#count=<token>`` (see :func:`model_calls`)."""
+    return uuid.uuid4().hex[:16]
 
 
 async def model_calls(scripted_url: str, token: str) -> int:
