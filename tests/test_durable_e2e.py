@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +20,6 @@ from flowrelay_testkit import (
     Stack,
     agent_node,
     count_token,
-    isolated_stack,
     one_agent,
     run_body,
 )
@@ -29,34 +27,6 @@ from flowrelay_testkit import (
 from flowrelay_bus.checkpoints import CheckpointStore
 from flowrelay_bus.settings import BusSettings
 from flowrelay_contracts import EventType, RunRecord, RunStatus, TraceEvent
-
-
-@pytest.fixture(scope="module")
-def durable_stack(scripted_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with isolated_stack(tmp_path_factory.mktemp("durable"), scripted_model) as (stack, _):
-        yield stack
-
-
-@pytest.fixture
-async def client(durable_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=durable_stack.api_url, timeout=60, headers=durable_stack.auth_headers) as http:
-        yield http
-
-
-@pytest.fixture
-async def bus(durable_stack: Stack) -> AsyncIterator[Bus]:
-    connection = await durable_stack.bus()
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def executors(durable_stack: Stack) -> Iterator[Stack]:
-    """Executors started by a test are stopped after it."""
-    yield durable_stack
-    for executor in durable_stack.executors:
-        executor.kill()
-    durable_stack.executors.clear()
 
 
 @pytest.fixture
@@ -68,9 +38,8 @@ async def model_stats(scripted_model: str) -> Any:
     return stats
 
 
-
-async def submit(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
-    response = await client.post("/runs", json=body)
+async def submit(own_api: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    response = await own_api.post("/runs", json=body)
     assert response.status_code == 202, response.text
     return response.json()["run_id"]
 
@@ -79,9 +48,9 @@ def of_type(events: list[TraceEvent], kind: EventType) -> list[TraceEvent]:
     return [e for e in events if e.type == kind]
 
 
-async def wait_event(bus: Bus, run_id: str, predicate: Any, *, timeout: float = 60) -> TraceEvent:
+async def wait_event(own_bus: Bus, run_id: str, predicate: Any, *, timeout: float = 60) -> TraceEvent:
     async def first() -> TraceEvent:
-        async for event in bus.stream_events(run_id):
+        async for event in own_bus.stream_events(run_id):
             if predicate(event):
                 return event
         raise AssertionError(f"run {run_id} ended without the awaited event")
@@ -105,15 +74,15 @@ def holder_of(stack: Stack, record: RunRecord) -> Any:
 
 
 async def test_a_run_rate_limited_twice_succeeds_on_its_third_attempt_with_the_waits_in_the_trace(
-    client, bus, executors, model_stats
+    own_api, own_bus, executors, model_stats
 ) -> None:
     executors.start_executor()
     tok = count_token()
     text = f"limited #fail-first=2:429:0.5 #count={tok}"
-    run_id = await submit(client, run_body(one_agent(), text, retry={
+    run_id = await submit(own_api, run_body(one_agent(), text, retry={
         "attempts": 3, "initial_backoff_s": 0.2, "max_backoff_s": 5, "jitter": 0}))
-    record = await bus.wait_record(run_id, timeout=60)
-    events = await bus.events(run_id)
+    record = await own_bus.wait_record(run_id, timeout=60)
+    events = await own_bus.events(run_id)
 
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.output == f"echo: {text}"
@@ -129,44 +98,44 @@ async def test_a_run_rate_limited_twice_succeeds_on_its_third_attempt_with_the_w
     for before, after in zip(retrying, starts[1:], strict=True):
         assert after.seq > before.seq and after.at >= before.at + timedelta(seconds=before.data["wait_s"])
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert len(await bus.terminal_events(run_id)) == 1
+    assert len(await own_bus.terminal_events(run_id)) == 1
     assert (await model_stats())["counted"][tok] == 3
 
 
-async def test_failures_that_cannot_pass_by_themselves_are_not_retried(client, bus, executors, model_stats) -> None:
+async def test_failures_that_cannot_pass_by_themselves_are_not_retried(own_api, own_bus, executors, model_stats) -> None:
     executors.start_executor()
     tok = count_token()
-    run_id = await submit(client, run_body(one_agent(), f"refused #fail=401 #count={tok}", retry={"attempts": 5}))
-    record = await bus.wait_record(run_id, timeout=60)
+    run_id = await submit(own_api, run_body(one_agent(), f"refused #fail=401 #count={tok}", retry={"attempts": 5}))
+    record = await own_bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "invalid_api_key"
     assert record.attempts == 1 and record.retries == []
-    assert not of_type(await bus.events(run_id), EventType.RUN_RETRYING)
+    assert not of_type(await own_bus.events(run_id), EventType.RUN_RETRYING)
     assert (await model_stats())["counted"][tok] == 1
 
 
-async def test_the_server_default_policy_applies_when_a_run_sets_none(durable_stack, client, bus, executors) -> None:
+async def test_the_server_default_policy_applies_when_a_run_sets_none(own_stack, own_api, own_bus, executors) -> None:
     executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(), f"overloaded #fail-first=1:503 #count={count_token()}"))
-    record = await bus.wait_record(run_id, timeout=60)
+    run_id = await submit(own_api, run_body(one_agent(), f"overloaded #fail-first=1:503 #count={count_token()}"))
+    record = await own_bus.wait_record(run_id, timeout=60)
     # the test stack's FLOWRELAY_RETRY_ATTEMPTS is 1: no retry, and the error says so
     assert record.status == RunStatus.FAILED and record.error.code == "provider_error" and record.attempts == 1
 
 
-async def test_retries_never_pass_the_deadline(client, bus, executors) -> None:
+async def test_retries_never_pass_the_deadline(own_api, own_bus, executors) -> None:
     executors.start_executor()
     # always 503: retried every 0.5 s until the next wait would end past the 3 s deadline
-    always = await submit(client, run_body(one_agent(), f"down #fail=503 #count={count_token()}", timeout_s=3, retry={
+    always = await submit(own_api, run_body(one_agent(), f"down #fail=503 #count={count_token()}", timeout_s=3, retry={
         "attempts": 10, "initial_backoff_s": 0.5, "max_backoff_s": 0.5, "jitter": 0}))
     # a Retry-After longer than the deadline: not waited for at all
-    patient = await submit(client, run_body(one_agent(), f"later #fail-first=1:429:60 #count={count_token()}",
+    patient = await submit(own_api, run_body(one_agent(), f"later #fail-first=1:429:60 #count={count_token()}",
                                             timeout_s=5, retry={"attempts": 3}))
     # the last attempt only gets what is left of the deadline: 1.5 s of model delay, 503, retry
     # after 0.2 s with 1.3 s left, and the second 1.5 s delay is cut at the deadline
-    slow = await submit(client, run_body(one_agent(), f"slow #fail-first=1:503 #delay=1.5 #count={count_token()}",
+    slow = await submit(own_api, run_body(one_agent(), f"slow #fail-first=1:503 #delay=1.5 #count={count_token()}",
                                          timeout_s=3, retry={"attempts": 3, "initial_backoff_s": 0.2, "jitter": 0}))
 
-    record = await bus.wait_record(always, timeout=60)
-    events = await bus.events(always)
+    record = await own_bus.wait_record(always, timeout=60)
+    events = await own_bus.events(always)
     # On a loaded machine the last attempt may start so late that the deadline cuts it
     # (timeout) before its 503 comes: either way no retry was scheduled past the deadline.
     assert record.status == RunStatus.FAILED and record.error.code in ("provider_error", "timeout"), record.error
@@ -177,48 +146,48 @@ async def test_retries_never_pass_the_deadline(client, bus, executors) -> None:
     assert all(r.retry_at < deadline for r in record.retries)
     assert all(e.at < deadline for e in of_type(events, EventType.RUN_STARTED))
 
-    record = await bus.wait_record(patient, timeout=60)
+    record = await own_bus.wait_record(patient, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "rate_limited"
     assert record.attempts == 1 and record.error.retry_after_s == 60
     assert "the provider asked to wait 60 s" in record.error.message
 
-    record = await bus.wait_record(slow, timeout=60)
+    record = await own_bus.wait_record(slow, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "timeout", record.error
     assert record.attempts == 2 and "every attempt included" in record.error.message
     # the run's own timestamps: it ended at its deadline, not a whole attempt later
     assert record.finished_at - record.started_at < timedelta(seconds=3 + 1.5)
 
 
-async def test_a_run_waiting_for_its_retry_holds_no_slot(client, bus, executors) -> None:
+async def test_a_run_waiting_for_its_retry_holds_no_slot(own_api, own_bus, executors) -> None:
     executors.start_executor(FLOWRELAY_WORKERS="1", FLOWRELAY_SLOTS_PER_WORKER="1")
-    waiting = await submit(client, run_body(one_agent(), f"wait #fail-first=1:429:12 #count={count_token()}", retry={
+    waiting = await submit(own_api, run_body(one_agent(), f"wait #fail-first=1:429:12 #count={count_token()}", retry={
         "attempts": 2, "initial_backoff_s": 0, "jitter": 0}))
-    await wait_event(bus, waiting, lambda e: e.type == EventType.RUN_RETRYING)
+    await wait_event(own_bus, waiting, lambda e: e.type == EventType.RUN_RETRYING)
 
-    other = await submit(client, run_body(one_agent(), "meanwhile"))
-    done = await bus.wait_record(other, timeout=30)
+    other = await submit(own_api, run_body(one_agent(), "meanwhile"))
+    done = await own_bus.wait_record(other, timeout=30)
     assert done.status == RunStatus.SUCCEEDED
-    meanwhile = await bus.store.get(waiting)
+    meanwhile = await own_bus.store.get(waiting)
     assert meanwhile.status == RunStatus.QUEUED and meanwhile.attempts == 1 and meanwhile.retry_at is not None
     # (a slot held for the backoff would free up at retry_at, and only then run the other)
     assert done.finished_at < meanwhile.retry_at, "the only slot was free during the backoff"
     assert meanwhile.executor_id is None, "no executor holds a run that waits"
 
-    record = await bus.wait_record(waiting, timeout=60)
+    record = await own_bus.wait_record(waiting, timeout=60)
     assert record.status == RunStatus.SUCCEEDED and record.attempts == 2
     assert record.started_at < done.started_at < done.finished_at < record.finished_at
 
 
-async def test_a_run_cancelled_while_it_waits_for_its_retry_ends_at_once(client, bus, executors) -> None:
+async def test_a_run_cancelled_while_it_waits_for_its_retry_ends_at_once(own_api, own_bus, executors) -> None:
     executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(), f"cancel me #fail-first=1:429:30 #count={count_token()}",
+    run_id = await submit(own_api, run_body(one_agent(), f"cancel me #fail-first=1:429:30 #count={count_token()}",
                                            retry={"attempts": 2}))
-    await wait_event(bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
-    response = await client.post(f"/runs/{run_id}/cancel")
+    await wait_event(own_bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
+    response = await own_api.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 202
-    record = await bus.wait_record(run_id, timeout=10)
+    record = await own_bus.wait_record(run_id, timeout=10)
     assert record.status == RunStatus.CANCELLED and "next attempt" in record.error.message
-    assert [e.type for e in await bus.terminal_events(run_id)] == [EventType.RUN_CANCELLED]
+    assert [e.type for e in await own_bus.terminal_events(run_id)] == [EventType.RUN_CANCELLED]
 
 
 # -- checkpoints and resume ---------------------------------------------------------------------
@@ -233,20 +202,20 @@ def three_agents(**models: str) -> dict[str, Any]:
 
 
 async def test_a_run_whose_executor_is_killed_during_agent_three_resumes_elsewhere_after_agent_two(
-    durable_stack, client, bus, executors, model_stats
+    own_stack, own_api, own_bus, executors, model_stats
 ) -> None:
     executors.start_executor()
     executors.start_executor()
     tok = count_token()
     text = f"resume #count={tok} #delay=3@three"
-    run_id = await submit(client, run_body(three_agents(), text))
-    third = await wait_event(bus, run_id, lambda e: e.type == EventType.LLM_STARTED and e.data["agent"] == "three")
+    run_id = await submit(own_api, run_body(three_agents(), text))
+    third = await wait_event(own_bus, run_id, lambda e: e.type == EventType.LLM_STARTED and e.data["agent"] == "three")
     await counted(model_stats, tok, "three", 1)  # agent three's call is at the model
-    running = await bus.store.get(run_id)
-    holder_of(durable_stack, running).kill()
+    running = await own_bus.store.get(run_id)
+    holder_of(own_stack, running).kill()
 
-    record = await bus.wait_record(run_id, timeout=120)
-    events = await bus.events(run_id)
+    record = await own_bus.wait_record(run_id, timeout=120)
+    events = await own_bus.events(run_id)
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.output == f"echo: echo: echo: {text}"
     assert record.attempts == 2 and record.executor_id != running.executor_id
@@ -261,18 +230,18 @@ async def test_a_run_whose_executor_is_killed_during_agent_three_resumes_elsewhe
     # usage counts agents one and two once, from their checkpoints
     assert [a.agent for a in record.agents] == ["one", "two", "three"]
     assert all(a.usage.input_tokens > 0 for a in record.agents)
-    assert len(await bus.terminal_events(run_id)) == 1
-    store = await CheckpointStore.open(bus.nc, bus.js, BusSettings())
-    assert await store.load(bus.tenant, run_id) == {}, "a finished run's checkpoints are cleared"
+    assert len(await own_bus.terminal_events(run_id)) == 1
+    store = await CheckpointStore.open(own_bus.nc, own_bus.js, BusSettings())
+    assert await store.load(own_bus.tenant, run_id) == {}, "a finished run's checkpoints are cleared"
 
 
-async def test_a_retried_sequential_run_resumes_at_the_step_that_failed(client, bus, executors, model_stats) -> None:
+async def test_a_retried_sequential_run_resumes_at_the_step_that_failed(own_api, own_bus, executors, model_stats) -> None:
     executors.start_executor()
     tok = count_token()
     text = f"flaky third #count={tok} #fail-first=1:503@three"
-    run_id = await submit(client, run_body(three_agents(), text, retry={"attempts": 2, "initial_backoff_s": 0}))
-    record = await bus.wait_record(run_id, timeout=60)
-    events = await bus.events(run_id)
+    run_id = await submit(own_api, run_body(three_agents(), text, retry={"attempts": 2, "initial_backoff_s": 0}))
+    record = await own_bus.wait_record(run_id, timeout=60)
+    events = await own_bus.events(run_id)
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert [r.error.agent for r in record.retries] == ["three"]
     [resumed] = of_type(events, EventType.RUN_RESUMED)
@@ -283,7 +252,7 @@ async def test_a_retried_sequential_run_resumes_at_the_step_that_failed(client, 
 
 
 async def test_a_retried_collaborative_run_reuses_the_sub_agent_calls_that_finished(
-    client, bus, executors, model_stats
+    own_api, own_bus, executors, model_stats
 ) -> None:
     executors.start_executor()
     first, second = count_token(), count_token()
@@ -297,9 +266,9 @@ async def test_a_retried_collaborative_run_reuses_the_sub_agent_calls_that_finis
     workflow = {"nodes": [coordinator, agent_node("a", "analyst"), writer],
                 "edges": [{"source": "c", "target": "a"}, {"source": "c", "target": "b"}]}
     text = (f'#call=analyst {{"request": "{request_a}"}} #call=writer {{"request": "{request_b}"}}')
-    run_id = await submit(client, run_body(workflow, text, retry={"attempts": 2, "initial_backoff_s": 0}))
-    record = await bus.wait_record(run_id, timeout=60)
-    events = await bus.events(run_id)
+    run_id = await submit(own_api, run_body(workflow, text, retry={"attempts": 2, "initial_backoff_s": 0}))
+    record = await own_bus.wait_record(run_id, timeout=60)
+    events = await own_bus.events(run_id)
     assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.output == f"echo: {request_b}"
     assert [r.error.agent for r in record.retries] == ["writer"]
@@ -326,13 +295,13 @@ def _cumulative(events: list[TraceEvent], field: str) -> list[float]:
 
 @pytest.mark.parametrize(("option", "limit", "field"), [("max_cost_usd", 0.00002, "cost"), ("max_tokens", 600, "tokens")])
 async def test_a_run_over_its_budget_stops_at_the_call_that_passed_it(
-    client, bus, executors, option: str, limit: float, field: str
+    own_api, own_bus, executors, option: str, limit: float, field: str
 ) -> None:
     executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(tools=["add"]), '#loop=add {"a": 1, "b": 2}',
+    run_id = await submit(own_api, run_body(one_agent(tools=["add"]), '#loop=add {"a": 1, "b": 2}',
                                            max_turns=100, **{option: limit}))
-    record = await bus.wait_record(run_id, timeout=60)
-    events = await bus.events(run_id)
+    record = await own_bus.wait_record(run_id, timeout=60)
+    events = await own_bus.events(run_id)
     assert record.status == RunStatus.FAILED and record.error.code == "budget_exceeded", record.error
     assert f"options.{option}" in record.error.message and record.error.agent == "assistant"
     spent = _cumulative(events, field)
@@ -345,23 +314,23 @@ async def test_a_run_over_its_budget_stops_at_the_call_that_passed_it(
     assert terminal.type == EventType.RUN_FAILED and terminal.data["usage"] == record.usage.model_dump()
     if field == "cost":
         assert record.cost_usd == pytest.approx(spent[-1])
-    guided = await bus.wait_record(run_id, predicate=lambda r: bool(r.suggestions), timeout=30)
+    guided = await own_bus.wait_record(run_id, predicate=lambda r: bool(r.suggestions), timeout=30)
     assert guided.suggestions[0].code == "budget_exceeded" and f"options.{option}" in guided.suggestions[0].fix
 
 
-async def test_budgets_count_every_attempt(client, bus, executors) -> None:
+async def test_budgets_count_every_attempt(own_api, own_bus, executors) -> None:
     """Steps an earlier attempt finished are reused, not paid again, but still count: a budget
     above agents one and two, below all three, stops the second attempt at agent three (were
     only that attempt's spend counted, it would pass)."""
     executors.start_executor()
-    reference = await bus.wait_record(await submit(client, run_body(
+    reference = await own_bus.wait_record(await submit(own_api, run_body(
         three_agents(), f"budget #count={count_token()} #delay=0.00000000@three")), timeout=60)  # as long as the text below
     assert reference.status == RunStatus.SUCCEEDED, reference.error
     spent = {a.agent: a.usage.total_tokens for a in reference.agents}
     budget = spent["one"] + spent["two"] + spent["three"] // 2
-    run_id = await submit(client, run_body(three_agents(), f"budget #count={count_token()} #fail-first=1:503@three",
+    run_id = await submit(own_api, run_body(three_agents(), f"budget #count={count_token()} #fail-first=1:503@three",
                                            max_tokens=budget, retry={"attempts": 2, "initial_backoff_s": 0}))
-    record = await bus.wait_record(run_id, timeout=60)
+    record = await own_bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.FAILED and record.error.code == "budget_exceeded", record.error
     assert record.error.agent == "three" and record.attempts == 2
     assert [r.error.agent for r in record.retries] == ["three"]
@@ -389,23 +358,23 @@ async def test_budgets_count_every_attempt(client, bus, executors) -> None:
     ({"max_tokens": "5"}, ["body", "options", "max_tokens"], "must be a number"),
 ])
 async def test_out_of_range_retry_and_budget_options_are_refused_naming_field_and_setting(
-    client, bus, options: dict[str, Any], loc: list[Any], setting: str
+    own_api, own_bus, options: dict[str, Any], loc: list[Any], setting: str
 ) -> None:
-    # json.dumps writes Infinity (as a hostile client can); httpx's own encoder refuses it
-    response = await client.post("/runs", content=json.dumps(run_body(one_agent(), "never queued", **options)),
+    # json.dumps writes Infinity (as a hostile own_api can); httpx's own encoder refuses it
+    response = await own_api.post("/runs", content=json.dumps(run_body(one_agent(), "never queued", **options)),
                                  headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     [problem] = [p for p in response.json()["detail"] if p["loc"] == loc]
     assert setting in problem["msg"]
 
 
-async def test_a_waiting_retry_survives_the_death_of_every_executor(client, bus, executors) -> None:
+async def test_a_waiting_retry_survives_the_death_of_every_executor(own_api, own_bus, executors) -> None:
     first = executors.start_executor()
-    run_id = await submit(client, run_body(one_agent(), f"outlive #fail-first=1:503:4 #count={count_token()}",
+    run_id = await submit(own_api, run_body(one_agent(), f"outlive #fail-first=1:503:4 #count={count_token()}",
                                            retry={"attempts": 2, "initial_backoff_s": 0, "jitter": 0}))
-    await wait_event(bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
+    await wait_event(own_bus, run_id, lambda e: e.type == EventType.RUN_RETRYING)
     await asyncio.to_thread(first.wait_for, r"attempt 2 of 2 in", timeout=30)  # logged once handed back
     first.kill()  # the wait is JetStream's (a delayed nak), not a process's
     executors.start_executor()
-    record = await bus.wait_record(run_id, timeout=60)
+    record = await own_bus.wait_record(run_id, timeout=60)
     assert record.status == RunStatus.SUCCEEDED and record.attempts == 2
